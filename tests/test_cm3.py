@@ -203,10 +203,10 @@ def test_encode_follows_the_equations(model, synth):
         u, i = model.forward()
     torch.testing.assert_close(u, users, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(i, items, atol=1e-5, rtol=1e-5)
-    # scoring: normalised by default
+    # scoring (eq. 13): the raw representations by default
     eu, ei = model.embeddings()
-    torch.testing.assert_close(eu, F.normalize(users, dim=-1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ei, F.normalize(items, dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eu, users, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ei, items, atol=1e-5, rtol=1e-5)
 
 
 def test_item_graph_weights_follow_the_modalities():
@@ -343,15 +343,18 @@ def test_drop_modality(synth):
 
 
 def test_scoring_switch_and_lambda_at_evaluation(model, batch):
-    raw = clone_into(model, score_norm=False)
-    raw.eval()
-    u, i = raw.embeddings()
-    fu, fi = raw.forward()
+    assert model.config["score_norm"] is False  # eq. 13: raw e_u . x_i by default
+    model.eval()
+    u, i = model.embeddings()
+    fu, fi = model.forward()
     torch.testing.assert_close(u, fu)
     torch.testing.assert_close(i, fi)
     assert not torch.allclose(u.norm(dim=-1), torch.ones(len(u)))
-    nu, ni = model.embeddings()
+    normed = clone_into(model, score_norm=True)
+    normed.eval()
+    nu, ni = normed.embeddings()
     torch.testing.assert_close(nu.norm(dim=-1), torch.ones(len(nu)))
+    torch.testing.assert_close(ni, torch.nn.functional.normalize(i, dim=-1))
     # evaluation is deterministic (lambda = 0.5), training draws a new lambda per item each forward
     torch.testing.assert_close(model.embeddings()[1], model.embeddings()[1])
     model.train()

@@ -216,7 +216,7 @@ class CM3(Recommender):
         "variant": "default",
         "fusion": "slerp", "fusion_input": "linear", "eval_lambda": 0.5, "drop_modality": None,
         "uniformity": "calibrated", "uniform_items": "batch", "user_pairs": "rows", "item_pairs": "distinct",
-        "detach_sim": True, "halve_uniform": False, "score_norm": True, "user_input_norm": True,
+        "detach_sim": True, "halve_uniform": False, "score_norm": False, "user_input_norm": True,
         "leaky_slope": 0.01, "malloc_tuning": True,
     }
 
@@ -375,8 +375,12 @@ class CM3(Recommender):
 
     @torch.no_grad()
     def embeddings(self) -> Tuple[Tensor, Tensor]:
-        """Scoring representations, computed once per evaluation: L2-normalised (``score_norm``,
-        default; the geometry the loss optimises) or raw (released code, eq. 13 literally)."""
+        """Scoring representations, computed once per evaluation: raw ``e_u . x_hat_i`` (eq. 13 and the
+        released code; default) or L2-normalised (``score_norm: true``, the geometry the loss optimises).
+
+        Raw is the default because ranking by cosine discards the item norms, which the SUM readout makes
+        grow with an item's training degree: on TikTok cosine scoring peaks at epoch 0 (test R@20 0.062)
+        while raw scoring reaches 0.100 with every other switch unchanged."""
         users, items = super().embeddings()
         if self.config["score_norm"]:
             users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
