@@ -229,7 +229,12 @@ def test_loss_is_align_plus_gamma_uniformities(model, batch):
     assert abs(float(out.loss.detach()) - float(expected.detach())) < 1e-6
     # the terms themselves, from the representations the step used
     terms = {k: v.detach() for k, v in terms.items()}
-    u, i = F.normalize(out.user_emb.detach(), dim=-1), F.normalize(out.item_emb.detach(), dim=-1)
+    all_users = out.user_rows(torch.arange(model.n_users)).detach()  # rows on demand, same graph
+    torch.manual_seed(0)
+    ref_users, ref_items, _ = model.encode()  # the same Beta draw as the loss
+    torch.testing.assert_close(all_users, ref_users.detach())
+    torch.testing.assert_close(out.item_emb.detach(), ref_items.detach())
+    u, i = F.normalize(all_users, dim=-1), F.normalize(out.item_emb.detach(), dim=-1)
     assert abs(float(terms["align"]) - float(alignment(u[batch.users], i[batch.pos]))) < 1e-6
     ref_uu = torch.pdist(u[batch.users]).pow(2).mul(-2).exp().mean().log()  # every batch row (released)
     assert abs(float(terms["uniform_user"]) - float(ref_uu)) < 1e-4
@@ -287,7 +292,7 @@ def test_pair_weighting_switches(model, batch):
     distinct = clone_into(model, user_pairs="distinct")
     c = loss_terms(distinct, batch)
     assert _changed(a, c) == {"uniform_user"}
-    u = F.normalize(c.user_emb[torch.unique(batch.users)], dim=-1)
+    u = F.normalize(c.user_rows(torch.unique(batch.users)), dim=-1)
     assert abs(float(c.terms["uniform_user"].detach()) - float(uniformity(u))) < 1e-5
 
 

@@ -309,11 +309,11 @@ def test_zero_weights_leave_the_backbone_unchanged(synth, method):
     assert torch.equal(out.loss, ref.loss)
 
 
-@pytest.mark.parametrize("method", ["mf", "lightgcn", "directau", "vbpr", "freedom", "bm3"])
+@pytest.mark.parametrize("method", ["mf", "lightgcn", "directau", "vbpr", "freedom", "bm3", "cm3"])
 def test_every_backbone_trains_with_cross(synth, method):
     model, plugin, _ = _build(synth, method, cross_alpha=1.0, cross_beta=1.0)
     width = model.embeddings()[1].shape[1]
-    assert plugin.width == width == (128 if method == "vbpr" else 64)
+    assert plugin.width == width == {"vbpr": 128, "cm3": 3 * 64}.get(method, 64)
     batch = _batch(synth)
     out = model.loss(batch)
     terms = plugin.loss(batch, out)

@@ -125,3 +125,33 @@ def test_gradients_flow_through_slerp():
     lam = torch.rand(30, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a, b: slerp(F.normalize(a, dim=-1), F.normalize(b, dim=-1), lam), (a, b))
     assert math.isfinite(float(slerp(F.normalize(a, dim=-1), F.normalize(b, dim=-1), lam).detach().sum()))
+
+
+def _slerp_by_autograd(a, b, lam):
+    """The textbook formula, differentiated by autograd (the reference for slerp's closed-form backward)."""
+    w = torch.as_tensor(lam, dtype=a.dtype)
+    w = w.unsqueeze(-1) if w.dim() > 0 else w
+    theta = torch.acos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    return (torch.sin(w * theta) * a + torch.sin((1 - w) * theta) * b) / torch.sin(theta)
+
+
+@pytest.mark.parametrize("lam", [0.3, "rows"])
+def test_slerp_backward_equals_autograd_of_the_formula(lam):
+    torch.manual_seed(3)
+    a0, b0 = F.normalize(torch.randn(40, 7, dtype=torch.float64), dim=-1), F.normalize(torch.randn(40, 7, dtype=torch.float64), dim=-1)
+    lam = torch.rand(40, dtype=torch.float64) if lam == "rows" else lam
+    g = torch.randn(40, 7, dtype=torch.float64)
+    a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    ra, rb = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    out, ref = slerp(a, b, lam), _slerp_by_autograd(ra, rb, lam)
+    torch.testing.assert_close(out, ref)
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(a.grad, ra.grad)
+    torch.testing.assert_close(b.grad, rb.grad)
+    # broadcasting one vector against many
+    c = b0[:1].clone().requires_grad_()
+    slerp(a0, c, lam).sum().backward()
+    rc = b0[:1].clone().requires_grad_()
+    _slerp_by_autograd(a0, rc, lam).sum().backward()
+    torch.testing.assert_close(c.grad, rc.grad)

@@ -4,7 +4,7 @@ import torch
 
 from mmgraph.graph.bipartite import normalized_bipartite, normalized_bipartite_adj
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, unique_rows
 
 
 def _random_pairs(n_users=30, n_items=20, n=150, seed=0):
@@ -98,3 +98,17 @@ def test_encoder_readouts(readout):
     expected = {"mean": sum(hs) / 4, "sum": sum(hs), "last": hs[-1]}[readout]
     out = LightGCNEncoder(3, readout)(x, adj)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unique_rows_matches_indexing_values_and_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(50, 3, 4, requires_grad=True)
+    idx = torch.unique(torch.randint(0, 50, (30,)))
+    g = torch.randn(len(idx), 3, 4)
+    (unique_rows(x, idx) * g).sum().backward()
+    ref = x.detach().clone().requires_grad_()
+    (ref[idx] * g).sum().backward()
+    torch.testing.assert_close(unique_rows(x, idx), ref[idx])
+    torch.testing.assert_close(x.grad, ref.grad)
+    with torch.no_grad():
+        assert not unique_rows(x, idx).requires_grad

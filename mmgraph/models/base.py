@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,12 +34,16 @@ class LossOutput:
         terms: named scalar parts for logging (detached by the trainer).
         user_emb / item_emb: the final ``[U, d]`` / ``[I, d]`` representations this step used, for
             plug-ins that add losses on top of the backbone (CROSS, BR-MRS).
+        user_rows: instead of ``user_emb``, a function ``ids [n] -> [n, d]`` giving the final
+            representations of those users from this step's graph, for backbones whose loss only
+            builds the rows it needs (CM3).
     """
 
     loss: Tensor
     terms: Dict[str, Tensor] = field(default_factory=dict)
     user_emb: Optional[Tensor] = None
     item_emb: Optional[Tensor] = None
+    user_rows: Optional[Callable[[Tensor], Tensor]] = None
 
 
 class Recommender(nn.Module):

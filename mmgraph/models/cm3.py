@@ -36,7 +36,7 @@ from mmgraph.losses import alignment, calibrated_uniformity
 from mmgraph.models.base import Batch, LossOutput, Recommender
 from mmgraph.models.registry import register
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion, row_normalize
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, unique_rows
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,8 @@ class ModalityMLP(nn.Module):
         self.slope = slope
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.lin2(F.leaky_relu(self.lin1(x), self.slope))
+        # in place on lin1's fresh output (autograd recovers the mask from the result for slope >= 0)
+        return self.lin2(F.leaky_relu(self.lin1(x), self.slope, inplace=self.slope >= 0))
 
 
 @register("cm3")
@@ -338,21 +339,40 @@ class CM3(Recommender):
             sim_src = torch.cat([row_normalize(p) for p in src], 1)
         else:
             sim_src = self.fuser(src, self._lam())
-            channels.append(row_normalize(sim_src))
+            # slerp of unit vectors is already unit (Proposition 1; tested), and the Jacobian of a
+            # unit-valued map has no radial part, so normalising again would change nothing
+            channels.append(sim_src if self.fusion == "slerp" else row_normalize(sim_src))
         return torch.cat(channels, 1), sim_src
 
     def encode(self) -> Tuple[Tensor, Tensor, Tensor]:
         """Users ``[U, C d]``, items ``x_hat [I, C d]`` (eq. 4-8) and the similarity source of
         :meth:`item_inputs`."""
+        u_rep, items, sim_src = self.propagated()
+        return self.weight_users(u_rep), self.item_hop(items), sim_src
+
+    def propagated(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """Eq. 4-6: the LightGCN sums for users ``[U, C d]`` (before the channel weights) and items
+        ``[I, C d]`` (before the item-graph hop), and the similarity source of :meth:`item_inputs`."""
         items_in, sim_src = self.item_inputs()
         users_in = row_normalize(self.user_emb) if self.config["user_input_norm"] else self.user_emb
         u_rep, items = self.propagate(users_in.reshape(self.n_users, -1), items_in)
-        weights = torch.softmax(self.user_pref, dim=1)  # [U, C, 1]
-        users = _ChannelWeights.apply(weights, u_rep.view_as(self.user_emb)).reshape(self.n_users, -1)
+        return u_rep, items, sim_src
+
+    def weight_users(self, u_rep: Tensor, ids: Optional[Tensor] = None, distinct: bool = False) -> Tensor:
+        """Eq. 7: per-user softmax weights over the channel blocks of ``u_rep`` (all users, or the rows
+        ``ids``; ``distinct`` says ``ids`` has no repeats, which makes the backward cheaper)."""
+        pref = self.user_pref if ids is None else self.user_pref[ids]
+        rows = u_rep if ids is None else (unique_rows(u_rep, ids) if distinct else u_rep[ids])
+        n = rows.shape[0]
+        weights = torch.softmax(pref, dim=1)  # [n, C, 1]
+        return _ChannelWeights.apply(weights, rows.view(n, self.n_channels, -1)).reshape(n, -1)
+
+    def item_hop(self, items: Tensor) -> Tensor:
+        """Eq. 8: ``x_hat = S^(n_mm_layers) x + x`` on the frozen kNN item graph."""
         hop = items
         for _ in range(int(self.config["n_mm_layers"])):
             hop = spmm(self.item_graph, hop)
-        return users, items + hop, sim_src
+        return items + hop
 
     def propagate(self, users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
         """LightGCN with SUM readout over layers ``0..n_ui_layers`` on the symmetric-normalised
@@ -389,26 +409,28 @@ class CM3(Recommender):
     # ------------------------------------------------------------------ loss
     def loss(self, batch: Batch) -> LossOutput:
         cfg = self.config
-        users_all, items_all, sim_src = self.encode()
+        u_rep, items_prop, sim_src = self.propagated()
+        items_all = self.item_hop(items_prop)
         t = float(cfg["uniformity_t"])
-        # L2 normalisation is row-wise: normalise only the distinct rows the batch uses, once
+        # the channel weights and the L2 normalisation are row-wise: apply them only to the distinct
+        # users / items the batch uses, once each
         uid, uinv, ucount = torch.unique(batch.users, return_inverse=True, return_counts=True)
-        u = row_normalize(users_all[uid])
+        u = row_normalize(self.weight_users(u_rep, uid, distinct=True))
         n_pos = batch.pos.shape[0]
         if cfg["uniform_items"] == "batch":
             iid, iinv, icount = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True,
                                              return_counts=True)
-            i = row_normalize(items_all[iid])
+            i = row_normalize(unique_rows(items_all, iid))
             i_pos = i[iinv[:n_pos]]
         else:
             iid, icount = torch.unique(batch.neg, return_counts=True)
-            i = row_normalize(items_all[iid])
+            i = row_normalize(unique_rows(items_all, iid))
             i_pos = row_normalize(items_all[batch.pos])
         align = alignment(u[uinv], i_pos)
         uni_u = calibrated_uniformity(u, None, t, ucount if cfg["user_pairs"] == "rows" else None)
         feats = None
         if cfg["uniformity"] == "calibrated":  # s_ab = clamp(cos(h_a, h_b), min_sim, max_sim)
-            feats = sim_src[iid].detach() if cfg["detach_sim"] else sim_src[iid]
+            feats = sim_src.detach()[iid] if cfg["detach_sim"] else unique_rows(sim_src, iid)
         uni_i = calibrated_uniformity(i, None, t, icount if cfg["item_pairs"] == "rows" else None,
                                       features=feats, min_sim=float(cfg["min_sim"]), max_sim=float(cfg["max_sim"]))
 
@@ -417,4 +439,4 @@ class CM3(Recommender):
             bracket = bracket / 2
         total = align + float(cfg["gamma"]) * bracket
         return LossOutput(total, {"align": align, "uniform_user": uni_u, "uniform_item": uni_i},
-                          users_all, items_all)
+                          item_emb=items_all, user_rows=lambda ids: self.weight_users(u_rep, ids))

@@ -17,6 +17,32 @@ from torch import Tensor
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
+class _UniqueRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.n_rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        out = grad.new_zeros((ctx.n_rows,) + tuple(grad.shape[1:]))
+        return out.index_copy_(0, index, grad), None
+
+
+def unique_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for an ``index`` WITHOUT repeats (e.g. from ``torch.unique``): ``[len(index), ...]``.
+
+    The same values and gradients as ``x[index]``, but the backward writes each row once
+    (``index_copy_``) instead of the accumulating scatter plain indexing needs for possible repeats,
+    which is serial on CPU. Repeated indices would silently drop gradient: never pass them.
+    """
+    if x.requires_grad and torch.is_grad_enabled():
+        return _UniqueRows.apply(x, index)
+    return x.index_select(0, index)
+
+
 class _CSRMatMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, adj: Tensor, adj_t: Tensor) -> Tensor:  # type: ignore[override]

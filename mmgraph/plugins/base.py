@@ -58,8 +58,12 @@ class Plugin(nn.Module):
         return int(items.shape[1])
 
     def user_rows(self, output: LossOutput, users: Tensor) -> Tensor:
+        """The backbone's final representations of ``users``: ``output.user_emb``, else
+        ``output.user_rows(users)``, else ``forward()``."""
         if output.user_emb is not None:
             return output.user_emb[users]
+        if output.user_rows is not None:
+            return output.user_rows(users)
         return self.backbone.forward()[0][users]
 
     def item_rows(self, output: LossOutput, items: Tensor) -> Tensor:
