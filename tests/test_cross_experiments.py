@@ -68,3 +68,31 @@ def test_script_runs_and_reports_errors_in_one_line(tmp_path, capsys, monkeypatc
         cross_common.run(lambda: cross_table.main(argv(tmp_path / "bad", "cross_strategy=sideways")))
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: cross_strategy")
+
+
+@pytest.mark.parametrize("script,extra,expect", [
+    ("cross_robustness.py", ["--backbone", "mf", "--mode", "both", "--missing-rates", "0.5",
+                             "--noisy-rates", "0.1", "--variants", "vanilla,cross"], "0.5"),
+    ("cross_popularity.py", ["--backbone", "mf", "--variants", "vanilla,fettle"], "tail4"),
+    ("cross_ablation.py", ["--backbone", "mf", "--kind", "both", "--variants", "vanilla,+ILDA,one-way"], "ILDA"),
+])
+def test_experiment_commands_run_end_to_end(tmp_path, script, extra, expect):
+    """Each experiment is one command: it trains every run, prints its table and resumes from its folder."""
+    cmd = [sys.executable, str(ROOT / "scripts" / script), "--data", DATA, "--out", str(tmp_path), "--epochs", "1",
+           "--set", "batch_size=256", "log_geometry=false", "cross_prototypes=16", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert expect in out.stdout
+    if script == "cross_robustness.py":  # an interrupted or repeated command reuses the finished runs
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "reusing" in again.stderr and "| loss" not in again.stderr
+
+
+def test_cm3_ablation_command(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "cm3_ablation.py"), "--data", DATA, "--out", str(tmp_path),
+           "--epochs", "1", "--set", "batch_size=256", "log_geometry=false", "graph_cache=false",
+           "--base", "default", "released", "--modalities"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for label in ("CM3 w/o F", "CM3 w LF", "CM3 w StdU", "CM3 w/o V", "CM3 w/o T", "default", "released"):
+        assert label in out.stdout
