@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mmgraph.data.dataset import RecDataset
 from mmgraph.models.base import Batch, LossOutput, Recommender
+from mmgraph.nn.sparse import unique_rows
 
 
 class Plugin(nn.Module):
@@ -57,23 +58,25 @@ class Plugin(nn.Module):
                               f"({users.shape[1]} vs {items.shape[1]})")
         return int(items.shape[1])
 
-    def user_rows(self, output: LossOutput, users: Tensor) -> Tensor:
+    def user_rows(self, output: LossOutput, users: Tensor, distinct: bool = False) -> Tensor:
         """The backbone's final representations of ``users``: ``output.user_emb``, else
-        ``output.user_rows(users)``, else ``forward()``."""
+        ``output.user_rows(users)``, else ``forward()``. ``distinct``: ``users`` has no repeats
+        (a cheaper backward)."""
         if output.user_emb is not None:
-            return output.user_emb[users]
+            return unique_rows(output.user_emb, users) if distinct else output.user_emb[users]
         if output.user_rows is not None:
             return output.user_rows(users)
         return self.backbone.forward()[0][users]
 
-    def item_rows(self, output: LossOutput, items: Tensor) -> Tensor:
+    def item_rows(self, output: LossOutput, items: Tensor, distinct: bool = False) -> Tensor:
         """The backbone's item representations (the "ID modality") of ``items``.
 
         ``output.item_emb`` when the backbone returned it; else the model's ``item_representation(items)``
         (VBPR computes item rows from wide features only for the rows it needs); else ``forward()``.
+        ``distinct``: ``items`` has no repeats (a cheaper backward).
         """
         if output.item_emb is not None:
-            return output.item_emb[items]
+            return unique_rows(output.item_emb, items) if distinct else output.item_emb[items]
         rep = getattr(self.backbone, "item_representation", None)
         if callable(rep):
             return rep(items)

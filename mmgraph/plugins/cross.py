@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from mmgraph.errors import ConfigError
 from mmgraph.graph.cooccurrence import cooccurrence_topk
 from mmgraph.models.base import Batch, LossOutput
+from mmgraph.nn.sparse import unique_rows
 from mmgraph.plugins import register_plugin
 from mmgraph.plugins.base import Plugin
 
@@ -237,8 +238,8 @@ class CROSS(Plugin):
 
     # ------------------------------------------------------------------ embeddings
     def modality_embeddings(self, output: LossOutput, ids: Tensor) -> List[Tensor]:
-        """``M`` tensors ``[len(ids), d]``: L2-normalised embeddings of ``ids`` per modality (``id`` first)."""
-        rows = [self.item_rows(output, ids)]
+        """``M`` tensors ``[len(ids), d]``: L2-normalised embeddings of the DISTINCT ``ids`` per modality (``id`` first)."""
+        rows = [self.item_rows(output, ids, distinct=True)]
         for m in self.modalities[1:]:
             rows.append(self.proj[m](getattr(self, f"feat_{m}")[ids]))
         return [F.normalize(r, dim=-1) for r in rows]
@@ -257,7 +258,7 @@ class CROSS(Plugin):
             ids = torch.unique(torch.cat([items, nb[valid]]))
             where = torch.searchsorted(ids, items)
             all_emb = self.modality_embeddings(output, ids)                  # M x [N, d]
-            emb = [e[where] for e in all_emb]                                # M x [n, d]
+            emb = [unique_rows(e, where) for e in all_emb]                   # M x [n, d]
         else:
             emb = self.modality_embeddings(output, items)
         user_rows = F.normalize(self.user_rows(output, batch.users), dim=-1)  # [B, d]
@@ -296,7 +297,7 @@ class CROSS(Plugin):
                 idx = mask.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     continue
-                x = emb[a][idx]
+                x = unique_rows(emb[a], idx)
                 mapped = F.normalize(x + self.maps[f"{src}_to_{dst}"](x), dim=-1)  # f_{a->b}(i^a), [k, d]
                 if self.use_ilda:
                     logits = (mapped * inv_tau) @ targets[b].t()                   # [k, n] vs sg(j^b)
@@ -353,7 +354,7 @@ class CROSS(Plugin):
 
         uniq_users, uinv = torch.unique(users, return_inverse=True)
         scaled_ui = self.codebook_ui / tau
-        zu = F.normalize(self.user_rows(output, uniq_users), dim=-1) @ scaled_ui.t()   # z_u / lambda_c
+        zu = F.normalize(self.user_rows(output, uniq_users, distinct=True), dim=-1) @ scaled_ui.t()  # z_u / lambda_c
         zi = emb[0] @ scaled_ui.t()                                                     # z_i / lambda_c
         qu, qi = sinkhorn(zu.detach() * t, self.eps, self.iters), sinkhorn(zi.detach() * t, self.eps, self.iters)
         rows = users.numel()
