@@ -16,7 +16,8 @@ Example (the issue's TikTok setting, both the library default and the released-c
     python scripts/cm3_ablation.py --data ../shared/data/tiktok \\
         --set n_ui_layers=3 gamma=0.9 max_sim=1.0 alpha=0.5 --base default released --out runs/cm3_ablation
 
-Each run writes a normal run directory (``<out>/<base>/<variant>``; ``mmgraph plot`` works on them).
+Each run writes a normal run directory (``<out>/<base>/<variant>``; ``mmgraph plot`` works on them);
+finished runs there are reused, so an interrupted command resumes.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
-from mmgraph.train.run import load_dataset, train  # noqa: E402
+from mmgraph.plugins.experiments import run_variant  # noqa: E402
+from mmgraph.train.config import parse_overrides  # noqa: E402
+from mmgraph.train.run import load_dataset  # noqa: E402
 
 TABLE4 = {"wo_f": ("CM3 w/o F", {"fusion": "none"}),
           "lf": ("CM3 w LF", {"fusion": "linear"}),
@@ -99,11 +101,11 @@ def main(argv=None) -> int:
     results, summary = {}, []
     for base in args.base:
         for key, (label, switches) in variants.items():
-            config = load_config("cm3", dataset.name, overrides={**overrides, "variant": base, **switches})
-            config.pop("grid", None)
             run_dir = out / base / key if out else None
             t0 = time.time()
-            result, _ = train("cm3", dataset, config, run_dir, progress=False, data_spec=args.data)
+            # a finished run in run_dir is reused, so an interrupted ablation resumes where it stopped
+            result = run_variant("cm3", dataset, {**overrides, "variant": base, **switches}, run_dir,
+                                 data_spec=args.data)
             results[(base, key)] = result
             summary.append({"base": base, "variant": key, "label": label, "switches": switches,
                             "test": result["test"], "valid": result["valid"], "best_epoch": result["best_epoch"],

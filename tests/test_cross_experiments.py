@@ -96,3 +96,5 @@ def test_cm3_ablation_command(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     for label in ("CM3 w/o F", "CM3 w LF", "CM3 w StdU", "CM3 w/o V", "CM3 w/o T", "default", "released"):
         assert label in out.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("reusing") + again.stderr.count("reusing") == 12
