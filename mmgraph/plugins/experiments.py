@@ -151,17 +151,18 @@ def comparison(data, methods: Iterable[str], variants: Dict[str, Dict[str, Any]]
 def format_table(rows: List[Dict[str, Any]], metrics: Sequence[str] = METRICS, split: str = "test",
                  key: str = "variant") -> str:
     """Rows grouped by method; the first row of each method is the reference for the Delta column."""
-    header = f"{'method':10s} {key:22s} " + " ".join(f"{m:>10s}" for m in metrics) + f" {'d' + metrics[1]:>10s}"
+    labels = [row[key] + (f" {row['params']}" if row.get("params") else "") for row in rows]
+    width = max([22] + [len(label) for label in labels])
+    header = f"{'method':10s} {key:{width}s} " + " ".join(f"{m:>10s}" for m in metrics) + f" {'d' + metrics[1]:>10s}"
     lines = [header, "-" * len(header)]
     ref: Dict[str, float] = {}
-    for row in rows:
+    for row, label in zip(rows, labels):
         group = row.get("group", row["method"])
         vals = row[split]
         if group not in ref:
             ref[group] = vals[metrics[1]]
         delta = 100 * (vals[metrics[1]] / ref[group] - 1) if ref[group] else float("nan")
-        label = row[key] + (f" {row['params']}" if row.get("params") else "")
-        lines.append(f"{row['method']:10s} {label:22s} " + " ".join(f"{vals[m]:10.4f}" for m in metrics)
+        lines.append(f"{row['method']:10s} {label:{width}s} " + " ".join(f"{vals[m]:10.4f}" for m in metrics)
                      + f" {delta:+9.2f}%")
     return "\n".join(lines)
 
