@@ -138,7 +138,9 @@ def batch(synth):
 
 
 def make(ds, **cfg):
-    return CM3(ds, {"graph_cache": False, **cfg})
+    # the explicit Linear fusion inputs (released code) keep the fused channel's own parameters in
+    # these tests; the library default (projection: fuse the z^m) has its own tests below
+    return CM3(ds, {"graph_cache": False, "fusion_input": "linear", **cfg})
 
 
 def clone_into(src, **cfg):
@@ -325,13 +327,21 @@ def test_fusion_switches_change_only_the_fused_channel(model, synth):
 
 
 def test_fusion_input_projection_fuses_the_z_vectors(synth):
+    assert CM3.defaults["fusion_input"] == "projection"  # the library default (paper eq. 2 on eq. 1)
     torch.manual_seed(0)
-    m = make(synth, fusion_input="projection").eval()
+    m = CM3(synth, {"graph_cache": False}).eval()
     assert len(m.fusion_proj) == 0
     with torch.no_grad():
         x, h = m.item_inputs()
-        z = [m.mlp[k](torch.as_tensor(synth.features[k])) for k in m.modalities]
-        torch.testing.assert_close(h, slerp(F.normalize(z[1], dim=-1), F.normalize(z[0], dim=-1), 0.5))
+        z = [F.normalize(m.mlp[k](torch.as_tensor(synth.features[k])), dim=-1) for k in m.modalities]
+        torch.testing.assert_close(h, slerp(z[1], z[0], 0.5))
+        torch.testing.assert_close(x, torch.cat(z + [h], 1))
+    # the fused channel is trained through the modality MLPs: gradients reach them from every channel
+    m.train()
+    out = m.loss(Batch(torch.as_tensor(synth.train[:64, 0]), torch.as_tensor(synth.train[:64, 1]),
+                       torch.as_tensor(synth.train[64:128, 1])))
+    out.loss.backward()
+    assert all(float(m.mlp[k].lin1.weight.grad.abs().sum()) > 0 for k in m.modalities)
 
 
 def test_drop_modality(synth):

@@ -5,8 +5,8 @@ Follows the paper (eq. 1-13) and the implementation notes ``specs/cm3.md``:
 * per modality ``z^m = W2 LeakyReLU(W1 x^m + b1)`` on the frozen features (``d_m -> 256 -> 64``);
 * spherical Bezier fusion ``h`` of the unit-normalised modality vectors (nested slerp, eq. 2-3) with
   ``lam ~ Beta(alpha, alpha)`` per item on every training forward and ``lam = eval_lambda`` (0.5) at
-  evaluation; the fused vectors are separate ``Linear(d_m -> d)`` projections as in the released code
-  (``fusion_input: linear``) or the ``z^m`` themselves (``fusion_input: projection``);
+  evaluation; the fused vectors are the unit ``z^m`` themselves (``fusion_input: projection``, eq. 2 on
+  the outputs of eq. 1) or separate ``Linear(d_m -> d)`` projections (``fusion_input: linear``, released);
 * item input ``[norm(z^0), ..., norm(z^{M-1}), norm(h)]`` (``|M|+1`` channels of width ``d``), a free
   user embedding of the same shape (each channel L2-normalised at the input, as released);
 * LightGCN on the training user-item graph, SUM over layers ``0..n_ui_layers``;
@@ -215,7 +215,7 @@ class CM3(Recommender):
         "mm_image_weight": FREEDOM_IMAGE_WEIGHT, "modality_weights": None, "graph_cache": True,
         "gamma": 0.9, "uniformity_t": 2.0, "alpha": 0.5, "min_sim": 0.0, "max_sim": 1.0,
         "variant": "default",
-        "fusion": "slerp", "fusion_input": "linear", "eval_lambda": 0.5, "drop_modality": None,
+        "fusion": "slerp", "fusion_input": "projection", "eval_lambda": 0.5, "drop_modality": None,
         "uniformity": "calibrated", "uniform_items": "batch", "user_pairs": "rows", "item_pairs": "distinct",
         "detach_sim": True, "halve_uniform": False, "score_norm": False, "user_input_norm": True,
         "leaky_slope": 0.01, "malloc_tuning": True,
@@ -255,9 +255,11 @@ class CM3(Recommender):
                 lin = nn.Linear(f.shape[1], d)
                 nn.init.xavier_normal_(lin.weight)
                 self.fusion_proj[m] = lin
+        # the projection inputs are the (already unit) channels; the linear ones are normalised by the fuser
         self.fuser = SphericalBezierFusion(float(cfg["alpha"]),
                                            "linear" if self.fusion == "linear" else "slerp",
-                                           eval_lam=0.5 if self.eval_lambda == "last" else self.eval_lambda)
+                                           eval_lam=0.5 if self.eval_lambda == "last" else self.eval_lambda,
+                                           normalize_inputs=cfg["fusion_input"] == "linear")
         n_lam = max(len(self.modalities) - 1, 0)
         # the latest training draw (persistent so that ``eval_lambda: last`` survives best.pt reloads)
         self.register_buffer("last_lam", torch.full((self.n_items, n_lam), 0.5))
@@ -334,9 +336,12 @@ class CM3(Recommender):
         per-modality cosines). Draws ``lam`` in training mode."""
         z = {m: self.mlp[m](self.features(m)) for m in self.modalities}
         channels = [row_normalize(z[m]) for m in self.modalities]
-        src = [self.fusion_proj[m](self.features(m)) if len(self.fusion_proj) else z[m] for m in self.modalities]
+        if len(self.fusion_proj):
+            src = [self.fusion_proj[m](self.features(m)) for m in self.modalities]
+        else:  # fusion_input: projection -- fuse the unit z^m (paper eq. 2 on the eq. 1 outputs)
+            src = list(channels)
         if self.fusion == "none":
-            sim_src = torch.cat([row_normalize(p) for p in src], 1)
+            sim_src = torch.cat([row_normalize(p) for p in src] if len(self.fusion_proj) else src, 1)
         else:
             sim_src = self.fuser(src, self._lam())
             # slerp of unit vectors is already unit (Proposition 1; tested), and the Jacobian of a
