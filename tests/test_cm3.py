@@ -445,7 +445,7 @@ def test_fast_sparse_paths_match_reference(model, synth):
 
 
 def test_malloc_tuning_is_idempotent():
-    from mmgraph.models.cm3 import tune_glibc_malloc
+    from mmgraph.utils.memory import tune_glibc_malloc
     first = tune_glibc_malloc()
     assert isinstance(first, bool) and tune_glibc_malloc() == first
 

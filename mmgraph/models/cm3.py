@@ -37,6 +37,8 @@ from mmgraph.models.base import Batch, LossOutput, Recommender
 from mmgraph.models.registry import register
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion, row_normalize
 from mmgraph.nn.sparse import SparseAdj, unique_rows
+from mmgraph.train.reproducibility import resolve_device
+from mmgraph.utils.memory import tune_glibc_malloc
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +64,6 @@ def cm3_modality_weights(config, modalities: List[str]) -> Dict[str, float]:
     if not explicit and len(modalities) == 2 and "image" in modalities:
         image_weight = float(config.get("mm_image_weight", FREEDOM_IMAGE_WEIGHT))
     return freedom_weights(list(modalities), explicit, image_weight)
-
-
-_MALLOC_TUNED = False
-
-
-def tune_glibc_malloc(threshold_mb: int = 32) -> bool:
-    """Keep freed blocks of up to ``threshold_mb`` in glibc's heap instead of returning them to the OS.
-
-    Every training step allocates (and frees) many ``[U + I, C d]`` buffers; by default glibc serves
-    those with fresh ``mmap`` pages, and the kernel zero-fills each page on first touch -- about 10 % of
-    a CM3 step on CPU. This is the in-process equivalent of ``MALLOC_MMAP_THRESHOLD_`` /
-    ``MALLOC_TRIM_THRESHOLD_`` (PyTorch's CPU tuning guide suggests jemalloc/tcmalloc for the same
-    reason). Process-wide, once; a no-op off glibc. Returns whether it was applied.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    try:
-        import ctypes
-        import ctypes.util
-        import platform
-        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-            return False
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, int(threshold_mb) << 20) == 1
-        ok = ok and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-    except (OSError, AttributeError, ValueError):
-        return False
-    _MALLOC_TUNED = bool(ok)
-    return _MALLOC_TUNED
 
 
 def _csr_mm(adj: Tensor, x: Tensor) -> Tensor:
@@ -236,7 +207,7 @@ class CM3(Recommender):
             if cfg[key] not in choices:
                 raise ConfigError(f"cm3 {key} must be one of {list(choices)}, got {cfg[key]!r}")
         self.eval_lambda = self._parse_eval_lambda(cfg["eval_lambda"])
-        if cfg.get("malloc_tuning") and self.device_is_cpu(cfg):
+        if cfg.get("malloc_tuning") and resolve_device(str(cfg.get("device", "auto"))).type == "cpu":
             log.debug("glibc malloc tuning applied: %s", tune_glibc_malloc())
         feats = self._select_features(dataset.features, cfg.get("drop_modality"))
         self.modalities = list(feats)
@@ -255,11 +226,11 @@ class CM3(Recommender):
                 lin = nn.Linear(f.shape[1], d)
                 nn.init.xavier_normal_(lin.weight)
                 self.fusion_proj[m] = lin
-        # the projection inputs are the (already unit) channels; the linear ones are normalised by the fuser
+        # the fusion inputs arrive on the unit sphere already (see item_inputs)
         self.fuser = SphericalBezierFusion(float(cfg["alpha"]),
                                            "linear" if self.fusion == "linear" else "slerp",
                                            eval_lam=0.5 if self.eval_lambda == "last" else self.eval_lambda,
-                                           normalize_inputs=cfg["fusion_input"] == "linear")
+                                           normalize_inputs=False)
         n_lam = max(len(self.modalities) - 1, 0)
         # the latest training draw (persistent so that ``eval_lambda: last`` survives best.pt reloads)
         self.register_buffer("last_lam", torch.full((self.n_items, n_lam), 0.5))
@@ -278,10 +249,6 @@ class CM3(Recommender):
         log.debug("CM3 modalities %s, item graph %s, weights %s", self.modalities, self.item_graph, weights)
 
     # ------------------------------------------------------------------ set-up helpers
-    @staticmethod
-    def device_is_cpu(cfg) -> bool:
-        return str(cfg.get("device", "auto")) == "cpu" or not torch.cuda.is_available()
-
     @staticmethod
     def _parse_eval_lambda(value):
         if isinstance(value, str) and value.strip().lower() == "last":
@@ -336,12 +303,12 @@ class CM3(Recommender):
         per-modality cosines). Draws ``lam`` in training mode."""
         z = {m: self.mlp[m](self.features(m)) for m in self.modalities}
         channels = [row_normalize(z[m]) for m in self.modalities]
-        if len(self.fusion_proj):
-            src = [self.fusion_proj[m](self.features(m)) for m in self.modalities]
-        else:  # fusion_input: projection -- fuse the unit z^m (paper eq. 2 on the eq. 1 outputs)
-            src = list(channels)
+        # unit fusion inputs: the z^m channels themselves (projection, paper eq. 2 on the eq. 1 outputs)
+        # or the released code's separate Linear projections (linear)
+        src = ([row_normalize(self.fusion_proj[m](self.features(m))) for m in self.modalities]
+               if len(self.fusion_proj) else list(channels))
         if self.fusion == "none":
-            sim_src = torch.cat([row_normalize(p) for p in src] if len(self.fusion_proj) else src, 1)
+            sim_src = torch.cat(src, 1)
         else:
             sim_src = self.fuser(src, self._lam())
             # slerp of unit vectors is already unit (Proposition 1; tested), and the Jacobian of a

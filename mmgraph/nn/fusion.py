@@ -92,7 +92,8 @@ def slerp(a: Tensor, b: Tensor, lam: Lam, eps: float = COS_EPS) -> Tensor:
 
 
 def _slerp_coefficients(a: Tensor, b: Tensor, w: Tensor, eps: float):
-    """``(cos, theta, sin theta, inside, coef_a, coef_b, small)``, all ``[..., 1]``."""
+    """``(cos, theta, sin theta, inside, coef_a, coef_b)``, all ``[..., 1]``; ``inside``: the
+    coefficients depend on theta (cosine not clamped, no linear fallback)."""
     raw = torch.linalg.vecdot(a, b).unsqueeze(-1)
     cos = raw.clamp(-1 + eps, 1 - eps)
     theta = torch.acos(cos)
@@ -104,12 +105,13 @@ def _slerp_coefficients(a: Tensor, b: Tensor, w: Tensor, eps: float):
         ca = torch.where(small, w.expand_as(ca), ca)
         cb = torch.where(small, (1 - w).expand_as(cb), cb)
     inside = (raw == cos) & ~small
-    return cos, theta, sin, inside, ca, cb, small
+    return cos, theta, sin, inside, ca, cb
 
 
 def _slerp_forward(a: Tensor, b: Tensor, w: Tensor, eps: float):
-    cos, theta, sin, inside, ca, cb, small = _slerp_coefficients(a, b, w, eps)
-    return ca * a + cb * b, (cos, theta, sin, inside, ca, cb)
+    coefs = _slerp_coefficients(a, b, w, eps)
+    ca, cb = coefs[4], coefs[5]
+    return ca * a + cb * b, coefs
 
 
 class _Slerp(torch.autograd.Function):
