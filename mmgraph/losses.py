@@ -18,8 +18,9 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, eps: float = 1e-10) -> Tens
 
 
 def emb_reg(*embeddings: Tensor, batch_size: int | None = None) -> Tensor:
-    """MMRec's ``EmbLoss``: sum of the Frobenius norms (NOT squared) of each ``[B, d]`` matrix, / B."""
-    b = batch_size if batch_size is not None else embeddings[0].shape[0]
+    """MMRec's ``EmbLoss``: sum of the Frobenius norms (NOT squared) of each matrix, divided by the
+    number of rows of the LAST one (``B`` for batch rows; the item count for BM3's whole tables)."""
+    b = batch_size if batch_size is not None else embeddings[-1].shape[0]
     return sum(torch.linalg.vector_norm(e) for e in embeddings) / b
 
 

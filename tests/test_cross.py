@@ -154,7 +154,7 @@ def test_cna_loss_matches_equation_9(synth):
     items = torch.unique(batch.pos)
     emb_all = {"id": F.normalize(i_all, dim=-1)}
     for m in synth.features:
-        emb_all[m] = F.normalize(plugin.proj[m](getattr(plugin, f"feat_{m}")), dim=-1)
+        emb_all[m] = F.normalize(plugin.proj[m](plugin.feats.table(m)), dim=-1)
     lam = plugin.lambda_n
     total = 0.0
     for m, e in emb_all.items():
@@ -367,4 +367,4 @@ def test_cli_style_training_run_with_plugin(synth, tmp_path):
     assert {"train_cross_ilda", "train_cross_dt", "train_cross_cna", "train_cross_cla"} <= set(hist)
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert any(k.startswith("plugins.0.codebook_itv") for k in state)
-    assert not any("feat_" in k or "neighbors" in k for k in state)   # frozen inputs stay out
+    assert not any("x_" in k or "neighbors" in k for k in state)   # frozen inputs stay out

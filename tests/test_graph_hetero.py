@@ -69,8 +69,8 @@ def test_cli_build_and_info(tmp_path, monkeypatch, capsys, ds):
     assert rc == 0
     text = capsys.readouterr().out
     assert "knn_mm" in text and "edges=" in text and "built freedom" in text
-    saved = load_object(out)
-    g = saved["graphs"]["knn_mm"]
+    from mmgraph.cli.graph import load_graph_file
+    g = load_graph_file(out)["knn_mm"]
     assert g.equal(build_item_graphs(ds, "freedom", k=4, weights={"image": 0.1, "text": 0.9})["knn_mm"])
     assert list((tmp_path / "cache").glob("freedom-*.pt"))
     assert main(["graph", "info", str(out)]) == 0

@@ -32,7 +32,8 @@ def test_registry_lists_core_methods():
 
 def test_lightgcn_scores_use_mean_over_layers(synth):
     from mmgraph.graph.bipartite import normalized_bipartite_adj
-    model = get_model_class("lightgcn")(synth, {"n_layers": 2})
+    from mmgraph.train.run import build_model
+    model = build_model("lightgcn", synth, {"n_layers": 2})
     adj = normalized_bipartite_adj(synth.train, synth.n_users, synth.n_items).csr.to_dense()
     x = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach()
     ref = (x + adj @ x + adj @ adj @ x) / 3

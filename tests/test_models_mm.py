@@ -6,7 +6,7 @@ from mmgraph.data import make_synthetic
 from mmgraph.graph.bipartite import normalized_bipartite_adj
 from mmgraph.models.freedom import FREEDOM, DegreeSensitivePruning
 from mmgraph.models.registry import get_model_class
-from mmgraph.train import load_config, train
+from mmgraph.train import build_model, load_config, train
 from tests.helpers import popularity_recall
 
 
@@ -34,7 +34,7 @@ def test_multimodal_models_beat_popularity_and_mf(synth, mf_recall, method, extr
 
 def test_pruning_keeps_exact_count_and_renormalises(synth):
     pairs = np.unique(synth.train, axis=0)
-    p = DegreeSensitivePruning(pairs, synth.n_users, synth.n_items, rho=0.8)
+    p = DegreeSensitivePruning(torch.from_numpy(pairs.T.copy()), synth.n_users, synth.n_items, rho=0.8)
     keep = p.sample()
     assert len(keep) == int(len(pairs) * 0.2) == len(torch.unique(keep))
     adj = p.adjacency(keep)
@@ -46,7 +46,7 @@ def test_pruning_keeps_exact_count_and_renormalises(synth):
 def test_pruning_probabilities_are_degree_sensitive():
     # tiny graph; keeping a single edge makes the draw distribution exactly p_e / sum(p)
     pairs = np.array([[0, 0], [0, 1], [0, 2], [1, 0], [2, 0], [3, 3]])
-    p = DegreeSensitivePruning(pairs, 4, 4, rho=1 - 1.5 / 6)  # keep floor(6 * 0.25) = 1
+    p = DegreeSensitivePruning(torch.from_numpy(pairs.T.copy()), 4, 4, rho=1 - 1.5 / 6)  # keep floor(6 * 0.25) = 1
     du = np.bincount(pairs[:, 0], minlength=4)
     di = np.bincount(pairs[:, 1], minlength=4)
     expected = 1 / np.sqrt(du[pairs[:, 0]] * di[pairs[:, 1]])
@@ -59,7 +59,7 @@ def test_pruning_probabilities_are_degree_sensitive():
 
 
 def test_freedom_trains_on_pruned_graph_and_scores_on_full_graph(synth):
-    model = FREEDOM(synth, {"dropout": 0.8, "graph_cache": False})
+    model = build_model("freedom", synth, {"dropout": 0.8, "graph_cache": False})
     full_u, full_i = model.embeddings()
     model.on_epoch_start(0)
     assert model.train_adj.nnz < model.adj.nnz
@@ -76,6 +76,6 @@ def test_freedom_trains_on_pruned_graph_and_scores_on_full_graph(synth):
 def test_freedom_image_weight_and_any_modalities(synth):
     ds = make_synthetic(n_users=100, n_items=80, modalities={"image": 16, "audio": 8, "text": 8}, seed=1)
     from mmgraph.graph import freedom_graph
-    model = get_model_class("freedom")(ds, {"mm_image_weight": 0.1, "graph_cache": False})
+    model = build_model("freedom", ds, {"mm_image_weight": 0.1, "graph_cache": False})
     ref = freedom_graph(ds.features, 10, weights={"image": 0.1, "audio": 0.45, "text": 0.45})
     torch.testing.assert_close(model.item_graph.csr.to_dense(), ref.to_dense())

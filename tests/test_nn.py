@@ -66,12 +66,15 @@ def test_gather_scatter_path_learns_edge_weights_and_normalises():
     y = conv(x, edge_index, w)
     y.pow(2).sum().backward()
     assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
-    # reference: D^-1/2 W D^-1/2 x with weighted degrees
+    # reference: D^-1/2 W D^-1/2 x with weighted (in-)degrees; edge_index is PyG's source -> target
     dense = torch.zeros(50, 50)
-    dense[edge_index[0], edge_index[1]] = w.detach()
+    dense[edge_index[1], edge_index[0]] = w.detach()
     d = dense.sum(1) + 1e-7
     ref = d.pow(-0.5)[:, None] * dense * d.pow(-0.5)[None, :] @ x
     torch.testing.assert_close(y.detach(), ref, atol=1e-5, rtol=1e-5)
+    # and PyG's own LGConv on the same directed, weighted graph
+    from torch_geometric.nn import LGConv
+    torch.testing.assert_close(y.detach(), LGConv(normalize=True)(x, edge_index, w.detach()), atol=1e-5, rtol=1e-5)
 
 
 def test_non_symmetric_sparse_backward_uses_transpose():

@@ -8,7 +8,7 @@ from mmgraph.errors import TrainingError
 from mmgraph.models.base import LossOutput
 from mmgraph.models.registry import get_model_class
 from mmgraph.train.config import load_config
-from mmgraph.train.run import load_run, train
+from mmgraph.train.run import build_model, load_run, train
 from mmgraph.train.trainer import Trainer
 
 
@@ -47,7 +47,8 @@ def test_early_stopping_strict_improvement(synth):
     cfg = _cfg(epochs=200, patience=3, learning_rate=0.0)  # lr 0: valid metric never strictly improves
     result, trainer = train("mf", synth, cfg, progress=False)
     assert result["best_epoch"] == 0
-    assert result["epochs_run"] == 4  # epoch 0 sets the best, then 3 epochs without improvement
+    # as MMRec: epoch 0 sets the best, and the run stops after patience + 1 = 4 epochs without improvement
+    assert result["epochs_run"] == 5
 
 
 def test_resume_matches_uninterrupted_run(synth, tmp_path):
@@ -63,7 +64,7 @@ def test_resume_matches_uninterrupted_run(synth, tmp_path):
 
 
 def test_nan_loss_stops_with_clear_error(synth):
-    model = get_model_class("mf")(synth, {})
+    model = build_model("mf", synth, {})
 
     def bad_loss(batch):
         return LossOutput(model.user_emb.weight.sum() * float("nan"), {})

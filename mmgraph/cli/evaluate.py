@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmgraph.errors import DataError
+from mmgraph.errors import ConfigError, DataError
 
 
 def register(sub) -> None:
@@ -17,6 +17,10 @@ def register(sub) -> None:
     e.add_argument("--topk", help="comma-separated cut-offs (default: the run's)")
     e.add_argument("--groups", action="store_true", help="also print popularity-group Recall (head/tail)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--channel", default="final",
+                   help="rank by one of the model's channels (e.g. image, text, fused; default: final)")
+    e.add_argument("--retrieval", choices=["exact", "faiss", "auto"], default=None,
+                   help="top-K search (default: the run's `retrieval` setting)")
     e.set_defaults(func=run_evaluate)
 
     x = sub.add_parser("export", help="export top-K recommendations with raw ids")
@@ -28,7 +32,18 @@ def register(sub) -> None:
     x.add_argument("--include-seen", action="store_true", help="do not exclude training items")
     x.add_argument("--backend", choices=["exact", "faiss"], default="exact")
     x.add_argument("--data", help="dataset path (default: the one recorded in the run)")
+    x.add_argument("--channel", default="final", help="rank by one of the model's channels (default: final)")
     x.set_defaults(func=run_export)
+
+
+def channel_embeddings(model, channel: str = "final"):
+    """``(users, items)`` of one of the model's channels, or a one-line error naming the available ones."""
+    if channel == "final":
+        return model.embeddings()
+    channels = model.channel_embeddings()
+    if channel not in channels:
+        raise ConfigError(f"{model.method_name} has no channel {channel!r}; it has: {', '.join(channels)}")
+    return channels[channel]
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -37,8 +52,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     model, dataset, config = load_run(args.run_dir, args.data)
     ks = [int(k) for k in args.topk.split(",")] if args.topk else config.get("topk", [5, 10, 20, 50])
-    user_emb, item_emb = model.embeddings()
-    evaluator = Evaluator(dataset, args.split, ks=ks, device=user_emb.device)
+    user_emb, item_emb = channel_embeddings(model, args.channel)
+    evaluator = Evaluator(dataset, args.split, ks=ks, device=user_emb.device,
+                          retrieval=args.retrieval or config.get("retrieval", "exact"))
     result = {args.split: evaluator.evaluate(user_emb, item_emb)}
     if args.groups:
         result["groups"] = popularity_group_metrics(evaluator, user_emb, item_emb)
@@ -69,7 +85,7 @@ def run_export(args: argparse.Namespace) -> int:
             raise DataError(f"--users file {path} does not exist")
         raw_users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     users = resolve_users(dataset, raw_users)
-    user_emb, item_emb = model.embeddings()
+    user_emb, item_emb = channel_embeddings(model, args.channel)
     table = recommend(user_emb, item_emb, dataset, args.k, users, exclude_seen=not args.include_seen,
                       backend=args.backend)
     out = write_table(table, args.output, args.format)

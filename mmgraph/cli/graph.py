@@ -1,7 +1,14 @@
-"""``mmgraph graph``: build item-item graphs from an MMRec atomic folder and inspect saved graph files.
+"""``mmgraph graph``: build the run graph (a PyG ``HeteroData``) from an MMRec atomic folder and
+inspect saved graph files.
 
+    mmgraph graph build --data ../shared/data/tiktok --method freedom --out g.pt   # what training uses
     mmgraph graph build --data ../shared/data/tiktok --kind freedom --k 10 --image-weight 0.1 --out g.pt
     mmgraph graph info g.pt
+    mmgraph train --method freedom --data ../shared/data/tiktok --graph g.pt
+
+A file holds the user/item node counts, the training interactions (both directions) and the item-item /
+user-user relations, as written by :func:`mmgraph.graph.save_graph`; ``mmgraph train --graph`` trains on it
+(the relations can be edited or replaced by your own, under the names the method reads).
 """
 from __future__ import annotations
 
@@ -34,10 +41,16 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="graph_command", metavar="ACTION")
     sub.required = True
 
-    b = sub.add_parser("build", help="build the item graph(s) of a method from a dataset folder",
+    b = sub.add_parser("build", help="build a run graph (HeteroData) from a dataset folder",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--data", required=True, help="MMRec atomic dataset folder")
-    b.add_argument("--kind", required=True, choices=KINDS)
+    what = b.add_mutually_exclusive_group(required=True)
+    what.add_argument("--method", help="build exactly the graph `mmgraph train --method METHOD` uses "
+                                       "(with --set / --config applied)")
+    what.add_argument("--kind", choices=KINDS, help="build the relation(s) of one graph kind")
+    b.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="--method: config overrides (e.g. knn_k=5 plugins=[cross])")
+    b.add_argument("--config", help="--method: extra YAML config file")
     b.add_argument("--k", type=int, default=None, help="neighbours per item (default 10; 5 for cooccurrence)")
     b.add_argument("--modalities", default=None, help="comma-separated feature names (default: all)")
     b.add_argument("--norm", default=None, choices=("none", "rw", "uniform", "sym"),
@@ -79,8 +92,9 @@ def cmd_build(args) -> int:
     import logging
 
     from mmgraph.data.atomic import load_atomic
-    from mmgraph.graph.cache import save_object
+    from mmgraph.graph.hetero import build_hetero_data
     from mmgraph.graph.item_graphs import build_item_graphs
+    from mmgraph.graph.relations import save_graph
 
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
@@ -98,6 +112,11 @@ def cmd_build(args) -> int:
             feats[name] = rng.standard_normal((ds.n_items, int(dim)), dtype=np.float32)
         ds = ds.with_features(feats)
     print(f"loaded {ds} in {time.perf_counter() - t0:.1f}s")
+    cache = False if args.no_cache else (args.cache_dir or True)
+    if args.method:
+        return _build_for_method(args, ds, cache)
+    if args.set or args.config:
+        raise ConfigError("--set / --config only apply with --method")
     if needs_features and not ds.features:
         raise DataError(f"{args.data}: no <modality>_feat.npy features; graph kind {args.kind!r} needs "
                         "item features (use --random-features for a synthetic stand-in)")
@@ -122,7 +141,6 @@ def cmd_build(args) -> int:
         if args.kind not in kinds:
             raise ConfigError(f"--{key.replace('_', '-')} only applies to --kind {'/'.join(kinds)}")
         params[key] = _kv_floats(flag, "--weights") if key == "weights" else flag
-    cache = False if args.no_cache else (args.cache_dir or True)
     t0 = time.perf_counter()
     graphs = build_item_graphs(ds, args.kind, k=args.k, modalities=modalities if args.kind != "cooccurrence"
                                else None, cache=cache, use_gpu=False if args.cpu else None,
@@ -132,30 +150,58 @@ def cmd_build(args) -> int:
         print(_summary(name, g))
     print(f"built {args.kind} graph(s) in {elapsed:.2f}s")
     if args.out:
-        save_object({"kind": args.kind, "dataset": str(args.data), "k": args.k,
-                     "params": {k: v for k, v in params.items()}, "graphs": graphs}, args.out)
+        data = build_hetero_data(ds, graphs, include_features=False)
+        described = {"k": args.k, **params}
+        data.relations = {name: {"kind": args.kind, "params": described, "node": "item"} for name in graphs}
+        save_graph(data, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _build_for_method(args, ds, cache) -> int:
+    from mmgraph.graph.relations import build_graph, relation_graph, save_graph
+    from mmgraph.train.config import load_config, parse_overrides
+    from mmgraph.train.run import run_relations
+
+    for flag in ("k", "norm", "self_loops", "weights", "image_weight", "anchor", "alpha", "n_candidates"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} only applies with --kind; with --method set the "
+                              "method's keys (e.g. --set knn_k=5)")
+    config = load_config(args.method, ds.name, args.config, parse_overrides(args.set))
+    relations = run_relations(args.method, config, ds.modalities)
+    t0 = time.perf_counter()
+    data = build_graph(ds, relations, cache=config.get("graph_cache", True) and cache,
+                       use_gpu=False if args.cpu else None, include_features=False)
+    for rel in relations:
+        print(_summary(f"{rel.node}-{rel.name}-{rel.node} ({rel.kind})", relation_graph(data, rel.name, rel.node)))
+    print(f"built the {args.method} graph ({len(relations)} relation(s) besides the interactions) in "
+          f"{time.perf_counter() - t0:.2f}s")
+    if args.out:
+        save_graph(data, args.out)
         print(f"wrote {args.out}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from mmgraph.graph.cache import load_object
+    from mmgraph.graph.hetero import INTERACTS, REV_INTERACTS
+    from mmgraph.graph.relations import load_graph, relation_graph
 
-    try:
-        obj = load_object(args.file)
-    except FileNotFoundError:
-        raise DataError(f"{args.file}: no such file") from None
-    except Exception as exc:
-        raise DataError(f"{args.file}: not a graph file written by 'mmgraph graph build' ({exc})") from None
-    if not isinstance(obj, dict) or "graphs" not in obj:
-        raise DataError(f"{args.file}: not a graph file written by 'mmgraph graph build'")
-    print(f"kind={obj.get('kind')} dataset={obj.get('dataset')} k={obj.get('k')} params={obj.get('params')}")
-    for name, g in obj["graphs"].items():
-        print(_summary(name, g))
+    data = load_graph(args.file)
+    print(f"users={data['user'].num_nodes} items={data['item'].num_nodes} "
+          f"interactions={data[INTERACTS].edge_index.shape[1]}")
+    described = getattr(data, "relations", None) or {}
+    for et in data.edge_types:
+        if et in (INTERACTS, REV_INTERACTS):
+            continue
+        spec = described.get(et[1], {})
+        label = f"{et[0]}-{et[1]}-{et[2]}" + (f" ({spec.get('kind')} {spec.get('params')})" if spec else "")
+        print(_summary(label, relation_graph(data, et[1], et[0])))
     return 0
 
 
 def load_graph_file(path) -> Dict[str, object]:
-    """The ``{relation: ItemGraph}`` stored by ``mmgraph graph build --out``."""
-    from mmgraph.graph.cache import load_object
-    return load_object(path)["graphs"]
+    """The ``{relation: ItemGraph}`` item-item relations of a file written by ``mmgraph graph build``."""
+    from mmgraph.graph.relations import load_graph, relation_graph
+
+    data = load_graph(path)
+    return {et[1]: relation_graph(data, et[1], et[0]) for et in data.edge_types if et[0] == et[2]}

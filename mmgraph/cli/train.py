@@ -18,6 +18,8 @@ def register(sub) -> None:
                    help="override config values; a list value [a,b] defines a grid axis")
     p.add_argument("--seed", type=int, help="random seed (default from config)")
     p.add_argument("--out", help="run directory (config, history, checkpoints, final metrics)")
+    p.add_argument("--graph", help="train on this graph file (written by `mmgraph graph build`, possibly with "
+                                   "your own relations) instead of building the method's graph")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--grid", action="store_true", help="train every grid point, select on validation")
     p.add_argument("--epochs", type=int, help="maximum epochs (shortcut for --set epochs=N)")
@@ -56,7 +58,8 @@ def run_train(args: argparse.Namespace) -> int:
         if not cfg_path.exists():
             raise ConfigError(f"cannot resume: {cfg_path} does not exist")
         config = yaml.safe_load(cfg_path.read_text())
-        result, _ = train(args.method, args.data, config, args.out, resume=True, progress=progress)
+        result, _ = train(args.method, args.data, config, args.out, resume=True, progress=progress,
+                          graph=args.graph)
         _print_metrics(result)
         return 0
     overrides = parse_overrides(args.set)
@@ -72,7 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
         if not config["grid"]:
             raise ConfigError(f"--grid: method {args.method!r} has no grid and --set gave no list values")
         summary = grid_search(args.method, dataset, config, args.out, progress=progress,
-                              data_spec=args.data)
+                              data_spec=args.data, graph=args.graph)
         metric = summary["metric"]
         for row in summary["points"]:
             print(f"point {row['point']:3d} {row['params']}: valid {metric} {row['valid'][metric]:.4f} "
@@ -84,7 +87,8 @@ def run_train(args: argparse.Namespace) -> int:
     if config["grid"] and any(isinstance(v, list) for v in overrides.values()):
         raise ConfigError("list values in --set define a grid; add --grid to run it")
     points = expand_grid({**config, "grid": {}})
-    result, _ = train(args.method, dataset, points[0], args.out, progress=progress, data_spec=args.data)
+    result, _ = train(args.method, dataset, points[0], args.out, progress=progress, data_spec=args.data,
+                      graph=args.graph)
     _print_metrics(result)
     return 0
 

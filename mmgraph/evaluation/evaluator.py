@@ -25,6 +25,15 @@ from mmgraph.evaluation.retrieval import batch_size_for, mask_rows_, member, sin
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 Shard = Tuple[Dict[str, float], int]
+RETRIEVALS = ("exact", "faiss", "auto")
+
+
+def resolve_retrieval(retrieval: str = "auto") -> str:
+    """``auto`` -> ``faiss`` when FAISS can use a GPU, else ``exact``; others unchanged."""
+    if retrieval != "auto":
+        return retrieval
+    from mmgraph.utils.faiss_utils import faiss_gpu_count
+    return "faiss" if faiss_gpu_count() > 0 else "exact"
 
 
 def unseen_items(dataset: RecDataset, split: str = "train") -> np.ndarray:
@@ -56,6 +65,10 @@ class Evaluator:
         candidate_items: rank only these items (ids or a bool mask ``[I]``), e.g. the cold items for
             cold-start evaluation; ground truth outside the candidates is dropped and users left with
             none are not evaluated. Default: all items.
+        retrieval: how the top-K of dot-product scores is found: ``"exact"`` (torch score blocks),
+            ``"faiss"`` (an exact FAISS inner-product index, GPU when faiss-gpu and a GPU are present)
+            or ``"auto"`` (FAISS when it can use a GPU, else exact). All give the same metrics;
+            ``score_fn`` evaluation is always exact.
 
     Attributes:
         users: int64 ``[n_eval]`` evaluated user ids (ascending, on CPU).
@@ -65,7 +78,11 @@ class Evaluator:
 
     def __init__(self, dataset: RecDataset, split: str = "valid", ks: Sequence[int] = DEFAULT_KS,
                  batch_size: Optional[int] = None, memory_budget_mb: float = 256, device="cpu",
-                 mask_split: Union[str, Sequence[str], None] = "train", candidate_items=None):
+                 mask_split: Union[str, Sequence[str], None] = "train", candidate_items=None,
+                 retrieval: str = "exact"):
+        if retrieval not in RETRIEVALS:
+            raise ConfigError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
+        self.retrieval = resolve_retrieval(retrieval)
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}, expected one of {SPLITS}")
         masks = [] if mask_split is None else [mask_split] if isinstance(mask_split, str) else list(mask_split)
@@ -198,8 +215,11 @@ class Evaluator:
         Columns are item ids, or indices into :attr:`candidates` when candidates are set.
         """
         users = self.select_users(users)
-        fn = self._score_fn(user_emb, item_emb, score_fn, max_rows=min(self.batch_size, len(users)))
         k = min(k or self.ks[-1], self.n_cols)
+        if self.retrieval == "faiss" and score_fn is None:
+            yield from self._iter_topk_faiss(user_emb, item_emb, users, k)
+            return
+        fn = self._score_fn(user_emb, item_emb, score_fn, max_rows=min(self.batch_size, len(users)))
         for start in range(0, len(users), self.batch_size):
             u = users[start:start + self.batch_size].to(self.device)
             scores = fn(u)
@@ -213,6 +233,29 @@ class Evaluator:
             with single_thread(self.device):
                 hits = member(self._gt_keys, u, top, self.n_cols)
             yield u, top, hits
+
+    def _iter_topk_faiss(self, user_emb, item_emb, users: torch.Tensor, k: int):
+        from mmgraph.evaluation.retrieval import gather_csr_rows, topk_faiss
+
+        self._score_fn(user_emb, item_emb, None, max_rows=0)  # shape checks
+        items = torch.as_tensor(item_emb).detach()
+        if self.candidates is not None:
+            items = items.index_select(0, self.candidates.to(items.device))
+        exclude = None
+        if self._mask is not None:  # the evaluated users' masked columns as CSR rows in their order
+            indptr, cols = self._mask
+            u = users.to(indptr.device)
+            counts = indptr[u + 1] - indptr[u]
+            _, sel = gather_csr_rows(indptr, cols, u)
+            exclude = (torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).cpu(), sel.cpu())
+        user_rows = torch.as_tensor(user_emb).detach()[users.to(torch.as_tensor(user_emb).device)]
+        _, top = topk_faiss(user_rows, items, k, exclude_csr=exclude)
+        for start in range(0, len(users), self.batch_size):
+            u = users[start:start + self.batch_size].to(self.device)
+            t = top[start:start + self.batch_size].to(self.device)
+            with single_thread(self.device):
+                hits = member(self._gt_keys, u, t.clamp(min=0), self.n_cols) & (t >= 0)
+            yield u, t, hits
 
     def _per_user(self, user_emb=None, item_emb=None, users=None, score_fn=None) -> Dict[str, torch.Tensor]:
         parts: Dict[str, list] = {n: [] for n in self.names}

@@ -185,7 +185,7 @@ def topk_faiss(user_emb, item_emb, k: int, exclude_csr=None,
     :func:`topk_exact`. Same arguments and return value as :func:`topk_exact` (float32 scores).
     """
     user_emb, item_emb = _check_emb(user_emb, item_emb)
-    from mmgraph.utils.faiss_utils import search_ip
+    from mmgraph.utils.faiss_utils import build_ip_index, search_index
 
     users = user_emb.detach().cpu().numpy().astype(np.float32, copy=False)
     items = item_emb.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -193,9 +193,11 @@ def topk_faiss(user_emb, item_emb, k: int, exclude_csr=None,
     k = min(int(k), n_items)
     out_s = np.full((n_users, k), -np.inf, dtype=np.float32)
     out_i = np.full((n_users, k), -1, dtype=np.int64)
+    if n_users == 0 or k == 0:
+        return torch.from_numpy(out_s), torch.from_numpy(out_i)
+    index = build_ip_index(items, use_gpu)  # once; every bucket searches it
     if exclude_csr is None:
-        if n_users:
-            out_s[:], out_i[:] = search_ip(items, users, k, use_gpu=use_gpu)
+        out_s[:], out_i[:] = search_index(index, users, k)
         return torch.from_numpy(out_s), torch.from_numpy(out_i)
 
     indptr, indices = (np.asarray(x.cpu() if torch.is_tensor(x) else x, dtype=np.int64) for x in exclude_csr)
@@ -206,7 +208,7 @@ def topk_faiss(user_emb, item_emb, k: int, exclude_csr=None,
     for e in np.unique(extra):
         rows = np.flatnonzero(extra == e)
         fetch = min(k + int(e), n_items)
-        s, i = search_ip(items, users[rows], fetch, use_gpu=use_gpu)
+        s, i = search_index(index, users[rows], fetch)
         q = rows[:, None] * n_items + i
         pos = np.searchsorted(keys, q).clip(max=max(len(keys) - 1, 0))
         drop = (i < 0) | (keys[pos] == q) if len(keys) else (i < 0)

@@ -1,28 +1,86 @@
-"""The common model interface every method (and every plug-in) builds on."""
+"""The common model interface every method (and every plug-in) builds on.
+
+A model is built from the run's graph (a PyG ``HeteroData``, see :mod:`mmgraph.graph.relations`) and a
+flat config: ``Model(data, config)``. It declares the relations it reads with :meth:`Recommender.relations`
+(the run builds them), scores by a dot product of user and item representations, and may expose named
+*channels* (e.g. ``id``, ``image``, ``text``, ``fused``): representation spaces in which
+``user . item`` is a score, used by plug-ins (losses on per-modality scores) and by
+``mmgraph evaluate --channel``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from mmgraph.data.dataset import RecDataset
+from mmgraph.graph.relations import Relation, interaction_adj, node_counts, node_features
+from mmgraph.nn.conv import LightGCNEncoder
+from mmgraph.nn.sparse import SparseAdj, unique_rows
+
+FINAL = "final"
 
 
 @dataclass
 class Batch:
-    """A training batch of BPR triples: ``users, pos, neg`` are ``[B]`` int64 tensors."""
+    """A training batch of BPR triples: ``users, pos, neg`` are ``[B]`` int64 tensors.
+
+    ``extras`` holds what a model's or plug-in's sampler adds, e.g. ``candidates [B, n]``: a pool of
+    negatives per row (BR-MRS's hard-negative candidates).
+    """
 
     users: Tensor
     pos: Tensor
     neg: Tensor
+    extras: Dict[str, Tensor] = field(default_factory=dict)
 
     def to(self, device) -> "Batch":
-        return Batch(self.users.to(device), self.pos.to(device), self.neg.to(device))
+        return Batch(self.users.to(device), self.pos.to(device), self.neg.to(device),
+                     {k: v.to(device) for k, v in self.extras.items()})
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
+
+
+RowFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Channel:
+    """One representation space: ``score(u, i) = user(u) . item(i)``.
+
+    Each side is a full table (``users [U, d]`` / ``items [I, d]``) or a function ``ids [n] -> [n, d]``
+    for models that build only the rows a batch needs.
+    """
+
+    users: Optional[Tensor] = None
+    items: Optional[Tensor] = None
+    user_fn: Optional[RowFn] = None
+    item_fn: Optional[RowFn] = None
+
+    def user_rows(self, ids: Tensor, distinct: bool = False) -> Tensor:
+        """``[len(ids), d]``; ``distinct``: ``ids`` has no repeats (a cheaper backward)."""
+        return _rows(self.users, self.user_fn, ids, distinct, "user")
+
+    def item_rows(self, ids: Tensor, distinct: bool = False) -> Tensor:
+        return _rows(self.items, self.item_fn, ids, distinct, "item")
+
+    def score(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of ``users [B]`` with ``items [B]`` (-> ``[B]``) or ``items [B, n]`` (-> ``[B, n]``)."""
+        u = self.user_rows(users)
+        if items.dim() == 1:
+            return (u * self.item_rows(items)).sum(-1)
+        it = self.item_rows(items.reshape(-1)).view(items.shape[0], items.shape[1], -1)
+        return torch.einsum("bd,bnd->bn", u, it)
+
+
+def _rows(table: Optional[Tensor], fn: Optional[RowFn], ids: Tensor, distinct: bool, what: str) -> Tensor:
+    if table is not None:
+        return unique_rows(table, ids) if distinct else table[ids]
+    if fn is None:
+        raise ValueError(f"channel has no {what} representations")
+    return fn(ids)
 
 
 @dataclass
@@ -34,23 +92,36 @@ class LossOutput:
         terms: named scalar parts for logging (detached by the trainer).
         user_emb / item_emb: the final ``[U, d]`` / ``[I, d]`` representations this step used, for
             plug-ins that add losses on top of the backbone (CROSS, BR-MRS).
-        user_rows: instead of ``user_emb``, a function ``ids [n] -> [n, d]`` giving the final
-            representations of those users from this step's graph, for backbones whose loss only
-            builds the rows it needs (CM3).
+        user_rows / item_rows: instead of ``user_emb`` / ``item_emb``, functions ``ids [n] -> [n, d]``
+            giving the final representations of those rows from this step's graph, for backbones whose
+            loss only builds the rows it needs (CM3 users, VBPR items).
+        channels: named per-channel representations of this step (e.g. ``image``, ``text``, ``fused``);
+            the final scoring space is :meth:`channel` ``("final")``.
     """
 
     loss: Tensor
     terms: Dict[str, Tensor] = field(default_factory=dict)
     user_emb: Optional[Tensor] = None
     item_emb: Optional[Tensor] = None
-    user_rows: Optional[Callable[[Tensor], Tensor]] = None
+    user_rows: Optional[RowFn] = None
+    item_rows: Optional[RowFn] = None
+    channels: Dict[str, Channel] = field(default_factory=dict)
+
+    def channel(self, name: str = FINAL) -> Channel:
+        """The channel ``name``; ``"final"`` is the scoring space (``user_emb`` / ``item_emb``)."""
+        if name == FINAL and FINAL not in self.channels:
+            return Channel(self.user_emb, self.item_emb, self.user_rows, self.item_rows)
+        if name not in self.channels:
+            raise KeyError(f"no channel {name!r}; this model's loss exposes {[FINAL, *self.channels]}")
+        return self.channels[name]
 
 
 class Recommender(nn.Module):
     """Base class. Subclasses set ``defaults`` and implement :meth:`forward` and :meth:`loss`.
 
     Args:
-        dataset: the training data (only the train split and features are read).
+        data: the run's graph (``HeteroData``: node counts, train interactions, item features
+            ``x_<modality>`` and the relations :meth:`relations` asked for).
         config: resolved flat config; missing keys fall back to ``defaults``.
     """
 
@@ -60,14 +131,18 @@ class Recommender(nn.Module):
     #: whether the method needs item features
     multimodal: bool = False
 
-    def __init__(self, dataset: RecDataset, config: Optional[Dict[str, Any]] = None):
+    def __init__(self, data, config: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.config = {**self.defaults, **(config or {})}
-        self.n_users = dataset.n_users
-        self.n_items = dataset.n_items
+        self.n_users, self.n_items = node_counts(data)
         self.embedding_size = int(self.config.get("embedding_size", 64))
 
     # ---- to implement -------------------------------------------------------------------
+    @classmethod
+    def relations(cls, config: Dict[str, Any], modalities: Sequence[str]) -> List[Relation]:
+        """The graph relations this method reads, beyond the user-item interactions (default none)."""
+        return []
+
     def forward(self) -> Tuple[Tensor, Tensor]:
         """Final user ``[U, d]`` and item ``[I, d]`` representations (training graph)."""
         raise NotImplementedError
@@ -83,6 +158,12 @@ class Recommender(nn.Module):
     def on_epoch_start(self, epoch: int, generator: Optional[torch.Generator] = None) -> None:
         """Hook for per-epoch work (e.g. FREEDOM's edge pruning)."""
 
+    def make_sampler(self, dataset, batch_size: int, seed: int, **options):
+        """The training sampler (default: :class:`~mmgraph.train.sampler.BPRSampler`; ``options`` are
+        its keyword arguments, e.g. ``n_candidates`` asked for by a plug-in)."""
+        from mmgraph.train.sampler import BPRSampler
+        return BPRSampler(dataset, batch_size, seed=seed, **options)
+
     @torch.no_grad()
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         """Representations used for scoring: ``score(u, i) = user[u] . item[i]``.
@@ -96,6 +177,22 @@ class Recommender(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def channel_embeddings(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        """``{channel: (users [U, d_c], items [I, d_c])}`` in evaluation mode; ``"final"`` is the scoring
+        space. Models with per-modality representations override :meth:`_channels`."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = {FINAL: self.embeddings()}
+            out.update(self._channels())
+            return out
+        finally:
+            self.train(was_training)
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        return {}
+
     def extra_repr(self) -> str:
         return f"users={self.n_users}, items={self.n_items}, d={self.embedding_size}"
 
@@ -104,3 +201,29 @@ def xavier_embedding(n: int, d: int, init: str = "uniform") -> nn.Embedding:
     emb = nn.Embedding(n, d)
     (nn.init.xavier_uniform_ if init == "uniform" else nn.init.xavier_normal_)(emb.weight)
     return emb
+
+
+def item_features(data) -> Dict[str, Tensor]:
+    """``{modality: [I, d_m]}`` item features of the run's graph."""
+    return node_features(data, "item")
+
+
+class GraphRecommender(Recommender):
+    """A recommender with ID embeddings propagated over the training user-item graph.
+
+    Holds the normalised adjacency (a :class:`SparseAdj` submodule, not saved: rebuilt from the graph)
+    and a :class:`LightGCNEncoder` (``n_layers``, ``readout``); :meth:`propagate` returns
+    (users ``[U, d]``, items ``[I, d]``).
+    """
+
+    def __init__(self, data, config=None):
+        super().__init__(data, config)
+        self.adj = interaction_adj(data)
+        self.user_emb = xavier_embedding(self.n_users, self.embedding_size)
+        self.item_emb = xavier_embedding(self.n_items, self.embedding_size)
+        self.encoder = LightGCNEncoder(int(self.config.get("n_layers", 2)), self.config.get("readout", "mean"))
+
+    def propagate(self, adj: Optional[SparseAdj] = None) -> Tuple[Tensor, Tensor]:
+        x = torch.cat([self.user_emb.weight, self.item_emb.weight], 0)
+        h = self.encoder(x, self.adj if adj is None else adj)
+        return h[: self.n_users], h[self.n_users:]

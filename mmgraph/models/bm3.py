@@ -1,15 +1,14 @@
 """BM3 (Zhou et al. 2023): bootstrapped multimodal latent views, no negatives (MMRec's implementation)."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgraph.losses import emb_reg
-from mmgraph.models.base import Batch, LossOutput
-from mmgraph.models.lightgcn import GraphRecommender
+from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.features import ModalityEncoder
 
@@ -28,14 +27,14 @@ class BM3(GraphRecommender):
     multimodal = True
     defaults = {"embedding_size": 64, "n_layers": 1, "dropout": 0.5, "reg_weight": 0.1, "cl_weight": 2.0}
 
-    def __init__(self, dataset, config=None):
-        super().__init__(dataset, config)
+    def __init__(self, data, config=None):
+        super().__init__(data, config)
         d = self.embedding_size
         nn.init.xavier_normal_(self.user_emb.weight)
         nn.init.xavier_normal_(self.item_emb.weight)
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
-        self.modal = ModalityEncoder(dataset.features, d, trainable=True, init="xavier_normal")
+        self.modal = ModalityEncoder(item_features(data), d, trainable=True, init="xavier_normal")
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         u, i = self.propagate()
@@ -59,12 +58,21 @@ class BM3(GraphRecommender):
             with torch.no_grad():
                 feat_target = F.dropout(feat, p)
             cl = cl + _cos_loss(feat_online, i_target) + _cos_loss(feat_online, feat_target)
-        # MMRec: EmbLoss over ALL user and item rows, divided by the number of items
+        # MMRec: EmbLoss over ALL user and item rows, divided by the number of items (its last argument)
         reg = self.config["reg_weight"] * emb_reg(u_all, i_all)
         total = loss_ui + loss_iu + self.config["cl_weight"] * cl + reg
-        return LossOutput(total, {"ui": loss_ui + loss_iu, "cl": cl, "reg": reg}, u_all, i_all)
+        channels = {m: Channel(user_fn=lambda ids: self.predictor(u_all[ids]),
+                               item_fn=lambda ids, m=m: self.predictor(self.modal.project(m, ids)))
+                    for m in self.modal.modalities}
+        return LossOutput(total, {"ui": loss_ui + loss_iu, "cl": cl, "reg": reg},
+                          user_rows=lambda ids: self.predictor(u_all[ids]),
+                          item_rows=lambda ids: self.predictor(i_all[ids]), channels=channels)
 
     @torch.no_grad()
     def embeddings(self) -> Tuple[Tensor, Tensor]:
         u, i = super().embeddings()
         return self.predictor(u), self.predictor(i)
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        users = self.embeddings()[0]
+        return {m: (users, self.predictor(self.modal.project(m))) for m in self.modal.modalities}

@@ -30,17 +30,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
-from mmgraph.graph.bipartite import normalized_bipartite
-from mmgraph.graph.item_graphs import FREEDOM_IMAGE_WEIGHT, freedom_graph, freedom_weights
+from mmgraph.graph.item_graphs import FREEDOM_IMAGE_WEIGHT, freedom_weights
+from mmgraph.graph.relations import Relation, interaction_adj, relation_adj
 from mmgraph.losses import alignment, calibrated_uniformity
-from mmgraph.models.base import Batch, LossOutput, Recommender
+from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
 from mmgraph.models.registry import register
+from mmgraph.nn.conv import LightGCNEncoder
+from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion, row_normalize
-from mmgraph.nn.sparse import SparseAdj, unique_rows
+from mmgraph.nn.sparse import unique_rows
 from mmgraph.train.reproducibility import resolve_device
 from mmgraph.utils.memory import tune_glibc_malloc
 
 log = logging.getLogger(__name__)
+
+ITEM_GRAPH = "knn_mm"
 
 #: switch presets; ``variant: released`` reproduces the released CM3 code's loss and scoring
 VARIANTS: Dict[str, Dict[str, object]] = {
@@ -66,13 +70,6 @@ def cm3_modality_weights(config, modalities: List[str]) -> Dict[str, float]:
     return freedom_weights(list(modalities), explicit, image_weight)
 
 
-def _csr_mm(adj: Tensor, x: Tensor) -> Tensor:
-    # addmm_ with beta=0 into a fresh buffer: on CPU this skips the zero-fill and the two copies of
-    # ``csr @ x`` (~2.5x faster for the TikTok graph); the buffer's content is never read
-    x = x.contiguous()
-    return x.new_empty(adj.shape[0], x.shape[1]).addmm_(adj, x, beta=0)
-
-
 class _ChannelWeights(torch.autograd.Function):
     """``w * x`` for per-user channel weights ``w [U, C, 1]`` and ``x [U, C, d]`` (eq. 7), with the
     weight gradient as one dot product per channel (no ``[U, C, d]`` temporary)."""
@@ -88,76 +85,6 @@ class _ChannelWeights(torch.autograd.Function):
         gw = torch.linalg.vecdot(grad, x).unsqueeze(-1) if ctx.needs_input_grad[0] else None
         gx = grad * w if ctx.needs_input_grad[1] else None
         return gw, gx
-
-
-class _SpMM(torch.autograd.Function):
-    """``A @ x`` for a fixed CSR ``A``; the backward is ``A^T @ grad`` with the stored transpose."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, adj: Tensor, adj_t: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.adj_t = adj_t
-        return _csr_mm(adj, x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return _csr_mm(ctx.adj_t, grad), None, None
-
-
-def spmm(adj: SparseAdj, x: Tensor) -> Tensor:
-    """``adj @ x`` (differentiable in ``x``): the same result as ``adj.matmul(x)``, faster on CPU."""
-    if adj.csr.device.type != "cpu":
-        return adj.matmul(x)
-    if x.requires_grad and torch.is_grad_enabled():
-        return _SpMM.apply(x, adj.csr, adj.csr_t)
-    return _csr_mm(adj.csr, x)
-
-
-def _sum_propagate(xu: Tensor, xi: Tensor, r: Tensor, rt: Tensor, n_layers: int) -> Tuple[Tensor, Tensor]:
-    """``sum_{l=0..L} A^l [xu; xi]`` split into users / items, for ``A = [[0, R], [R^T, 0]]`` given as
-    the CSR blocks ``r = R`` and ``rt = R^T``; accumulates in place (the last layer straight into the
-    sums with ``addmm_``)."""
-    if n_layers == 0:
-        return xu.clone(), xi.clone()
-    u, i = xu.contiguous(), xi.contiguous()
-    su = si = None
-    for layer in range(n_layers):
-        if su is not None and layer == n_layers - 1:
-            su.addmm_(r, i)
-            si.addmm_(rt, u)
-        else:
-            u, i = _csr_mm(r, i), _csr_mm(rt, u)
-            if su is None:
-                su, si = xu + u, xi + i
-            else:
-                su.add_(u)
-                si.add_(i)
-    return su, si
-
-
-class _SumPropagation(torch.autograd.Function):
-    """LightGCN SUM readout on the bipartite graph. ``M = sum_l A^l`` is symmetric (``A`` is), so the
-    backward is the same propagation applied to the output gradients; nothing is stored."""
-
-    @staticmethod
-    def forward(ctx, xu, xi, r, rt, n_layers):  # type: ignore[override]
-        ctx.graph = (r, rt, n_layers)
-        return _sum_propagate(xu, xi, r, rt, n_layers)
-
-    @staticmethod
-    def backward(ctx, gu, gi):  # type: ignore[override]
-        r, rt, n_layers = ctx.graph
-        gxu, gxi = _sum_propagate(gu, gi, r, rt, n_layers)
-        return gxu, gxi, None, None, None
-
-
-def bipartite_blocks(pairs, n_users: int, n_items: int) -> Tuple[SparseAdj, SparseAdj]:
-    """The blocks ``R [U, I]`` and ``R^T [I, U]`` of the symmetric-normalised user-item adjacency
-    (``1 / sqrt(d_u d_i)`` per training edge, the same weights as ``normalized_bipartite_adj``)."""
-    edge_index, weight = normalized_bipartite(pairs, n_users, n_items)
-    half = edge_index.shape[1] // 2  # first half: (user, U + item)
-    rows, cols, w = edge_index[0, :half], edge_index[1, :half] - n_users, weight[:half]
-    return (SparseAdj(torch.stack([rows, cols]), w, (n_users, n_items)),
-            SparseAdj(torch.stack([cols, rows]), w, (n_items, n_users)))
 
 
 class ModalityMLP(nn.Module):
@@ -183,7 +110,7 @@ class CM3(Recommender):
     multimodal = True
     defaults = {
         "embedding_size": 64, "hidden_size": 256, "n_ui_layers": 3, "n_mm_layers": 1, "knn_k": 10,
-        "mm_image_weight": FREEDOM_IMAGE_WEIGHT, "modality_weights": None, "graph_cache": True,
+        "mm_image_weight": FREEDOM_IMAGE_WEIGHT, "modality_weights": None,
         "gamma": 0.9, "uniformity_t": 2.0, "alpha": 0.5, "min_sim": 0.0, "max_sim": 1.0,
         "variant": "default",
         "fusion": "slerp", "fusion_input": "projection", "eval_lambda": 0.5, "drop_modality": None,
@@ -192,16 +119,30 @@ class CM3(Recommender):
         "leaky_slope": 0.01, "malloc_tuning": True,
     }
 
-    def __init__(self, dataset, config=None):
-        config = {**self.defaults, **(config or {})}
+    @classmethod
+    def resolve_config(cls, config) -> Dict[str, object]:
+        """The config with defaults and the ``variant`` preset applied (a preset wins over a switch)."""
+        config = {**cls.defaults, **(config or {})}
         variant = str(config.get("variant") or "default")
         if variant not in VARIANTS:
             raise ConfigError(f"cm3 variant must be one of {sorted(VARIANTS)}, got {variant!r}")
         for key, value in VARIANTS[variant].items():
-            if config[key] != value and config[key] != self.defaults[key]:
+            if config[key] != value and config[key] != cls.defaults[key]:
                 log.warning("cm3 variant=%s sets %s=%r (the given %r is ignored)", variant, key, value, config[key])
             config[key] = value
-        super().__init__(dataset, config)
+        return config
+
+    @classmethod
+    def relations(cls, config, modalities) -> List[Relation]:
+        cfg = {**cls.defaults, **config}
+        kept = list(cls._select_features({m: None for m in modalities}, cfg.get("drop_modality")))
+        weights = cm3_modality_weights(cfg, kept)
+        return [Relation(ITEM_GRAPH, "freedom", {"k": int(cfg["knn_k"]), "weights": weights,
+                                                 "modalities": list(weights)})]
+
+    def __init__(self, data, config=None):
+        config = self.resolve_config(config)
+        super().__init__(data, config)
         cfg = self.config
         for key, choices in _CHOICES.items():
             if cfg[key] not in choices:
@@ -209,14 +150,13 @@ class CM3(Recommender):
         self.eval_lambda = self._parse_eval_lambda(cfg["eval_lambda"])
         if cfg.get("malloc_tuning") and resolve_device(str(cfg.get("device", "auto"))).type == "cpu":
             log.debug("glibc malloc tuning applied: %s", tune_glibc_malloc())
-        feats = self._select_features(dataset.features, cfg.get("drop_modality"))
+        feats = self._select_features(item_features(data), cfg.get("drop_modality"))
         self.modalities = list(feats)
         d, d1 = self.embedding_size, int(cfg["hidden_size"])
         self.fusion = cfg["fusion"]
         self.n_channels = len(self.modalities) + (self.fusion != "none")
 
-        for name, feat in feats.items():  # frozen raw features: not parameters, not in checkpoints
-            self.register_buffer(f"feat_{name}", torch.as_tensor(feat, dtype=torch.float32), persistent=False)
+        self.feats = FeatureTables(feats)  # frozen: not parameters, not in checkpoints
         slope = float(cfg["leaky_slope"])
         self.mlp = nn.ModuleDict({m: ModalityMLP(f.shape[1], d1, d, slope) for m, f in feats.items()})
         # fused-feature inputs p^m: separate Linear(d_m -> d) (released code), also the similarity source
@@ -241,12 +181,11 @@ class CM3(Recommender):
             nn.init.xavier_normal_(self.user_emb.data[:, k])
         self.user_pref = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, c, 1)))
 
-        self.ui_adj, self.iu_adj = bipartite_blocks(dataset.train, self.n_users, self.n_items)
+        self.adj = interaction_adj(data)
         self.n_ui_layers = int(cfg["n_ui_layers"])
-        weights = cm3_modality_weights(cfg, self.modalities)
-        self.item_graph = freedom_graph(feats, int(cfg["knn_k"]), weights=weights,
-                                        cache=cfg.get("graph_cache", True)).to_sparse_adj()
-        log.debug("CM3 modalities %s, item graph %s, weights %s", self.modalities, self.item_graph, weights)
+        self.encoder = LightGCNEncoder(self.n_ui_layers, "sum")
+        self.item_graph = relation_adj(data, ITEM_GRAPH)
+        log.debug("CM3 modalities %s, item graph %s", self.modalities, self.item_graph)
 
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
@@ -274,17 +213,9 @@ class CM3(Recommender):
             raise ConfigError("drop_modality removes every modality; CM3 needs at least one")
         return kept
 
-    def _apply(self, fn, *args, **kwargs):  # keep the sparse graphs on the module's device
-        out = super()._apply(fn, *args, **kwargs)
-        device = self.user_emb.device
-        if self.ui_adj.csr.device != device:
-            self.ui_adj, self.iu_adj = self.ui_adj.to(device), self.iu_adj.to(device)
-            self.item_graph = self.item_graph.to(device)
-        return out
-
     # ------------------------------------------------------------------ model
     def features(self, name: str) -> Tensor:
-        return getattr(self, f"feat_{name}")
+        return self.feats.table(name)
 
     def _lam(self) -> Tensor:
         n_lam = self.last_lam.shape[1]
@@ -343,23 +274,14 @@ class CM3(Recommender):
         """Eq. 8: ``x_hat = S^(n_mm_layers) x + x`` on the frozen kNN item graph."""
         hop = items
         for _ in range(int(self.config["n_mm_layers"])):
-            hop = spmm(self.item_graph, hop)
+            hop = self.item_graph.matmul(hop)
         return items + hop
 
     def propagate(self, users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
         """LightGCN with SUM readout over layers ``0..n_ui_layers`` on the symmetric-normalised
-        bipartite graph, as its two off-diagonal blocks ``R [U, I]`` and ``R^T`` (the same operator as
-        the ``(U+I)^2`` adjacency without its empty diagonal blocks, ~2.5x faster on CPU)."""
-        if self.ui_adj.csr.device.type != "cpu":
-            sum_u, sum_i = users, items
-            for _ in range(self.n_ui_layers):
-                users, items = self.ui_adj.matmul(items), self.iu_adj.matmul(users)
-                sum_u, sum_i = sum_u + users, sum_i + items
-            return sum_u, sum_i
-        r, rt = self.ui_adj.csr, self.iu_adj.csr
-        if torch.is_grad_enabled() and (users.requires_grad or items.requires_grad):
-            return _SumPropagation.apply(users, items, r, rt, self.n_ui_layers)
-        return _sum_propagate(users, items, r, rt, self.n_ui_layers)
+        user-item graph (eq. 4-6): ``[U, C d]``, ``[I, C d]``."""
+        h = self.encoder(torch.cat([users, items], 0), self.adj)
+        return h[: self.n_users], h[self.n_users:]
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         users, items, _ = self.encode()
@@ -410,5 +332,21 @@ class CM3(Recommender):
         if cfg["halve_uniform"]:
             bracket = bracket / 2
         total = align + float(cfg["gamma"]) * bracket
+        d = self.embedding_size
+        channels = {name: Channel(items=items_all[:, k * d:(k + 1) * d],
+                                  user_fn=lambda ids, k=k: self.weight_users(u_rep, ids)[:, k * d:(k + 1) * d])
+                    for k, name in enumerate(self.channel_names)}
         return LossOutput(total, {"align": align, "uniform_user": uni_u, "uniform_item": uni_i},
-                          item_emb=items_all, user_rows=lambda ids: self.weight_users(u_rep, ids))
+                          item_emb=items_all, user_rows=lambda ids: self.weight_users(u_rep, ids),
+                          channels=channels)
+
+    @property
+    def channel_names(self) -> List[str]:
+        """The ``|M| (+1)`` channel blocks of the representations: the modalities, then ``fused``."""
+        return list(self.modalities) + (["fused"] if self.fusion != "none" else [])
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        users, items, _ = self.encode()
+        d = self.embedding_size
+        return {name: (users[:, k * d:(k + 1) * d], items[:, k * d:(k + 1) * d])
+                for k, name in enumerate(self.channel_names)}

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmgraph.losses import alignment, uniformity
-from mmgraph.models.base import Batch, LossOutput
-from mmgraph.models.lightgcn import GraphRecommender
+from mmgraph.models.base import Batch, GraphRecommender, LossOutput
 from mmgraph.models.registry import register
 
 
@@ -20,14 +19,14 @@ class DirectAU(GraphRecommender):
 
     defaults = {"embedding_size": 64, "encoder": "mf", "n_layers": 2, "gamma": 1.0, "uniformity_t": 2.0}
 
-    def __init__(self, dataset, config=None):
+    def __init__(self, data, config=None):
         config = {**self.defaults, **(config or {})}
         if config["encoder"] == "mf":
             config["n_layers"] = 0
         elif config["encoder"] != "lightgcn":
             from mmgraph.errors import ConfigError
             raise ConfigError(f"directau encoder must be 'mf' or 'lightgcn', got {config['encoder']!r}")
-        super().__init__(dataset, config)
+        super().__init__(data, config)
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self.propagate()

@@ -1,15 +1,16 @@
-"""Method registry: ``@register("lightgcn")`` makes ``--method lightgcn`` find the class."""
+"""Method registry: ``@register("lightgcn")`` makes ``--method lightgcn`` find the class.
+
+Every module of :mod:`mmgraph.models` is imported on first lookup, so a new method is one new file
+(a :class:`~mmgraph.models.base.Recommender` subclass with ``@register("name")``) plus
+``configs/methods/<name>.yaml``.
+"""
 from __future__ import annotations
 
 from typing import Dict, Type
 
 from mmgraph.utils.registry import Registry
 
-# modules imported lazily on first lookup, so registering a method = one new file + this list
-BUILTIN_MODULES = ["mmgraph.models.mf", "mmgraph.models.lightgcn", "mmgraph.models.directau",
-                   "mmgraph.models.vbpr", "mmgraph.models.freedom", "mmgraph.models.bm3",
-                   "mmgraph.models.cm3"]
-METHODS = Registry("method", "method_name", BUILTIN_MODULES)
+METHODS = Registry("method", "method_name", "mmgraph.models", skip=["base", "registry", "pop"])
 register = METHODS.register
 
 

@@ -1,46 +1,68 @@
 """VBPR (He & McAuley 2016) as in MMRec: visual (here: all modalities) BPR without bias terms."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mmgraph.losses import bpr_loss, emb_reg
-from mmgraph.models.base import Batch, LossOutput, Recommender
+from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
 from mmgraph.models.registry import register
+from mmgraph.nn.features import FeatureTables
 
 
 @register("vbpr")
 class VBPR(Recommender):
-    """User ``theta_u [2d]``; item ``[gamma_i ; W concat(x_m) + b]``; BPR + MMRec-Reg on the final rows."""
+    """User ``theta_u [2d]``; item ``[gamma_i ; W concat(x_m) + b]``; BPR + MMRec-Reg on the final rows.
+
+    Channels: ``id`` (``theta_u[:d] . gamma_i``) and one per modality
+    (``theta_u[d:] . W_m x_m``, ``W_m`` = the modality's columns of ``W``; the bias is left out)."""
 
     multimodal = True
     defaults = {"embedding_size": 64, "reg_weight": 1e-4}
 
-    def __init__(self, dataset, config=None):
-        super().__init__(dataset, config)
+    def __init__(self, data, config=None):
+        super().__init__(data, config)
         d = self.embedding_size
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        # frozen concatenated features (sorted by modality name for a stable layout)
-        feats = np.concatenate([dataset.features[m] for m in sorted(dataset.features)], axis=1)
-        self.register_buffer("features", torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
-                             persistent=False)
-        self.item_linear = nn.Linear(feats.shape[1], d)
+        # frozen features, concatenated in modality-name order (a stable layout)
+        feats = item_features(data)
+        self.features = FeatureTables({m: feats[m] for m in sorted(feats)})
+        self.item_linear = nn.Linear(sum(self.features.dims.values()), d)
 
-    def item_representation(self, items=None) -> Tensor:
-        feats = self.features if items is None else self.features[items]
+    def item_representation(self, items: Optional[Tensor] = None) -> Tensor:
         ids = self.item_emb if items is None else self.item_emb[items]
-        return torch.cat([ids, self.item_linear(feats)], -1)
+        return torch.cat([ids, self.item_linear(self.features.concat(items))], -1)
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self.user_emb, self.item_representation()
+
+    def modality_items(self, name: str, items: Optional[Tensor] = None) -> Tensor:
+        """``W_m x_m`` for modality ``name``: ``[n, d]``."""
+        start = 0
+        for m, dim in self.features.dims.items():
+            if m == name:
+                return self.features.raw(m, items) @ self.item_linear.weight[:, start:start + dim].t()
+            start += dim
+        raise KeyError(name)
 
     def loss(self, batch: Batch) -> LossOutput:
         eu = self.user_emb[batch.users]
         ep, en = self.item_representation(batch.pos), self.item_representation(batch.neg)
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         reg = self.config["reg_weight"] * emb_reg(eu, ep, en)
-        return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, self.user_emb, None)
+        d = self.embedding_size
+        channels = {"id": Channel(users=self.user_emb[:, :d], items=self.item_emb)}
+        channels.update({m: Channel(users=self.user_emb[:, d:],
+                                    item_fn=lambda ids, m=m: self.modality_items(m, ids))
+                         for m in self.features.modalities})
+        return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, self.user_emb,
+                          item_rows=self.item_representation, channels=channels)
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        d = self.embedding_size
+        out = {"id": (self.user_emb[:, :d], self.item_emb)}
+        out.update({m: (self.user_emb[:, d:], self.modality_items(m)) for m in self.features.modalities})
+        return out

@@ -6,57 +6,90 @@ from typing import List, Optional, Union
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import spmm
 
 from mmgraph.graph.bipartite import sym_norm_weights
 from mmgraph.nn.sparse import SparseAdj
 
+#: an adjacency: a fixed :class:`SparseAdj` (fused CSR path), a PyG ``edge_index [2, E]`` (source ->
+#: target, gather/scatter path) or a ``torch.sparse`` ``adj_t [N_target, N_source]``
 Adjacency = Union[SparseAdj, Tensor]
 
 
 class LightGCNConv(MessagePassing):
-    """``x'_r = sum_c w_rc x_c`` with no weights, no activation, no self loop (LightGCN).
+    r"""The light graph convolution of LightGCN (He et al., SIGIR 2020), without weights, activation
+    or self loop:
 
-    ``x`` may be ``[N, F]`` or ``[N, C, F]`` (C modality channels propagated together: the graph
-    operator is linear, so channels are flattened into one matrix product).
+    .. math::
+        \mathbf{x}^{\prime}_i = \sum_{j \in \mathcal{N}(i)} e_{j,i} \, \mathbf{x}_j
 
-    Two paths give identical results:
-      * ``forward(x, adj)`` with a :class:`SparseAdj` (already normalised): a CSR matmul with a custom
-        backward -- the fast path for fixed graphs.
-      * ``forward(x, edge_index, edge_weight)``: gather/scatter message passing; ``edge_weight`` may
-        require grad (learned edge weights). With ``normalize=True`` weights are symmetrically
-        normalised by the weighted degrees first.
+    where :math:`e_{j,i}` is the (already normalised) edge weight, or
+    :math:`e_{j,i} / \sqrt{\deg(i)\deg(j)}` with ``normalize=True`` (weighted degrees).
+
+    Follows PyG's :class:`~torch_geometric.nn.conv.LGConv` conventions: ``edge_index[0]`` is the source,
+    ``edge_index[1]`` the target; ``forward`` makes exactly one call to :meth:`propagate`, which runs
+
+    * :meth:`message_and_aggregate` when the adjacency is sparse: a :class:`SparseAdj` (the fixed,
+      normalised graphs of the models: a CSR product whose backward reuses ``A`` for symmetric graphs)
+      or a ``torch.sparse`` ``adj_t``;
+    * :meth:`message` + scatter-add for an ``edge_index`` with ``edge_weight`` -- the path for
+      learned edge weights (``edge_weight.requires_grad``).
+
+    ``x`` may carry several channels: ``[N, F]`` or ``[N, C, F]`` (the operator is linear, so channels
+    are flattened into one product). Both paths give the same values and gradients.
+
+    Args:
+        normalize: symmetrically normalise ``edge_weight`` by the weighted degrees (edge_index path).
+
+    Shapes:
+        - **input:** node features :math:`(|\mathcal{V}_s|, *)`, an adjacency (see above),
+          edge weights :math:`(|\mathcal{E}|)` *(optional)*
+        - **output:** node features :math:`(|\mathcal{V}_t|, *)`
     """
 
-    def __init__(self, normalize: bool = False):
-        super().__init__(aggr="add")
+    def __init__(self, normalize: bool = False, **kwargs):
+        kwargs.setdefault("aggr", "add")
+        kwargs.setdefault("node_dim", 0)
+        super().__init__(**kwargs)
         self.normalize = normalize
 
     def reset_parameters(self) -> None:  # parameter-free, kept for the PyG layer interface
-        pass
+        super().reset_parameters()
 
-    def forward(self, x: Tensor, adj: Adjacency, edge_weight: Optional[Tensor] = None,
+    def forward(self, x: Tensor, edge_index: Adjacency, edge_weight: Optional[Tensor] = None,
                 num_nodes: Optional[int] = None) -> Tensor:
         shape = x.shape
         flat = x.reshape(shape[0], -1)
-        if isinstance(adj, SparseAdj):
-            out = adj.matmul(flat)
-            return out.view((adj.shape[0],) + tuple(shape[1:]))
-        edge_index = adj
-        n = num_nodes if num_nodes is not None else shape[0]
-        if edge_weight is None:
-            edge_weight = torch.ones(edge_index.size(1), dtype=flat.dtype, device=flat.device)
-        if self.normalize:
-            edge_weight = sym_norm_weights(edge_index, n, edge_weight)
-        # PyG convention: edge (j -> i) = (edge_index[0], edge_index[1]); our rows are targets
-        out = self.propagate(edge_index.flip(0), x=flat, edge_weight=edge_weight, size=(shape[0], n))
-        return out.view((n,) + tuple(shape[1:]))
+        sparse: Optional[SparseAdj] = None
+        size = None
+        if isinstance(edge_index, SparseAdj):
+            sparse, edge_index = edge_index, edge_index.csr
+            n_out = sparse.shape[0]
+        elif edge_index.layout != torch.strided:  # a torch.sparse adj_t [N_target, N_source]
+            n_out = edge_index.shape[0]
+        else:
+            n_out = num_nodes if num_nodes is not None else shape[0]
+            if edge_weight is None:
+                edge_weight = torch.ones(edge_index.size(1), dtype=flat.dtype, device=flat.device)
+            if self.normalize:
+                # sym_norm_weights uses the (row, col) convention: target first
+                edge_weight = sym_norm_weights(edge_index.flip(0), max(n_out, shape[0]), edge_weight)
+            size = (shape[0], n_out)
+        # propagate_type: (x: Tensor, edge_weight: Optional[Tensor], sparse: Optional[SparseAdj])
+        out = self.propagate(edge_index, x=flat, edge_weight=edge_weight, sparse=sparse, size=size)
+        return out.view((n_out,) + tuple(shape[1:]))
 
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
         return x_j * edge_weight.view(-1, 1)
 
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor, sparse: Optional[SparseAdj]) -> Tensor:
+        if sparse is not None:
+            return sparse.matmul(x)
+        return spmm(adj_t, x, reduce=self.aggr)
+
 
 class LightGCNEncoder(nn.Module):
-    """``L`` propagation layers with a readout over layers ``0..L``.
+    """``L`` :class:`LightGCNConv` layers with a readout over layers ``0..L``.
 
     Args:
         n_layers: number of propagation layers ``L``.
@@ -69,6 +102,8 @@ class LightGCNEncoder(nn.Module):
         super().__init__()
         if readout not in ("mean", "sum", "last"):
             raise ValueError(f"readout must be mean, sum or last, got {readout!r}")
+        if int(n_layers) < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
         self.n_layers = int(n_layers)
         self.readout = readout
         self.conv = LightGCNConv()
@@ -86,8 +121,10 @@ class LightGCNEncoder(nn.Module):
     def forward(self, x: Tensor, adj: Adjacency, edge_weight: Optional[Tensor] = None) -> Tensor:
         if self.n_layers == 0:
             return x
-        hs = self.layers(x, adj, edge_weight)
         if self.readout == "last":
-            return hs[-1]
-        total = torch.stack(hs, 0).sum(0)
-        return total / len(hs) if self.readout == "mean" else total
+            return self.layers(x, adj, edge_weight)[-1]
+        total = x
+        for _ in range(self.n_layers):
+            x = self.conv(x, adj, edge_weight)
+            total = total + x
+        return total / (self.n_layers + 1) if self.readout == "mean" else total

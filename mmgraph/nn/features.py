@@ -1,15 +1,59 @@
 """Item modality feature tables and their projections."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 
-class ModalityEncoder(nn.Module):
-    """Per-modality feature tables ``X_m [I, d_m]`` with a ``Linear(d_m -> out_dim)`` each.
+def _as_tensor(feat) -> Tensor:
+    return torch.as_tensor(np.asarray(feat) if not torch.is_tensor(feat) else feat, dtype=torch.float32)
+
+
+class FeatureTables(nn.Module):
+    """Per-modality item feature tables ``X_m [I, d_m]``.
+
+    Args:
+        features: ``{modality: float32 array or tensor [I, d_m]}`` (e.g. the run graph's ``x_<m>``).
+        trainable: fine-tune the tables (FREEDOM, BM3: parameters, saved in checkpoints) or keep them
+            frozen (VBPR, CM3, CROSS: non-persistent buffers that share the input's memory, follow
+            ``module.to(device)`` and are never written to checkpoints).
+    """
+
+    def __init__(self, features: Mapping[str, "np.ndarray | Tensor"], trainable: bool = False):
+        super().__init__()
+        self.modalities: List[str] = list(features)
+        self.trainable = bool(trainable)
+        self.tables = nn.ParameterDict()
+        for name, feat in features.items():
+            tensor = _as_tensor(feat)
+            if trainable:
+                self.tables[name] = nn.Parameter(tensor.clone())
+            else:
+                self.register_buffer(f"x_{name}", tensor, persistent=False)
+
+    @property
+    def dims(self) -> Dict[str, int]:
+        return {m: int(self.table(m).shape[1]) for m in self.modalities}
+
+    def table(self, name: str) -> Tensor:
+        """The whole ``[I, d_m]`` table of modality ``name``."""
+        return self.tables[name] if self.trainable else getattr(self, f"x_{name}")
+
+    def raw(self, name: str, items: Optional[Tensor] = None) -> Tensor:
+        """Rows ``items`` (default all) of modality ``name``: ``[len(items), d_m]``."""
+        table = self.table(name)
+        return table if items is None else table[items]
+
+    def concat(self, items: Optional[Tensor] = None) -> Tensor:
+        """``[n, sum_m d_m]``: the modalities side by side, in :attr:`modalities` order."""
+        return torch.cat([self.raw(m, items) for m in self.modalities], -1)
+
+
+class ModalityEncoder(FeatureTables):
+    """Feature tables with a ``Linear(d_m -> out_dim)`` each.
 
     Args:
         features: ``{modality: float32 array or tensor [I, d_m]}``.
@@ -24,15 +68,10 @@ class ModalityEncoder(nn.Module):
 
     def __init__(self, features: Mapping[str, "np.ndarray | Tensor"], out_dim: int, trainable: bool = False,
                  init: str = "default", bias: bool = True):
-        super().__init__()
-        self.modalities = list(features)
-        self.tables = nn.ParameterDict()
-        self.proj = nn.ModuleDict()
+        super().__init__(features, trainable)
         self.init = init
-        for name, feat in features.items():
-            tensor = torch.as_tensor(np.asarray(feat) if not torch.is_tensor(feat) else feat, dtype=torch.float32)
-            self.tables[name] = nn.Parameter(tensor.clone(), requires_grad=trainable)
-            self.proj[name] = nn.Linear(tensor.shape[1], out_dim, bias=bias)
+        self.proj = nn.ModuleDict({name: nn.Linear(self.table(name).shape[1], out_dim, bias=bias)
+                                   for name in self.modalities})
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -43,10 +82,6 @@ class ModalityEncoder(nn.Module):
                     nn.init.zeros_(lin.bias)
             else:
                 lin.reset_parameters()
-
-    def raw(self, name: str, items: Optional[Tensor] = None) -> Tensor:
-        table = self.tables[name]
-        return table if items is None else table[items]
 
     def project(self, name: str, items: Optional[Tensor] = None) -> Tensor:
         return self.proj[name](self.raw(name, items))

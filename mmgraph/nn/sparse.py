@@ -1,18 +1,22 @@
-"""Sparse adjacency with a fast CSR matmul and a custom backward.
+"""Fixed sparse adjacencies with a fast CSR matmul and a custom backward.
 
-``SparseAdj`` wraps a CSR matrix ``A`` (and ``A^T`` unless ``A`` is symmetric). Its product with a
-dense matrix backpropagates through ``A^T @ grad``; for the symmetric normalised user-item graph this
+:class:`SparseAdj` holds a CSR matrix ``A`` (and ``A^T`` unless ``A`` is symmetric) as non-persistent
+buffers, so ``module.to(device)`` moves it with the model that owns it. Its product with a dense
+matrix backpropagates through ``A^T @ grad``; for the symmetric normalised user-item graph this
 reuses ``A`` itself, so no transpose and no per-edge gradient buffers are ever built. This path is
-for fixed edge weights; learned edge weights go through the gather/scatter path of the layers.
+for fixed edge weights; learned edge weights go through the gather/scatter path of
+:class:`~mmgraph.nn.conv.LightGCNConv`.
+
+Orientation: ``A`` is ``[N_target, N_source]`` with ``out = A @ x``, i.e. PyG's ``adj_t`` (row =
+target = ``edge_index[1]``, column = source = ``edge_index[0]``).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
-import warnings
-
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
@@ -43,72 +47,104 @@ def unique_rows(x: Tensor, index: Tensor) -> Tensor:
     return x.index_select(0, index)
 
 
+def csr_mm(adj: Tensor, x: Tensor) -> Tensor:
+    """``adj @ x`` for a CSR ``adj [N, M]`` and a dense ``x [M, F]`` (no autograd).
+
+    On CPU, ``addmm_`` with ``beta=0`` into a fresh buffer skips the zero-fill and the two copies that
+    ``adj @ x`` makes (measured ~2x faster on the TikTok graph); the buffer's content is never read.
+    """
+    x = x.contiguous()
+    if adj.device.type != "cpu":
+        return adj @ x
+    return x.new_empty(adj.shape[0], x.shape[1]).addmm_(adj, x, beta=0)
+
+
 class _CSRMatMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, adj: Tensor, adj_t: Tensor) -> Tensor:  # type: ignore[override]
         ctx.adj_t = adj_t
-        return adj @ x
+        return csr_mm(adj, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return ctx.adj_t @ grad.contiguous(), None, None
+        return csr_mm(ctx.adj_t, grad), None, None
 
 
-class SparseAdj:
+def _coo(edge_index: Tensor, edge_weight: Optional[Tensor], shape) -> Tensor:
+    n, m = int(shape[0]), int(shape[1])
+    if edge_weight is None:
+        edge_weight = torch.ones(edge_index.size(1), dtype=torch.float32, device=edge_index.device)
+    return torch.sparse_coo_tensor(edge_index, edge_weight.float(), (n, m), check_invariants=False).coalesce()
+
+
+class SparseAdj(nn.Module):
     """A fixed ``[N, M]`` sparse matrix for message passing: ``out[r] = sum_c A[r, c] x[c]``.
 
     Args:
-        edge_index: ``[2, E]`` (row, col) indices.
-        edge_weight: ``[E]`` weights (default 1).
+        edge_index: ``[2, E]`` (row, col) = (target, source) indices.
+        edge_weight: ``[E]`` weights (default 1); duplicates are summed.
         shape: ``(N, M)``.
-        symmetric: declare ``A == A^T`` so the backward reuses ``A``.
+        symmetric: declare ``A == A^T`` so the backward reuses ``A`` (nothing else is stored).
+
+    Buffers (non-persistent: rebuilt from the graph, never written to checkpoints): ``csr`` (``A``)
+    and ``csr_t_`` (``A^T``, absent when symmetric).
     """
 
     def __init__(self, edge_index: Tensor, edge_weight: Optional[Tensor], shape, symmetric: bool = False):
-        n, m = int(shape[0]), int(shape[1])
-        if edge_weight is None:
-            edge_weight = torch.ones(edge_index.size(1), dtype=torch.float32, device=edge_index.device)
-        coo = torch.sparse_coo_tensor(edge_index, edge_weight.float(), (n, m),
-                                      check_invariants=False).coalesce()
-        self.shape = (n, m)
-        self.symmetric = symmetric
-        self.csr = coo.to_sparse_csr()
-        self.csr_t = self.csr if symmetric else coo.t().coalesce().to_sparse_csr()
+        super().__init__()
+        coo = _coo(edge_index, edge_weight, shape)
+        self._init(coo.to_sparse_csr(), None if symmetric else coo.t().coalesce().to_sparse_csr(), symmetric)
+
+    def _init(self, csr: Tensor, csr_t: Optional[Tensor], symmetric: bool) -> None:
+        self.shape = tuple(csr.shape)
+        self.symmetric = bool(symmetric)
+        self.register_buffer("csr", csr, persistent=False)
+        self.register_buffer("csr_t_", csr_t, persistent=False)
 
     @classmethod
     def from_csr(cls, csr: Tensor, symmetric: bool = False) -> "SparseAdj":
         obj = cls.__new__(cls)
-        obj.shape = tuple(csr.shape)
-        obj.symmetric = symmetric
-        obj.csr = csr
-        obj.csr_t = csr if symmetric else csr.to_sparse_coo().t().coalesce().to_sparse_csr()
+        nn.Module.__init__(obj)
+        csr_t = None if symmetric else csr.to_sparse_coo().t().coalesce().to_sparse_csr()
+        obj._init(csr, csr_t, symmetric)
         return obj
+
+    @property
+    def csr_t(self) -> Tensor:
+        """``A^T`` as CSR (``A`` itself when symmetric)."""
+        return self.csr if self.symmetric else self.csr_t_
 
     @property
     def nnz(self) -> int:
         return int(self.csr._nnz())
 
-    def to(self, device) -> "SparseAdj":
-        obj = SparseAdj.__new__(SparseAdj)
-        obj.shape, obj.symmetric = self.shape, self.symmetric
-        obj.csr = self.csr.to(device)
-        obj.csr_t = obj.csr if self.symmetric else self.csr_t.to(device)
-        return obj
+    @property
+    def device(self) -> torch.device:
+        return self.csr.device
 
     def edge_index(self) -> Tensor:
-        coo = self.csr.to_sparse_coo().coalesce()
-        return coo.indices()
+        """``[2, E]`` (row, col) indices, sorted by row."""
+        return self.csr.to_sparse_coo().coalesce().indices()
 
     def edge_weight(self) -> Tensor:
         return self.csr.values()
+
+    def t(self) -> "SparseAdj":
+        """``A^T`` as a new SparseAdj sharing this one's tensors."""
+        if self.symmetric:
+            return self
+        obj = SparseAdj.__new__(SparseAdj)
+        nn.Module.__init__(obj)
+        obj._init(self.csr_t_, self.csr, False)
+        return obj
 
     def matmul(self, x: Tensor) -> Tensor:
         """``A @ x`` for ``x [M, F]`` -> ``[N, F]``; differentiable w.r.t. ``x``."""
         if x.requires_grad and torch.is_grad_enabled():
             return _CSRMatMul.apply(x, self.csr, self.csr_t)
-        return self.csr @ x
+        return csr_mm(self.csr, x)
 
     __matmul__ = matmul
 
-    def __repr__(self) -> str:
-        return f"SparseAdj(shape={self.shape}, nnz={self.nnz}, symmetric={self.symmetric})"
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, nnz={self.nnz}, symmetric={self.symmetric}"

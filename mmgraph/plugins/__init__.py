@@ -5,8 +5,8 @@ A plug-in is an ``nn.Module`` built as ``cls(dataset, model, config)`` with
 terms to the backbone's loss, optimises the plug-in's parameters with the model's and checkpoints them.
 Plug-ins never change the backbone's own loss or its scoring.
 
-Registering a plug-in = one module with ``@register_plugin("name")`` + its name in ``BUILTIN_MODULES``;
-its defaults go in ``configs/plugins/<name>.yaml`` (merged by :func:`mmgraph.train.config.load_config`).
+Registering a plug-in = one module in this package with ``@register_plugin("name")`` (modules are
+found by importing the package); its defaults go in ``configs/plugins/<name>.yaml`` (merged by :func:`mmgraph.train.config.load_config`).
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from typing import Dict, Type
 
 from mmgraph.utils.registry import Registry
 
-BUILTIN_MODULES = ["mmgraph.plugins.cross"]
-PLUGINS = Registry("plug-in", "plugin_name", BUILTIN_MODULES)
+PLUGINS = Registry("plug-in", "plugin_name", "mmgraph.plugins", skip=["base", "experiments"])
 register_plugin = PLUGINS.register
 
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from mmgraph.data.dataset import RecDataset
+from mmgraph.graph.relations import Relation
 from mmgraph.models.base import Batch, LossOutput, Recommender
-from mmgraph.nn.sparse import unique_rows
 
 
 class Plugin(nn.Module):
@@ -19,7 +18,8 @@ class Plugin(nn.Module):
     ``--set key=value`` overrides them) and implement :meth:`loss`.
 
     Args:
-        dataset: the training data (the plug-in reads the train split and item features only).
+        data: the run's graph (``HeteroData``: item features, train interactions and the relations
+            :meth:`relations` asked for).
         model: the backbone; it is only read (its parameters are optimised by the trainer anyway).
         config: the resolved run config.
     """
@@ -27,13 +27,26 @@ class Plugin(nn.Module):
     plugin_name: str = "base"
     defaults: Dict[str, Any] = {}
 
-    def __init__(self, dataset: RecDataset, model: Recommender, config: Optional[Dict[str, Any]] = None):
+    def __init__(self, data, model: Recommender, config: Optional[Dict[str, Any]] = None):
         super().__init__()
         config = dict(config or {})
         self.config = {**self.defaults, **{k: config[k] for k in self.defaults if k in config}}
-        self.seed = int(config.get("seed", 0))
+        from mmgraph.train.reproducibility import DEFAULT_SEED
+        self.seed = int(config.get("seed", DEFAULT_SEED))
         # not a submodule: the backbone's parameters are registered (and saved) by the trainer already
         self.__dict__["backbone"] = model
+
+    @classmethod
+    def relations(cls, config: Dict[str, Any], modalities: Sequence[str]) -> List[Relation]:
+        """Graph relations this plug-in reads (built into the run's graph with the backbone's)."""
+        return []
+
+    def sampler_options(self) -> Dict[str, Any]:
+        """Keyword arguments this plug-in needs from the sampler (e.g. ``{"n_candidates": 16}``)."""
+        return {}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for per-epoch work, called after the backbone's."""
 
     def loss(self, batch: Batch, output: LossOutput) -> Dict[str, Tensor]:
         """Weighted loss terms ``{name: scalar}`` to add to ``output.loss``."""
@@ -59,25 +72,16 @@ class Plugin(nn.Module):
         return int(items.shape[1])
 
     def user_rows(self, output: LossOutput, users: Tensor, distinct: bool = False) -> Tensor:
-        """The backbone's final representations of ``users``: ``output.user_emb``, else
-        ``output.user_rows(users)``, else ``forward()``. ``distinct``: ``users`` has no repeats
-        (a cheaper backward)."""
-        if output.user_emb is not None:
-            return unique_rows(output.user_emb, users) if distinct else output.user_emb[users]
-        if output.user_rows is not None:
-            return output.user_rows(users)
-        return self.backbone.forward()[0][users]
+        """The backbone's final representations of ``users`` (``distinct``: no repeats, a cheaper
+        backward); from this step's output, else from ``forward()``."""
+        final = output.channel()
+        if final.users is None and final.user_fn is None:
+            return self.backbone.forward()[0][users]
+        return final.user_rows(users, distinct)
 
     def item_rows(self, output: LossOutput, items: Tensor, distinct: bool = False) -> Tensor:
-        """The backbone's item representations (the "ID modality") of ``items``.
-
-        ``output.item_emb`` when the backbone returned it; else the model's ``item_representation(items)``
-        (VBPR computes item rows from wide features only for the rows it needs); else ``forward()``.
-        ``distinct``: ``items`` has no repeats (a cheaper backward).
-        """
-        if output.item_emb is not None:
-            return unique_rows(output.item_emb, items) if distinct else output.item_emb[items]
-        rep = getattr(self.backbone, "item_representation", None)
-        if callable(rep):
-            return rep(items)
-        return self.backbone.forward()[1][items]
+        """The backbone's item representations (the "ID modality") of ``items``."""
+        final = output.channel()
+        if final.items is None and final.item_fn is None:
+            return self.backbone.forward()[1][items]
+        return final.item_rows(items, distinct)

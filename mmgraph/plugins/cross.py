@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
-from mmgraph.graph.cooccurrence import cooccurrence_topk
-from mmgraph.models.base import Batch, LossOutput
+from mmgraph.graph.relations import Relation, neighbour_lists, node_counts, relation_graph
+from mmgraph.models.base import Batch, LossOutput, item_features
+from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.sparse import unique_rows
 from mmgraph.plugins import register_plugin
 from mmgraph.plugins.base import Plugin
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("dynamic", "oneway", "bidirectional")
 ID = "id"
+COOCCUR = "cooccur"  # the run graph's item co-occurrence relation (CNA neighbours)
 # loss weights when cross_alpha / cross_beta are null. Multimodal backbones: the paper's best FREEDOM
 # setting (grid {1e-4, 1e-3, 1e-2}). ID-only backbones: the paper searches {1, 10, 100}, but with these
 # mean-reduced terms alpha = beta = 1 already stalls LightGCN's BPR on TikTok (valid R@20 0.070 vs 0.103)
@@ -180,13 +182,31 @@ class CROSS(Plugin):
     #: settings a mode fixes regardless of the config (FETTLE)
     fixed: Dict[str, Any] = {}
 
-    def __init__(self, dataset, model, config=None):
-        super().__init__(dataset, model, config)
+    @classmethod
+    def resolve(cls, config) -> Dict[str, Any]:
+        return {**cls.defaults, **{k: config[k] for k in cls.defaults if k in config}, **cls.fixed}
+
+    @classmethod
+    def uses_neighbours(cls, cfg: Dict[str, Any]) -> bool:
+        """CNA runs (its weight gamma = cross_gamma, else alpha, which is never 0 unless set so)."""
+        gamma = cfg["cross_gamma"] if cfg["cross_gamma"] is not None else cfg["cross_alpha"]
+        return bool(cfg["cross_cna"]) and (gamma is None or float(gamma) > 0)
+
+    @classmethod
+    def relations(cls, config, modalities) -> List[Relation]:
+        cfg = cls.resolve(config)
+        if not cls.uses_neighbours(cfg):
+            return []
+        return [Relation(COOCCUR, "cooccurrence", {"k": int(cfg["cross_k"])})]
+
+    def __init__(self, data, model, config=None):
+        super().__init__(data, model, config)
         cfg = {**self.config, **self.fixed}
         self.config = cfg
-        if not dataset.features:
-            raise ConfigError(f"{self.plugin_name} needs item modality features, but dataset {dataset.name} "
-                              "has none")
+        features = item_features(data)
+        n_items = node_counts(data)[1]
+        if not features:
+            raise ConfigError(f"{self.plugin_name} needs item modality features, but the dataset has none")
         multimodal = bool(getattr(model, "multimodal", False))
         auto = AUTO_WEIGHTS[multimodal]
         self.alpha = float(auto["alpha"] if cfg["cross_alpha"] is None else cfg["cross_alpha"])
@@ -202,19 +222,16 @@ class CROSS(Plugin):
             raise ConfigError(f"cross_cna_negatives must be 'items' or 'targets', got {self.cna_negatives!r}")
         self.eps, self.iters = float(cfg["cross_sinkhorn_eps"]), int(cfg["cross_sinkhorn_iters"])
         self.lambda_n = float(cfg["cross_lambda_n"])
-        self.modalities: List[str] = [ID] + [m for m in dataset.features]
-        if ID in dataset.features:
+        self.modalities: List[str] = [ID] + [m for m in features]
+        if ID in features:
             raise ConfigError(f"a feature modality may not be called {ID!r}")
         n_mod = len(self.modalities)
 
         with self.own_rng():
             d = self.backbone_width()
             self.width = d
-            for m in dataset.features:  # frozen raw features, not saved in checkpoints
-                feat = np.ascontiguousarray(dataset.features[m], dtype=np.float32)
-                self.register_buffer(f"feat_{m}", torch.from_numpy(feat), persistent=False)
-            self.proj = nn.ModuleDict({m: nn.Linear(dataset.features[m].shape[1], d)
-                                       for m in dataset.features})
+            self.feats = FeatureTables(features)  # frozen, not saved in checkpoints
+            self.proj = nn.ModuleDict({m: nn.Linear(dim, d) for m, dim in self.feats.dims.items()})
             self.maps = nn.ModuleDict({f"{a}_to_{b}": nn.Linear(d, d, bias=False)
                                        for a in self.modalities for b in self.modalities if a != b})
             self.lambda_f = _Temperature(cfg["cross_lambda_f"], 1e-3, 0.5)
@@ -227,9 +244,9 @@ class CROSS(Plugin):
         k = int(cfg["cross_k"])
         if k < 1:
             raise ConfigError(f"cross_k must be >= 1, got {k}")
-        nb = cooccurrence_topk(dataset, k).indices if self.use_cna and self.gamma > 0 else \
-            np.full((dataset.n_items, 1), -1, dtype=np.int64)
-        self.register_buffer("neighbors", torch.from_numpy(np.ascontiguousarray(nb)), persistent=False)
+        nb = neighbour_lists(relation_graph(data, COOCCUR), k) if self.use_cna and self.gamma > 0 else \
+            torch.full((n_items, 1), -1, dtype=torch.long)
+        self.register_buffer("neighbors", nb, persistent=False)
         self.n_dirs = n_mod * (n_mod - 1)
         log.info("%s: modalities %s, width %d, alpha %g beta %g gamma %g, strategy %s, components %s",
                  self.plugin_name, self.modalities, d, self.alpha, self.beta, self.gamma, self.strategy,
@@ -241,7 +258,7 @@ class CROSS(Plugin):
         """``M`` tensors ``[len(ids), d]``: L2-normalised embeddings of the DISTINCT ``ids`` per modality (``id`` first)."""
         rows = [self.item_rows(output, ids, distinct=True)]
         for m in self.modalities[1:]:
-            rows.append(self.proj[m](getattr(self, f"feat_{m}")[ids]))
+            rows.append(self.proj[m](self.feats.raw(m, ids)))
         return [F.normalize(r, dim=-1) for r in rows]
 
     # ------------------------------------------------------------------ loss

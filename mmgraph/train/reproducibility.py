@@ -9,6 +9,9 @@ from typing import Dict
 import numpy as np
 import torch
 
+#: the seed of a run that sets none (configs/defaults.yaml says the same)
+DEFAULT_SEED = 999
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""

@@ -18,10 +18,12 @@ import yaml
 from mmgraph.data import RecDataset, load_atomic, make_synthetic
 from mmgraph.data.transforms import apply_transforms
 from mmgraph.errors import ConfigError
+from mmgraph.graph.relations import (Relation, attach_features, build_graph, check_graph, load_graph,
+                                     node_features, unique_relations)
 from mmgraph.models.base import Recommender
 from mmgraph.models.registry import get_model_class
 from mmgraph.train.config import expand_grid, load_config
-from mmgraph.train.reproducibility import library_versions, resolve_device, seed_everything
+from mmgraph.train.reproducibility import DEFAULT_SEED, library_versions, resolve_device, seed_everything
 from mmgraph.train.trainer import Trainer
 from mmgraph.utils.io import atomic_write, write_json
 
@@ -53,33 +55,73 @@ def load_dataset(spec: Union[str, Path, RecDataset], modalities=None) -> RecData
     return ds
 
 
-def build_model(method: str, dataset: RecDataset, config: Dict[str, Any],
-                device: Optional[torch.device] = None) -> Recommender:
+def plugin_names(config: Dict[str, Any]) -> List[str]:
+    names = config.get("plugins") or []
+    return [names] if isinstance(names, str) else list(names)
+
+
+def run_relations(method: str, config: Dict[str, Any], modalities) -> List[Relation]:
+    """The graph relations a run reads: the method's and its plug-ins'."""
+    from mmgraph.plugins import get_plugin_class
+
+    relations = list(get_model_class(method).relations(config, list(modalities)))
+    for name in plugin_names(config):
+        relations += get_plugin_class(name).relations(config, list(modalities))
+    return unique_relations(relations)
+
+
+def build_run_graph(method: str, dataset: RecDataset, config: Dict[str, Any], graph=None):
+    """The run's ``HeteroData``: ``graph`` (a file written by ``mmgraph graph build`` / :func:`save_graph`,
+    or a ``HeteroData``) checked against the dataset and the relations the run needs, else built from
+    the dataset (through the graph cache unless ``graph_cache: false``)."""
+    relations = run_relations(method, config, dataset.modalities)
+    if graph is None:
+        return build_graph(dataset, relations, cache=config.get("graph_cache", True))
+    if isinstance(graph, (str, Path)):
+        data, source = load_graph(graph, dataset), str(graph)
+    else:
+        data, source = graph, "the given graph"
+        if dataset.features and not node_features(data):
+            attach_features(data, dataset)
+    check_graph(data, dataset, relations, source=source)
+    return data
+
+
+def build_model(method: str, data, config: Dict[str, Any], device: Optional[torch.device] = None) -> Recommender:
+    """``method``'s model on ``data``: the run's ``HeteroData``, or a :class:`RecDataset` (its graph is
+    built with the relations the method and ``config``'s plug-ins need)."""
     cls = get_model_class(method)
-    if getattr(cls, "multimodal", False) and not dataset.features:
-        raise ConfigError(f"method {method!r} needs item features, but dataset {dataset.name} has none")
-    model = cls(dataset, config)
+    name = data.name if isinstance(data, RecDataset) else "the graph"
+    has_features = bool(data.features) if isinstance(data, RecDataset) else bool(node_features(data))
+    if getattr(cls, "multimodal", False) and not has_features:
+        raise ConfigError(f"method {method!r} needs item features, but {name} has none")
+    if isinstance(data, RecDataset):
+        data = build_run_graph(method, data, config)
+    model = cls(data, config)
     return model.to(device or resolve_device(config.get("device", "auto")))
 
 
-def build_plugins(config: Dict[str, Any], dataset: RecDataset, model: Recommender) -> List[torch.nn.Module]:
-    names = config.get("plugins") or []
-    if isinstance(names, str):
-        names = [names]
+def build_plugins(config: Dict[str, Any], data, model: Recommender) -> List[torch.nn.Module]:
+    """The plug-ins named in ``config['plugins']`` on ``data`` (the run's ``HeteroData`` or a dataset)."""
+    names = plugin_names(config)
     if not names:
         return []
     from mmgraph.plugins import get_plugin_class
-    return [get_plugin_class(name)(dataset, model, config) for name in names]
+    if isinstance(data, RecDataset):
+        data = build_run_graph(model.method_name, data, config)
+    return [get_plugin_class(name)(data, model, config) for name in names]
 
 
 def train(method: str, data: Union[str, Path, RecDataset], config: Optional[Dict[str, Any]] = None,
           out_dir: Optional[Union[str, Path]] = None, resume: bool = False,
-          progress: Optional[bool] = None, data_spec: Optional[str] = None) -> Tuple[Dict[str, Any], Trainer]:
+          progress: Optional[bool] = None, data_spec: Optional[str] = None,
+          graph=None) -> Tuple[Dict[str, Any], Trainer]:
     """Train one configuration. ``config`` is a resolved config (see :func:`load_config`); when it is
     ``None`` the defaults for ``method`` (and the dataset's config) are used.
 
     ``data_spec`` is recorded in ``meta.json`` so that ``evaluate``/``export`` can reload the data
-    (default: the path or spec ``data`` was given as).
+    (default: the path or spec ``data`` was given as). ``graph``: a saved graph file (or a
+    ``HeteroData``) to train on instead of building the run's graph (see :func:`build_run_graph`).
 
     Returns ``(final_metrics, trainer)``.
     """
@@ -88,13 +130,14 @@ def train(method: str, data: Union[str, Path, RecDataset], config: Optional[Dict
         config = load_config(method, dataset.name)
     config = {k: v for k, v in config.items() if k != "grid"}
     dataset = apply_transforms(dataset, config)
-    seed = int(config.get("seed", 999))
+    seed = int(config.get("seed", DEFAULT_SEED))
     seed_everything(seed)
     if config.get("threads"):  # e.g. 1 on a shared, oversubscribed CPU
         torch.set_num_threads(int(config["threads"]))
     device = resolve_device(config.get("device", "auto"))
-    model = build_model(method, dataset, config, device)
-    plugins = build_plugins(config, dataset, model)
+    data = build_run_graph(method, dataset, config, graph)
+    model = build_model(method, data, config, device)
+    plugins = build_plugins(config, data, model)
     out = Path(out_dir) if out_dir else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +147,7 @@ def train(method: str, data: Union[str, Path, RecDataset], config: Optional[Dict
             write_json(out / "meta.json", {
                 "method": method, "data": data_spec or _data_spec(data, dataset),
                 "dataset": repr(dataset), "seed": seed, "device": str(device), "versions": library_versions(),
+                "graph": str(Path(graph).resolve()) if isinstance(graph, (str, Path)) else None,
                 "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         _add_file_log(out / "train.log")
     log.info("%s on %r (%s); %d parameters", method, dataset, device,
@@ -131,7 +175,7 @@ def _add_file_log(path: Path) -> None:
 
 
 def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Union[str, Path]] = None,
-                progress: Optional[bool] = None, data_spec: Optional[str] = None) -> Dict[str, Any]:
+                progress: Optional[bool] = None, data_spec: Optional[str] = None, graph=None) -> Dict[str, Any]:
     """Train every grid point; select on the validation metric only. Returns a summary dict."""
     points = expand_grid(config)
     dataset = load_dataset(data, config.get("modalities"))
@@ -142,7 +186,7 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
         log.info("grid point %d/%d: %s", k + 1, len(points), axes)
         sub = Path(out_dir) / f"point_{k:03d}" if out_dir else None
         result, _ = train(method, dataset, point, sub, progress=progress,
-                          data_spec=data_spec or _data_spec(data, dataset))
+                          data_spec=data_spec or _data_spec(data, dataset), graph=graph)
         rows.append({"point": k, "params": axes, "valid": result["valid"], "test": result["test"],
                      "best_epoch": result["best_epoch"]})
     best = max(rows, key=lambda r: r["valid"][metric])
@@ -172,7 +216,9 @@ def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDatas
     dataset = apply_transforms(dataset, config)   # the training data the run saw (masking, features)
     if device is not None:
         config["device"] = device
-    model = build_model(meta["method"], dataset, config)
+    graph = meta.get("graph")
+    data = build_run_graph(meta["method"], dataset, config, graph if graph and Path(graph).exists() else None)
+    model = build_model(meta["method"], data, config)
     state = torch.load(run / checkpoint, map_location=model.device, weights_only=True)
     if "state" in state:  # last.pt
         state = state["state"]

@@ -7,7 +7,9 @@ import numpy as np
 import torch
 
 from mmgraph.data.dataset import RecDataset
+from mmgraph.errors import ConfigError
 from mmgraph.models.base import Batch
+from mmgraph.train.reproducibility import DEFAULT_SEED
 
 
 class BPRSampler:
@@ -22,10 +24,12 @@ class BPRSampler:
         batch_size: rows per batch (protocol: 2048).
         seed: seeds the sampler's own generator (independent of torch's).
         rows: optional subset of training rows (e.g. one data-parallel shard).
+        n_candidates: also draw a pool of this many negatives per row (same rule), as
+            ``batch.extras["candidates"] [B, n_candidates]`` (e.g. BR-MRS's hard-negative candidates).
     """
 
-    def __init__(self, dataset: RecDataset, batch_size: int = 2048, seed: int = 0,
-                 rows: Optional[np.ndarray] = None):
+    def __init__(self, dataset: RecDataset, batch_size: int = 2048, seed: int = DEFAULT_SEED,
+                 rows: Optional[np.ndarray] = None, n_candidates: int = 0):
         pairs = np.unique(dataset.train, axis=0)
         self.pairs = pairs if rows is None else pairs[rows]
         self.n_items = dataset.n_items
@@ -33,6 +37,9 @@ class BPRSampler:
         self.keys = np.sort(pairs[:, 0] * self.n_items + pairs[:, 1])  # all of the user's history
         self.candidates = np.unique(pairs[:, 1])
         self.rng = np.random.default_rng(seed)
+        self.n_candidates = int(n_candidates)
+        if self.n_candidates < 0:
+            raise ConfigError(f"n_candidates must be >= 0, got {n_candidates}")
 
     def __len__(self) -> int:
         return -(-len(self.pairs) // self.batch_size)
@@ -64,9 +71,13 @@ class BPRSampler:
         pos = self.pairs[order, 1]
         neg = self.sample_negatives(users)
         u, p, n = (torch.from_numpy(a) for a in (users, pos, neg))
+        cand = None
+        if self.n_candidates:
+            pool = self.sample_negatives(np.repeat(users, self.n_candidates))
+            cand = torch.from_numpy(pool.reshape(len(users), self.n_candidates))
         for start in range(0, len(order), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            yield Batch(u[sl], p[sl], n[sl])
+            yield Batch(u[sl], p[sl], n[sl], {} if cand is None else {"candidates": cand[sl]})
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}

@@ -25,8 +25,7 @@ from mmgraph.errors import ConfigError, TrainingError
 from mmgraph.evaluation import Evaluator
 from mmgraph.losses import alignment, uniformity
 from mmgraph.models.base import Batch, LossOutput, Recommender
-from mmgraph.train.reproducibility import rng_state, set_rng_state
-from mmgraph.train.sampler import BPRSampler
+from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, set_rng_state
 from mmgraph.utils.io import atomic_torch_save, atomic_write, write_json
 
 log = logging.getLogger("mmgraph.train")
@@ -34,6 +33,18 @@ log = logging.getLogger("mmgraph.train")
 
 def _float_terms(terms: Dict[str, torch.Tensor]) -> Dict[str, float]:
     return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def make_adam(params, lr: float, weight_decay: float = 0.0, fused: bool = False) -> torch.optim.Adam:
+    """Adam; ``fused``: one fused kernel per step instead of a loop of element-wise ops (the same
+    update). Falls back to the plain kernel where this torch or device has no fused Adam (CPU needs
+    torch >= 2.4)."""
+    if fused:
+        try:
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            log.info("fused Adam not available here (%s); using the plain kernel", exc)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 class Trainer:
@@ -60,19 +71,24 @@ class Trainer:
         self.device = model.device
         self.plugins.to(self.device)
         params = [p for p in list(model.parameters()) + list(self.plugins.parameters()) if p.requires_grad]
-        # fused_optimizer: one fused kernel per step instead of a loop of element-wise ops (opt-in)
-        fused = {"fused": True} if config.get("fused_optimizer") else {}
-        self.optimizer = torch.optim.Adam(params, lr=float(config.get("learning_rate", 1e-3)),
-                                          weight_decay=float(config.get("weight_decay", 0.0)), **fused)
+        self.optimizer = make_adam(params, float(config.get("learning_rate", 1e-3)),
+                                   float(config.get("weight_decay", 0.0)), bool(config.get("fused_optimizer")))
         decay, step = float(config.get("lr_decay", 1.0)), float(config.get("lr_decay_step", 50))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: decay ** (e / step))
-        self.sampler = BPRSampler(dataset, int(config.get("batch_size", 2048)), seed=int(config.get("seed", 0)))
+        options: Dict[str, Any] = {}
+        for plugin in self.plugins:
+            for key, value in getattr(plugin, "sampler_options", lambda: {})().items():
+                options[key] = max(options.get(key, value), value) if isinstance(value, int) else value
+        self.sampler = model.make_sampler(dataset, int(config.get("batch_size", 2048)),
+                                          int(config.get("seed", DEFAULT_SEED)), **options)
         ks = [int(k) for k in config.get("topk", [5, 10, 20, 50])]
         self.valid_metric = str(config.get("valid_metric", "recall@20")).lower()
         metric_k = int(self.valid_metric.split("@")[1]) if "@" in self.valid_metric else 20
         self.ks = sorted(set(ks) | {metric_k})
         memory = int(config.get("eval_memory_mb", 256))
-        self.valid_eval = Evaluator(dataset, "valid", ks=self.ks, memory_budget_mb=memory, device=self.device)
+        self.retrieval = str(config.get("retrieval", "exact"))
+        self.valid_eval = Evaluator(dataset, "valid", ks=self.ks, memory_budget_mb=memory, device=self.device,
+                                    retrieval=self.retrieval)
         self._test_eval: Optional[Evaluator] = None
         self.patience = int(config.get("patience", 20))
         self.max_epochs = int(config.get("epochs", 1000))
@@ -98,8 +114,8 @@ class Trainer:
                 loss = loss + value
                 terms[f"{type(plugin).__name__.lower()}_{name}"] = value
         if not torch.isfinite(loss):
-            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-            raise TrainingError(f"loss became {float(loss)} at epoch {self.epoch} ({detail}); lower "
+            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            raise TrainingError(f"loss became {float(loss.detach())} at epoch {self.epoch} ({detail}); lower "
                                 "learning_rate or the loss weights, or check the features for extreme values")
         loss.backward()
         self.optimizer.step()
@@ -113,6 +129,8 @@ class Trainer:
 
         self.model.train()
         self.model.on_epoch_start(self.epoch)
+        for plugin in self.plugins:
+            plugin.on_epoch_start(self.epoch)
         sums: Dict[str, float] = {}
         n = 0
         bar = tqdm(self.sampler.epoch(), total=len(self.sampler), desc=f"epoch {self.epoch}",
@@ -136,7 +154,7 @@ class Trainer:
         if self._test_eval is None:
             self._test_eval = Evaluator(self.dataset, "test", ks=self.ks,
                                         memory_budget_mb=int(self.config.get("eval_memory_mb", 256)),
-                                        device=self.device)
+                                        device=self.device, retrieval=self.retrieval)
         user_emb, item_emb = self.model.embeddings()
         return self._test_eval.evaluate(user_emb, item_emb)
 
@@ -169,6 +187,8 @@ class Trainer:
             self._load_last()
         start_epoch = self.epoch
         train_seconds = sum(r.get("epoch_seconds", 0.0) for r in self.history)
+        if self.stopped():  # a resumed run that had already stopped early trains no further epoch
+            start_epoch = self.max_epochs
         for epoch in range(start_epoch, self.max_epochs):
             self.epoch = epoch
             t0 = time.perf_counter()
@@ -202,11 +222,16 @@ class Trainer:
                      t_train + t_valid, t_train, t_valid)
             self.epoch = epoch + 1
             self._checkpoint(improved)
-            if self.bad_epochs >= self.patience:
+            if self.stopped():
                 log.info("early stop at epoch %d: no improvement of %s for %d epochs (best epoch %d, %.4f)",
-                         epoch, self.valid_metric, self.patience, self.best_epoch, self.best_score)
+                         epoch, self.valid_metric, self.bad_epochs, self.best_epoch, self.best_score)
                 break
         return self._finish(train_seconds)
+
+    def stopped(self) -> bool:
+        """Early stopping as MMRec: stop once more than ``patience`` validations in a row brought no
+        strict improvement (i.e. after ``patience + 1`` of them)."""
+        return self.bad_epochs > self.patience
 
     def _finish(self, train_seconds: float) -> Dict[str, Any]:
         if self._best_state is not None:

@@ -52,18 +52,18 @@ def _gpu_resources():
     return faiss.StandardGpuResources()
 
 
-def search_ip(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: Optional[bool] = None,
-              batch_size: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` by inner product of ``queries [Q, d]`` against ``base [N, d]``.
-
-    Queries run in batches so the score block stays bounded. Returns ``(scores [Q, k], ids [Q, k])``,
-    sorted by decreasing score.
-    """
+def build_ip_index(base: np.ndarray, use_gpu: Optional[bool] = None):
+    """An exact inner-product index holding the rows of ``base [N, d]`` (GPU when available)."""
     base = np.ascontiguousarray(base, dtype=np.float32)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    k = min(int(k), base.shape[0])
     index = flat_ip_index(base.shape[1], use_gpu)
     index.add(base)
+    return index
+
+
+def search_index(index, queries: np.ndarray, k: int, batch_size: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``queries [Q, d]`` in ``index`` in query batches: ``(scores [Q, k], ids [Q, k])``."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(int(k), int(index.ntotal))
     scores = np.empty((len(queries), k), dtype=np.float32)
     ids = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), batch_size):
@@ -71,3 +71,13 @@ def search_ip(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: Optional[b
         scores[start:start + batch_size] = s
         ids[start:start + batch_size] = i
     return scores, ids
+
+
+def search_ip(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: Optional[bool] = None,
+              batch_size: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` by inner product of ``queries [Q, d]`` against ``base [N, d]``.
+
+    Queries run in batches so the score block stays bounded. Returns ``(scores [Q, k], ids [Q, k])``,
+    sorted by decreasing score.
+    """
+    return search_index(build_ip_index(base, use_gpu), queries, k, batch_size)

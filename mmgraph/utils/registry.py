@@ -1,8 +1,9 @@
-"""A name -> class registry with lazily imported built-in modules (methods, plug-ins)."""
+"""A name -> class registry whose built-in entries are found by importing the modules of a package."""
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List, Type
+import pkgutil
+from typing import Dict, List, Optional, Type
 
 from mmgraph.errors import ConfigError
 
@@ -13,13 +14,17 @@ class Registry:
     Args:
         kind: what is registered, for error messages (``"method"``, ``"plug-in"``).
         attr: class attribute set to the registered key (``method_name``, ``plugin_name``).
-        builtin_modules: imported on first lookup, so adding one = one new module + its name here.
+        package: every module of this package is imported on first lookup, so adding a method or a
+            plug-in is one new module (with ``@register("name")``) and nothing else.
+        skip: modules of the package that hold no entries (e.g. ``base``).
     """
 
-    def __init__(self, kind: str, attr: str, builtin_modules: List[str]):
+    def __init__(self, kind: str, attr: str, package: str, skip: Optional[List[str]] = None):
         self.kind, self.attr = kind, attr
-        self.builtin_modules = builtin_modules
+        self.package = package
+        self.skip = set(skip or [])
         self._classes: Dict[str, type] = {}
+        self._loaded = False
 
     def register(self, name: str):
         def deco(cls):
@@ -31,13 +36,18 @@ class Registry:
             return cls
         return deco
 
+    def builtin_modules(self) -> List[str]:
+        pkg = importlib.import_module(self.package)
+        return sorted(f"{self.package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)
+                      if not m.name.startswith("_") and m.name not in self.skip)
+
     def _load_builtins(self) -> None:
-        for module in self.builtin_modules:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
+        # a failing import is a bug in that module: let it raise instead of hiding the entry
+        if self._loaded:
+            return
+        for module in self.builtin_modules():
+            importlib.import_module(module)
+        self._loaded = True
 
     def get(self, name: str) -> Type:
         self._load_builtins()
