@@ -37,7 +37,7 @@ def _kv_floats(text: str, what: str) -> Dict[str, float]:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("graph", help="build and inspect item-item graphs")
+    p = subparsers.add_parser("graph", help="build and inspect run graphs (HeteroData: interactions + relations)")
     sub = p.add_subparsers(dest="graph_command", metavar="ACTION")
     sub.required = True
 

@@ -1,4 +1,5 @@
-"""The ``mmgraph`` command line. Each sub-command lives in its own module with a ``register``."""
+"""The ``mmgraph`` command line. Each sub-command lives in its own module of :mod:`mmgraph.cli` with a
+``register(subparsers)``; the modules are discovered, so a new command is one new module."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,17 @@ from typing import List, Optional
 
 from mmgraph.errors import MMGraphError
 
-# (module, attribute) pairs; each module exposes register(subparsers)
-COMMAND_MODULES = ["mmgraph.cli.data", "mmgraph.cli.graph", "mmgraph.cli.train", "mmgraph.cli.evaluate",
-                   "mmgraph.cli.plot"]
+#: listed first, in this order, in ``mmgraph --help``; other command modules follow alphabetically
+FIRST = ["data", "graph", "train", "evaluate"]
+
+
+def command_modules() -> List[str]:
+    import pkgutil
+
+    import mmgraph.cli as cli
+    names = [m.name for m in pkgutil.iter_modules(cli.__path__) if m.name not in ("main",)
+             and not m.name.startswith("_")]
+    return [f"mmgraph.cli.{n}" for n in sorted(names, key=lambda n: (FIRST.index(n) if n in FIRST else len(FIRST), n))]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,14 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+    for name in command_modules():
+        module = importlib.import_module(name)
+        if hasattr(module, "register"):
+            module.register(sub)
     return parser
 
 
