@@ -11,10 +11,10 @@ Trains, with everything else fixed, the variants
 
 and prints test Recall@20 / NDCG@20 (best validation epoch) per variant, like the paper's table.
 
-Example (the issue's TikTok setting, both the library default and the released-code behaviour)::
+Example (the TikTok setting, from the released-code behaviour and from the paper's text)::
 
     python scripts/cm3_ablation.py --data ../shared/data/tiktok \\
-        --set n_ui_layers=3 gamma=0.9 max_sim=1.0 alpha=0.5 --base default released --out runs/cm3_ablation
+        --set n_ui_layers=3 gamma=0.9 max_sim=1.0 alpha=0.5 --base released paper --out runs/cm3_ablation
 
 Each run writes a normal run directory (``<out>/<base>/<variant>``; ``mmgraph plot`` works on them);
 finished runs there are reused, so an interrupted command resumes.
@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmgraph.models.cm3 import VARIANTS  # noqa: E402
 from mmgraph.plugins.experiments import run_variant  # noqa: E402
 from mmgraph.train.config import parse_overrides  # noqa: E402
 from mmgraph.train.run import load_dataset  # noqa: E402
@@ -70,8 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="dataset folder (MMRec atomic) or synthetic[:...]")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides applied to every variant")
-    p.add_argument("--base", nargs="+", default=["default"], choices=["default", "released"],
-                   help="switch preset(s) the ablations start from (default: the library defaults)")
+    p.add_argument("--base", nargs="+", default=["released"], choices=sorted(VARIANTS),
+                   help="variant preset(s) the ablations start from (default: released, the library default)")
     p.add_argument("--variants", default="wo_f,lf,stdu,full",
                    help="comma-separated subset of wo_f,lf,stdu,full (default: all four, Table 4)")
     p.add_argument("--modalities", action="store_true", help="also drop each modality in turn (Table 5)")

@@ -141,7 +141,8 @@ def batch(synth):
 def make(ds, **cfg):
     # the explicit Linear fusion inputs (released code) keep the fused channel's own parameters in
     # these tests; the library default (projection: fuse the z^m) has its own tests below
-    return build_model("cm3", ds, {"graph_cache": False, "fusion_input": "linear", **cfg})
+    # variant paper: the tests below deviate one switch at a time from the paper's switches
+    return build_model("cm3", ds, {"graph_cache": False, "variant": "paper", "fusion_input": "linear", **cfg})
 
 
 def clone_into(src, **cfg):
@@ -228,7 +229,7 @@ def test_loss_is_align_plus_gamma_uniformities(model, batch):
     out = loss_terms(model, batch)
     terms = out.terms
     assert set(terms) == {"align", "uniform_user", "uniform_item"}
-    expected = terms["align"] + 0.9 * (terms["uniform_user"] + terms["uniform_item"])
+    expected = terms["align"] + 0.9 * (terms["uniform_user"] + terms["uniform_item"]) / 2
     assert abs(float(out.loss.detach()) - float(expected.detach())) < 1e-6
     # the terms themselves, from the representations the step used
     terms = {k: v.detach() for k, v in terms.items()}
@@ -299,12 +300,13 @@ def test_pair_weighting_switches(model, batch):
     assert abs(float(c.terms["uniform_user"].detach()) - float(uniformity(u))) < 1e-5
 
 
-def test_halving_switch(model, batch):
-    half = clone_into(model, halve_uniform=True)
-    a, b = loss_terms(model, batch), loss_terms(half, batch)
-    assert _changed(a, b) == set()
-    t = {k: v.detach() for k, v in b.terms.items()}
-    assert abs(float(b.loss.detach()) - float(t["align"] + 0.9 * (t["uniform_user"] + t["uniform_item"]) / 2)) < 1e-6
+def test_gamma_weighs_the_halved_bracket_whatever_the_switches(model, batch):
+    for cfg in ({}, {"variant": "released"}, {"item_pairs": "rows", "detach_sim": False}):
+        b = loss_terms(clone_into(model, **cfg), batch)
+        t = {k: v.detach() for k, v in b.terms.items()}
+        assert abs(float(b.loss.detach()) - float(t["align"] + 0.9 * (t["uniform_user"] + t["uniform_item"]) / 2)) < 1e-6
+    with pytest.raises(ConfigError, match="halve_uniform"):
+        clone_into(model, halve_uniform=True)
 
 
 def test_fusion_switches_change_only_the_fused_channel(model, synth):
@@ -328,9 +330,9 @@ def test_fusion_switches_change_only_the_fused_channel(model, synth):
 
 
 def test_fusion_input_projection_fuses_the_z_vectors(synth):
-    assert CM3.defaults["fusion_input"] == "projection"  # the library default (paper eq. 2 on eq. 1)
+    assert VARIANTS["paper"]["fusion_input"] == "projection"  # paper eq. 2 on the eq. 1 outputs
     torch.manual_seed(0)
-    m = build_model("cm3", synth, {"graph_cache": False}).eval()
+    m = build_model("cm3", synth, {"graph_cache": False, "variant": "paper"}).eval()
     assert len(m.fusion_proj) == 0
     with torch.no_grad():
         x, h = m.item_inputs()
@@ -393,7 +395,7 @@ def test_scoring_switch_and_lambda_at_evaluation(model, batch):
 
 
 def test_released_variant_reproduces_the_released_loss(model, batch):
-    rel = clone_into(model, variant="released")
+    rel = clone_into(model, variant="released", fusion_input=None)
     for key, value in VARIANTS["released"].items():
         assert rel.config[key] == value
     out = loss_terms(rel, batch)
@@ -415,7 +417,7 @@ def test_released_variant_reproduces_the_released_loss(model, batch):
 
 
 def test_bad_switch_values_are_config_errors(synth):
-    for key, value in [("fusion", "cubic"), ("uniformity", "x"), ("uniform_items", "all"), ("variant", "paper"),
+    for key, value in [("fusion", "cubic"), ("uniformity", "x"), ("uniform_items", "all"), ("variant", "nope"),
                        ("user_pairs", "x"), ("fusion_input", "x")]:
         with pytest.raises(ConfigError):
             make(synth, **{key: value})

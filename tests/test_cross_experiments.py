@@ -91,10 +91,10 @@ def test_experiment_commands_run_end_to_end(tmp_path, script, extra, expect):
 def test_cm3_ablation_command(tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "cm3_ablation.py"), "--data", DATA, "--out", str(tmp_path),
            "--epochs", "1", "--set", "batch_size=256", "log_geometry=false", "graph_cache=false",
-           "--base", "default", "released", "--modalities"]
+           "--base", "paper", "released", "--modalities"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    for label in ("CM3 w/o F", "CM3 w LF", "CM3 w StdU", "CM3 w/o V", "CM3 w/o T", "default", "released"):
+    for label in ("CM3 w/o F", "CM3 w LF", "CM3 w StdU", "CM3 w/o V", "CM3 w/o T", "paper", "released"):
         assert label in out.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("reusing") + again.stderr.count("reusing") == 12
