@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mmgraph  # noqa: F401  (first: its OpenMP wait policy must be set before torch loads)
+
 import numpy as np
 import pandas as pd
 import pytest
