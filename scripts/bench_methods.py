@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Training-step and epoch times of every method (and plug-in combination), with a per-component
+breakdown, printed as one table -- run it with nothing else busy on the machine::
+
+    python scripts/bench_methods.py --data ../shared/data/tiktok --methods lightgcn,freedom,cm3,lightgcn+cross \\
+        --set lightgcn:n_layers=2 lightgcn:reg_weight=1e-4 freedom:dropout=0.8 freedom:reg_weight=1e-4 \\
+        cm3:n_ui_layers=3 cm3:gamma=0.9
+
+Per entry (``METHOD`` or ``METHOD+PLUGIN``): the median over ``--steps`` training steps of the forward
+(``model.loss`` + plug-in losses), the backward and the optimiser step; one validation; the per-epoch
+work (the model's epoch hook + sampling one epoch); and the resulting epoch estimate
+``steps_per_epoch x step + epoch work + validation``. Entries with a plug-in also print the ratio of
+their step to the backbone's step (measured in the same run). ``--profile`` adds the top operators of
+each entry's steps (torch.profiler, self CPU time).
+
+``--set`` takes ``key=value`` for every entry or ``method:key=value`` for one method.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mmgraph  # noqa: E402,F401  (before torch: OpenMP wait policy)
+import torch  # noqa: E402
+
+from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
+from mmgraph.train.run import build_model, build_plugins, build_run_graph, load_dataset  # noqa: E402
+from mmgraph.train.trainer import Trainer  # noqa: E402
+
+
+def _split_sets(items: List[str]) -> Dict[str, Dict[str, object]]:
+    scoped: Dict[str, List[str]] = {"*": []}
+    for item in items:
+        head, _, rest = item.partition("=")
+        if ":" in head:
+            method, key = head.split(":", 1)
+            scoped.setdefault(method, []).append(f"{key}={rest}")
+        else:
+            scoped["*"].append(item)
+    return {k: parse_overrides(v) for k, v in scoped.items()}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_entry(entry: str, dataset, sets, steps: int, profile: bool) -> Dict[str, float]:
+    method, *plugins = entry.split("+")
+    overrides = {**sets.get("*", {}), **sets.get(method, {}), "log_geometry": False}
+    if plugins:
+        overrides["plugins"] = plugins
+    cfg = load_config(method, dataset.name, overrides=overrides)
+    cfg = {k: v for k, v in cfg.items() if k != "grid"}
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(int(cfg.get("seed", 999)))
+    data = build_run_graph(method, dataset, cfg)
+    model = build_model(method, data, cfg)
+    trainer = Trainer(model, dataset, cfg, None, build_plugins(cfg, data, model), progress=False)
+    model.train()
+    epoch_work = _timed(lambda: model.on_epoch_start(0))
+    t0 = time.perf_counter()
+    batches = list(trainer.sampler.epoch())
+    epoch_work += time.perf_counter() - t0
+    fwd, bwd, opt = [], [], []
+
+    def step(batch):
+        batch = batch.to(trainer.device)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        t1 = time.perf_counter()
+        out = model.loss(batch)
+        loss = out.loss
+        for plugin in trainer.plugins:
+            for value in plugin.loss(batch, out).values():
+                loss = loss + value
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        trainer.optimizer.step()
+        t4 = time.perf_counter()
+        return t2 - t1, t3 - t2, t4 - t3
+
+    n = max(1, steps)
+    timed = [batches[k % len(batches)] for k in range(2, 2 + n)]  # short epochs: batches are reused
+    for b in batches[:2]:  # warm-up (allocator, lazy init)
+        step(b)
+    prof = None
+    if profile:
+        from torch.profiler import ProfilerActivity
+        prof = torch.profiler.profile(activities=[ProfilerActivity.CPU])
+        prof.__enter__()
+    for b in timed:
+        f, g, o = step(b)
+        fwd.append(f)
+        bwd.append(g)
+        opt.append(o)
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        print(f"\n{entry}: top operators over {n} steps")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    valid = _timed(trainer.validate)
+    med = {k: statistics.median(v) for k, v in (("forward", fwd), ("backward", bwd), ("optimizer", opt))}
+    step_s = sum(med.values())
+    return {**med, "step": step_s, "steps_per_epoch": len(batches), "epoch_work": epoch_work,
+            "valid": valid, "epoch": len(batches) * step_s + epoch_work + valid}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="dataset folder or synthetic[:...]")
+    p.add_argument("--methods", default="mf,lightgcn,directau,vbpr,freedom,bm3,cm3",
+                   help="comma-separated METHOD or METHOD+PLUGIN entries")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="[METHOD:]KEY=VALUE")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per entry")
+    p.add_argument("--profile", action="store_true", help="print the top operators of each entry")
+    args = p.parse_args(argv)
+    dataset = load_dataset(args.data)
+    sets = _split_sets(args.set)
+    entries = [e.strip() for e in args.methods.split(",") if e.strip()]
+    rows = {e: bench_entry(e, dataset, sets, args.steps, args.profile) for e in entries}
+    print(f"\n{dataset.name}: {torch.get_num_threads()} threads, median of {args.steps} steps (ms) and "
+          "seconds per epoch")
+    header = (f"{'entry':22s} {'forward':>8s} {'backward':>8s} {'optim':>7s} {'step':>7s} {'x backbone':>10s} "
+              f"{'steps':>5s} {'epoch work':>10s} {'valid':>6s} {'epoch s':>8s}")
+    print(header)
+    print("-" * len(header))
+    for entry, r in rows.items():
+        base = rows.get(entry.split("+")[0])
+        ratio = f"x{r['step'] / base['step']:.2f}" if base is not None and "+" in entry else ""
+        print(f"{entry:22s} {1e3 * r['forward']:8.1f} {1e3 * r['backward']:8.1f} {1e3 * r['optimizer']:7.1f} "
+              f"{1e3 * r['step']:7.1f} {ratio:>10s} {r['steps_per_epoch']:5d} {r['epoch_work']:10.3f} "
+              f"{r['valid']:6.3f} {r['epoch']:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
