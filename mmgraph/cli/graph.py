@@ -97,6 +97,10 @@ def cmd_build(args) -> int:
     from mmgraph.graph.relations import save_graph
 
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
+    for flag in ("k", "n_candidates"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     rand = _kv_floats(args.random_features, "--random-features") if args.random_features else {}
     needs_features = args.kind != "cooccurrence"
