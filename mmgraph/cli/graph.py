@@ -171,7 +171,11 @@ def _build_for_method(args, ds, cache) -> int:
         if getattr(args, flag) is not None:
             raise ConfigError(f"--{flag.replace('_', '-')} only applies with --kind; with --method set the "
                               "method's keys (e.g. --set knn_k=5)")
-    config = load_config(args.method, ds.name, args.config, parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    config = load_config(args.method, ds.name, args.config, overrides)
+    axes = [k for k, v in overrides.items() if isinstance(v, list) and k in config["grid"]]
+    if axes:
+        raise ConfigError(f"--set {axes[0]}=[...]: graph build builds one graph; give one value")
     relations = run_relations(args.method, config, ds.modalities)
     t0 = time.perf_counter()
     data = build_graph(ds, relations, cache=config.get("graph_cache", True) and cache,

@@ -198,9 +198,17 @@ def first_sentence(doc: Optional[str]) -> str:
     return text[:m.end()] if m else text
 
 
-def _describe(cls) -> str:
+def _describe(cls, registered=()) -> str:
+    """The first sentence of the module docstring (one method per module), or of the class docstring when
+    the module registers several classes (CROSS and FETTLE)."""
+    shared = sum(1 for other in registered if other.__module__ == cls.__module__) > 1
+    name = getattr(cls, "method_name", None) or getattr(cls, "plugin_name", None)
     module = sys.modules.get(cls.__module__)
-    return first_sentence(getattr(module, "__doc__", None)) or first_sentence(cls.__doc__)
+    if not shared or cls.__module__.rsplit(".", 1)[-1] == name:
+        text = first_sentence(getattr(module, "__doc__", None))
+        if text:
+            return text
+    return first_sentence(cls.__doc__)
 
 
 def run_methods(args: argparse.Namespace) -> int:
@@ -216,7 +224,7 @@ def run_methods(args: argparse.Namespace) -> int:
         cfg = load_config(name)
         keys = {k: cfg[k] for k in _own_keys(name)}
         rows[name] = {"class": f"{cls.__module__}.{cls.__name__}", "multimodal": cls.multimodal,
-                      "description": _describe(cls), "config": keys, "grid": cfg["grid"]}
+                      "description": _describe(cls, methods.values()), "config": keys, "grid": cfg["grid"]}
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()
@@ -228,7 +236,7 @@ def run_methods(args: argparse.Namespace) -> int:
     if plugins:
         print("plug-ins (--set plugins=[NAME]):")
         for name, cls in plugins.items():
-            print(f"  {name:{width}s}{'':11s} {_describe(cls)}")
+            print(f"  {name:{width}s}{'':11s} {_describe(cls, plugins.values())}")
     print("settings of one: mmgraph methods --show NAME")
     return 0
 
@@ -247,12 +255,12 @@ def _show(name: str, as_json: bool) -> int:
     methods, plugins = available_methods(), available_plugins()
     key = name.lower()
     if key in methods:
-        schema, title = build_schema(key), f"{key}: {_describe(methods[key])}"
+        schema, title = build_schema(key), f"{key}: {_describe(methods[key], methods.values())}"
         sections = [("run settings (configs/defaults.yaml)", "defaults"),
                     (f"{key} settings (configs/methods/{key}.yaml)", f"method:{key}")]
     elif key in plugins:
         base = "mf" if "mf" in methods else next(iter(methods))
-        schema, title = build_schema(base, [key]), f"plug-in {key}: {_describe(plugins[key])}"
+        schema, title = build_schema(base, [key]), f"plug-in {key}: {_describe(plugins[key], plugins.values())}"
         sections = [(f"{key} settings (configs/plugins/{key}.yaml; with --set plugins=[{key}])", f"plugin:{key}")]
     else:
         close = suggest(key, list(methods) + list(plugins))
