@@ -144,7 +144,8 @@ def test_user_cooccurrence_matches_brute_force(small):
 # ------------------------------------------------------------------------------------------ propagation
 @pytest.mark.parametrize("method", ["lightgcn", "freedom", "cm3", "directau"])
 def test_training_step_propagates_through_message_passing(small, method):
-    model = build_model(method, small, _cfg(method, encoder="lightgcn"))
+    extra = {"encoder": "lightgcn"} if method == "directau" else {}   # a key only DirectAU declares
+    model = build_model(method, small, _cfg(method, **extra))
     calls = []
     handles = [m.register_message_and_aggregate_forward_hook(lambda mod, inp, out: calls.append(out.shape))
                for m in model.modules() if isinstance(m, LightGCNConv)]

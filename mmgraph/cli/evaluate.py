@@ -9,12 +9,23 @@ from pathlib import Path
 from mmgraph.errors import ConfigError, DataError
 
 
+def cutoffs(text: str):
+    """``--topk 10,20`` -> ``[10, 20]``; anything else is a usage error."""
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = []
+    if not ks or any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1 (e.g. 10,20), got {text!r}")
+    return sorted(set(ks))
+
+
 def register(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate a trained run (full ranking, protocol metrics)")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a run folder, or a grid folder (its selected point is used)")
     e.add_argument("--split", default="test", choices=["valid", "test"])
     e.add_argument("--data", help="dataset path (default: the one recorded in the run)")
-    e.add_argument("--topk", help="comma-separated cut-offs (default: the run's)")
+    e.add_argument("--topk", type=cutoffs, help="comma-separated cut-offs (default: the run's)")
     e.add_argument("--groups", action="store_true", help="also print popularity-group Recall (head/tail)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--channel", default="final",
@@ -24,7 +35,7 @@ def register(sub) -> None:
     e.set_defaults(func=run_evaluate)
 
     x = sub.add_parser("export", help="export top-K recommendations with raw ids")
-    x.add_argument("run_dir")
+    x.add_argument("run_dir", help="a run folder, or a grid folder (its selected point is used)")
     x.add_argument("--k", type=int, default=100)
     x.add_argument("--format", choices=["csv", "parquet", "jsonl"], help="default: from --output's suffix")
     x.add_argument("--output", required=True)
@@ -51,7 +62,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mmgraph.train.run import load_run
 
     model, dataset, config = load_run(args.run_dir, args.data)
-    ks = [int(k) for k in args.topk.split(",")] if args.topk else config.get("topk", [5, 10, 20, 50])
+    ks = args.topk or config.get("topk", [5, 10, 20, 50])
     user_emb, item_emb = channel_embeddings(model, args.channel)
     evaluator = Evaluator(dataset, args.split, ks=ks, device=user_emb.device,
                           retrieval=args.retrieval or config.get("retrieval", "exact"))
@@ -78,6 +89,9 @@ def run_export(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise DataError(f"--k must be >= 1, got {args.k}")
     model, dataset, _ = load_run(args.run_dir, args.data)
+    if args.k > dataset.n_items:
+        raise DataError(f"--k {args.k} is more than the {dataset.n_items} items of {dataset.name}; use --k "
+                        f"{dataset.n_items} or less")
     raw_users = None
     if args.users:
         path = Path(args.users)

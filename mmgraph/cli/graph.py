@@ -97,6 +97,10 @@ def cmd_build(args) -> int:
     from mmgraph.graph.relations import save_graph
 
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
+    for flag in ("k", "n_candidates"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     rand = _kv_floats(args.random_features, "--random-features") if args.random_features else {}
     needs_features = args.kind != "cooccurrence"
@@ -167,7 +171,11 @@ def _build_for_method(args, ds, cache) -> int:
         if getattr(args, flag) is not None:
             raise ConfigError(f"--{flag.replace('_', '-')} only applies with --kind; with --method set the "
                               "method's keys (e.g. --set knn_k=5)")
-    config = load_config(args.method, ds.name, args.config, parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    config = load_config(args.method, ds.name, args.config, overrides)
+    axes = [k for k, v in overrides.items() if isinstance(v, list) and k in config["grid"]]
+    if axes:
+        raise ConfigError(f"--set {axes[0]}=[...]: graph build builds one graph; give one value")
     relations = run_relations(args.method, config, ds.modalities)
     t0 = time.perf_counter()
     data = build_graph(ds, relations, cache=config.get("graph_cache", True) and cache,

@@ -22,10 +22,18 @@ def command_modules() -> List[str]:
     return [f"mmgraph.cli.{n}" for n in sorted(names, key=lambda n: (FIRST.index(n) if n in FIRST else len(FIRST), n))]
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other ``mmgraph`` error."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        self.exit(2, f"mmgraph: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="mmgraph", description="Multimodal graph recommendation.")
+    parser = Parser(prog="mmgraph", description="Multimodal graph recommendation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -38,13 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line on stderr, see Parser.error) or --help
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
     except MMGraphError as exc:
         print(f"mmgraph: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user named cannot be read or written (permissions, disk full, ...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mmgraph: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmgraph: interrupted", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -34,11 +34,30 @@ def find_inter_file(folder: Path) -> Path:
     return files[0]
 
 
+def _row_line(path: Path, row: int, n_fields: int) -> Tuple[int, int]:
+    """``(line number, number of fields)`` of data row ``row`` (pandas skips blank lines)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        next(fh, None)  # header
+        k = -1
+        for line_no, line in enumerate(fh, start=2):
+            if not line.strip("\r\n"):
+                continue
+            k += 1
+            if k == row:
+                return line_no, line.rstrip("\r\n").count("\t") + 1
+    return row + 2, n_fields
+
+
 def _read_inter(path: Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty (expected a header line with {', '.join(REQUIRED_COLUMNS)} "
+                        "and one line per interaction)") from None
     except pd.errors.ParserError as exc:  # ragged rows
-        raise DataError(f"{path}: malformed TSV ({exc})") from None
+        raise DataError(f"{path}: malformed TSV ({' '.join(str(exc).split())})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; header is {list(df.columns)}, expected "
@@ -49,14 +68,20 @@ def _read_inter(path: Path) -> pd.DataFrame:
         bad = values.isna() | (values != values.round())
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{path}, line {row + 2}: column {col} has {df[col].iloc[row]!r}, "
+            line, fields = _row_line(path, row, len(df.columns))
+            if fields < len(df.columns):
+                raise DataError(f"{path}, line {line}: {fields} of {len(df.columns)} fields (a short row; the "
+                                f"header has {', '.join(map(str, df.columns))})")
+            raise DataError(f"{path}, line {line}: column {col} has {df[col].iloc[row]!r}, "
                             "expected a non-negative integer")
         out[col] = values.to_numpy().astype(np.int64)
     frame = pd.DataFrame(out)
-    neg = (frame[["userID", "itemID"]] < 0).any(axis=1).to_numpy()
-    if neg.any():
-        row = int(np.flatnonzero(neg)[0])
-        raise DataError(f"{path}, line {row + 2}: negative id, expected 0-based non-negative ids")
+    for col in ("userID", "itemID"):
+        neg = (frame[col] < 0).to_numpy()
+        if neg.any():
+            row = int(np.flatnonzero(neg)[0])
+            raise DataError(f"{path}, line {_row_line(path, row, len(df.columns))[0]}: column {col} has "
+                            f"{frame[col].iloc[row]}, expected a 0-based non-negative id")
     bad_label = ~frame["x_label"].isin([0, 1, 2]).to_numpy()
     if bad_label.any():
         row = int(np.flatnonzero(bad_label)[0])

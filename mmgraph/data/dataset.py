@@ -1,12 +1,15 @@
 """The in-memory recommendation dataset every other component consumes."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
 
 from mmgraph.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 
@@ -130,8 +133,10 @@ def check_features(name: str, feat, n_items: int, source: Optional[str] = None) 
     if feat.shape[0] != n_items:
         raise DataError(f"{where}: feature '{name}' has {feat.shape[0]} rows, expected one per item "
                         f"({n_items})")
-    if not np.issubdtype(feat.dtype, np.number):
-        raise DataError(f"{where}: feature '{name}' must be numeric, got dtype {feat.dtype}")
+    if not np.issubdtype(feat.dtype, np.number) or np.issubdtype(feat.dtype, np.complexfloating):
+        raise DataError(f"{where}: feature '{name}' must be real numbers, got dtype {feat.dtype}")
+    if not np.issubdtype(feat.dtype, np.floating):
+        log.warning("%s: feature '%s' has integer dtype %s; converted to float32", where, name, feat.dtype)
     feat = np.ascontiguousarray(feat, dtype=np.float32)
     finite = np.isfinite(feat)
     if not finite.all():

@@ -292,7 +292,12 @@ def load_graph(path: Union[str, os.PathLike], dataset=None):
     try:
         blob = load_object(path)
     except Exception as exc:
-        raise DataError(f"{path}: not a graph file written by `mmgraph graph build` ({exc})") from None
+        text = str(exc).strip()
+        if "weights only" in text.lower() or "weights_only" in text:  # never relay torch's advice to unpickle
+            raise DataError(f"{path}: refused: it holds pickled Python objects (mmgraph never unpickles "
+                            "graph files)") from None
+        first = text.splitlines()[0][:120] if text else type(exc).__name__
+        raise DataError(f"{path}: not a graph file written by `mmgraph graph build` ({first})") from None
     if not isinstance(blob, dict) or blob.get("format") != GRAPH_FORMAT:
         raise DataError(f"{path}: not a graph file written by `mmgraph graph build` (rebuild it with this "
                         "version of mmgraph)")

@@ -109,7 +109,11 @@ def run_variant(method: str, data, overrides: Dict[str, Any], out_dir: Optional[
                               "use another --out")
         log.info("reusing %s", out_dir)
         return json.loads((Path(out_dir) / "final_metrics.json").read_text())
-    result, _ = train(method, dataset, config, out_dir, progress=progress, data_spec=data_spec or str(data))
+    # an interrupted run (a kill, a crash) is resumed where it stopped; a folder with no epoch yet starts over
+    resume = out_dir is not None and (Path(out_dir) / "last.pt").exists()
+    started = out_dir is not None and (Path(out_dir) / "config.yaml").exists()
+    result, _ = train(method, dataset, config, out_dir, resume=resume, overwrite=started and not resume,
+                      progress=progress, data_spec=data_spec or str(data))
     return result
 
 

@@ -1,52 +1,108 @@
-"""End-to-end runs: resolve the config, load the data, build the model, train, save the run directory.
+"""End-to-end runs: resolve the config, load the data, build the model, train, save the run folder.
 
-A run directory holds ``config.yaml`` (resolved), ``meta.json`` (seed, data path, versions,
-command), ``history.csv``/``history.json`` (per epoch), ``best.pt`` (state dict of the best
-validation epoch), ``last.pt`` (resume state) and ``final_metrics.json``.
+A run folder holds ``config.yaml`` (resolved), ``meta.json`` (method, data path and content hash, seed,
+graph, versions, command), ``history.csv``/``history.json`` (per epoch), ``best.pt`` (state dict of the
+best validation epoch), ``last.pt`` (resume state), ``final_metrics.json`` and ``train.log``.
+
+Folders are guarded (:mod:`mmgraph.train.rundir`): one writing process at a time, a finished or
+interrupted run is never replaced without ``overwrite``, a resumed run must see the same method, config and
+data, and ``best.pt`` / ``last.pt`` carry the hashes of the config and data that produced them.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
-import yaml
 
 from mmgraph.data import RecDataset, load_atomic, make_synthetic
 from mmgraph.data.transforms import apply_transforms
-from mmgraph.errors import ConfigError
+from mmgraph.errors import ConfigError, DataError
 from mmgraph.graph.relations import (Relation, attach_features, build_graph, check_graph, load_graph,
                                      node_features, unique_relations)
 from mmgraph.models.base import Recommender
 from mmgraph.models.registry import get_model_class
-from mmgraph.train.config import expand_grid, load_config
+from mmgraph.train.config import load_config, validate_config
 from mmgraph.train.reproducibility import DEFAULT_SEED, library_versions, resolve_device, seed_everything
+from mmgraph.train.rundir import (RunLock, check_fresh_folder, config_hash, dataset_hash, file_hash,
+                                  folder_state, load_checkpoint, read_fingerprint, read_meta, read_run_config)
 from mmgraph.train.trainer import Trainer
 from mmgraph.utils.io import atomic_write, write_json
 
 log = logging.getLogger("mmgraph.train")
 
 SYNTHETIC_PREFIX = "synthetic"
+#: ``--data synthetic:NAME=VALUE,...``: NAME -> (make_synthetic argument, type, lower bound, strict)
+SYNTHETIC_PARAMS: Dict[str, Tuple[str, type, float, bool]] = {
+    "users": ("n_users", int, 1, False), "items": ("n_items", int, 1, False),
+    "factors": ("n_factors", int, 1, False), "mean_interactions": ("mean_interactions", float, 0, True),
+    "min_interactions": ("min_interactions", int, 1, False), "temperature": ("temperature", float, 0, True),
+    "popularity_skew": ("popularity_skew", float, 0, False), "noise": ("noise", float, 0, False),
+    "split": ("split", str, 0, False), "seed": ("seed", int, 0, False),
+}
+SYNTHETIC_ALIASES = {"n_users": "users", "n_items": "items", "n_factors": "factors"}
+
+
+def parse_synthetic(text: str) -> Dict[str, Any]:
+    """``synthetic:users=500,items=400,seed=1`` -> keyword arguments of :func:`make_synthetic`."""
+    from mmgraph.train.schema import suggest
+
+    kwargs: Dict[str, Any] = {}
+    body = text.split(":", 1)[1] if ":" in text else ""
+    for part in filter(None, (p.strip() for p in body.split(","))):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        name = SYNTHETIC_ALIASES.get(key, key)
+        if not sep or not value:
+            raise ConfigError(f"--data {text}: expected NAME=VALUE after 'synthetic:', got {part!r}")
+        if name not in SYNTHETIC_PARAMS:
+            close = suggest(name, SYNTHETIC_PARAMS)
+            raise ConfigError(f"--data {text}: unknown synthetic parameter {key!r}"
+                              + (f"; did you mean {', '.join(close)}?" if close else "")
+                              + f" (accepted: {', '.join(SYNTHETIC_PARAMS)})")
+        arg, typ, low, strict = SYNTHETIC_PARAMS[name]
+        if typ is str:
+            if value not in ("warm", "cold"):
+                raise ConfigError(f"--data {text}: split must be warm or cold, got {value!r}")
+            kwargs[arg] = value
+            continue
+        try:
+            number = float(value)
+            if typ is int:
+                if not number.is_integer():
+                    raise ValueError
+                number = int(number)
+        except ValueError:
+            raise ConfigError(f"--data {text}: {name} must be {'an integer' if typ is int else 'a number'}, "
+                              f"got {value!r}") from None
+        if not math.isfinite(number) or number < low or (strict and number == low):
+            raise ConfigError(f"--data {text}: {name} must be {'>' if strict else '>='} {low:g}, got {value}")
+        kwargs[arg] = number
+    return kwargs
 
 
 def load_dataset(spec: Union[str, Path, RecDataset], modalities=None) -> RecDataset:
     """A dataset from a folder path, or ``synthetic`` / ``synthetic:users=500,items=400,seed=1``."""
     if isinstance(spec, RecDataset):
-        return spec
-    text = str(spec)
-    if text == SYNTHETIC_PREFIX or text.startswith(SYNTHETIC_PREFIX + ":"):
-        kwargs: Dict[str, Any] = {}
-        if ":" in text:
-            for part in text.split(":", 1)[1].split(","):
-                key, _, value = part.partition("=")
-                key = {"users": "n_users", "items": "n_items"}.get(key.strip(), key.strip())
-                kwargs[key] = value if key == "split" else float(value) if "." in value else int(value)
-        ds = make_synthetic(**kwargs)
+        ds = spec
     else:
-        ds = load_atomic(text)
+        text = str(spec)
+        if text == SYNTHETIC_PREFIX or text.startswith(SYNTHETIC_PREFIX + ":"):
+            ds = make_synthetic(**parse_synthetic(text))
+            empty = [s for s in ("train", "valid", "test") if len(getattr(ds, s)) == 0]
+            if empty:
+                raise DataError(f"--data {text}: the synthetic {empty[0]} split is empty; use more users and "
+                                "items (e.g. synthetic:users=100,items=80)")
+        else:
+            ds = load_atomic(text)
     if modalities is not None:
         missing = [m for m in modalities if m not in ds.features]
         if missing:
@@ -112,116 +168,436 @@ def build_plugins(config: Dict[str, Any], data, model: Recommender) -> List[torc
     return [get_plugin_class(name)(data, model, config) for name in names]
 
 
+def runtime_keys(method: str, config: Dict[str, Any]) -> List[str]:
+    """Keys that do not change what a run trains (schema flag ``runtime``: epoch budget, device, threads):
+    left out of the run's config hash, and allowed to change on resume."""
+    from mmgraph.train.schema import build_schema
+
+    schema = build_schema(method, plugin_names(config))
+    return [k for k, s in schema.settings.items() if "runtime" in s.flags]
+
+
+def _differences(a: Dict[str, Any], b: Dict[str, Any], ignore) -> List[str]:
+    skip = set(ignore) | {"grid", "method"}
+    return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
+
+
 def train(method: str, data: Union[str, Path, RecDataset], config: Optional[Dict[str, Any]] = None,
           out_dir: Optional[Union[str, Path]] = None, resume: bool = False,
           progress: Optional[bool] = None, data_spec: Optional[str] = None,
-          graph=None) -> Tuple[Dict[str, Any], Trainer]:
-    """Train one configuration. ``config`` is a resolved config (see :func:`load_config`); when it is
-    ``None`` the defaults for ``method`` (and the dataset's config) are used.
+          graph=None, overwrite: bool = False) -> Tuple[Dict[str, Any], Trainer]:
+    """Train one configuration. ``config`` is a resolved config (see :func:`load_config`; it is
+    validated against the method's schema); ``None`` uses the defaults (on ``resume``: the folder's).
 
-    ``data_spec`` is recorded in ``meta.json`` so that ``evaluate``/``export`` can reload the data
-    (default: the path or spec ``data`` was given as). ``graph``: a saved graph file (or a
-    ``HeteroData``) to train on instead of building the run's graph (see :func:`build_run_graph`).
+    Args:
+        out_dir: the run folder; ``None`` keeps everything in memory. It is locked while training.
+        resume: continue the interrupted run in ``out_dir``. Method, config (up to runtime keys such as
+            ``epochs``), data and graph must be the folder's; a difference is a :class:`ConfigError`.
+        overwrite: replace a run already in ``out_dir`` (without it, that is an error).
+        data_spec: recorded in ``meta.json`` so that ``evaluate``/``export`` can reload the data
+            (default: the path or spec ``data`` was given as).
+        graph: a saved graph file (or a ``HeteroData``) to train on instead of building the run's graph
+            (see :func:`build_run_graph`).
 
     Returns ``(final_metrics, trainer)``.
     """
+    out = Path(out_dir) if out_dir else None
+    if resume and out is None:
+        raise ConfigError("resuming needs the run folder (--out DIR)")
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: choose one")
+    with (RunLock(out) if out is not None else contextlib.nullcontext()):
+        return _train(method, data, config, out, resume, progress, data_spec, graph, overwrite)
+
+
+def _train(method, data, config, out: Optional[Path], resume: bool, progress, data_spec, graph, overwrite):
+    meta: Dict[str, Any] = {}
+    saved: Optional[Dict[str, Any]] = None
+    method = str(method).lower()
+    if out is not None and resume:
+        state = folder_state(out)
+        if state in ("missing", "empty"):
+            raise ConfigError(f"cannot resume: {out} holds no run")
+        if state.startswith("grid"):
+            raise ConfigError(f"{out} holds a grid search: resume it with `mmgraph train --resume --out {out}`")
+        if not (out / "last.pt").exists():
+            raise ConfigError(f"cannot resume {out}: it stopped before its first epoch ended (no last.pt); "
+                              "start over with --overwrite")
+        meta, saved = read_meta(out), read_run_config(out)
+        run_method = str(meta.get("method") or saved.get("method") or method).lower()
+        if run_method != method:
+            raise ConfigError(f"cannot resume {out} as {method}: the run there trains {run_method}")
+        if graph is None:
+            graph = meta.get("graph")
+        elif isinstance(graph, (str, Path)) and meta.get("graph") != str(Path(graph).resolve()):
+            raise ConfigError(f"--graph {graph} conflicts with the run in {out}, trained on "
+                              f"{meta.get('graph') or 'the graph its method builds'}")
+        if config is None:
+            config = saved
+    elif out is not None:
+        check_fresh_folder(out, overwrite)
+
     dataset = load_dataset(data, (config or {}).get("modalities"))
     if config is None:
         config = load_config(method, dataset.name)
-    config = {k: v for k, v in config.items() if k != "grid"}
+    config = validate_config(method, config)
+    runtime = runtime_keys(method, config)
+    if saved is not None:
+        diff = _differences(validate_config(method, saved), config, runtime)
+        if diff:
+            raise ConfigError(f"cannot resume {out} with other settings ({', '.join(diff)} differ from its "
+                              "config.yaml); resume takes them from the folder")
+    data_hash = dataset_hash(dataset)
+    if meta.get("data_hash") and meta["data_hash"] != data_hash:
+        raise DataError(f"cannot resume {out}: the dataset {data_spec or _spec_text(data)} differs from the one "
+                        "the run started on (content hash); resume it with the original data")
+    graph_hash = None
+    if isinstance(graph, (str, Path)):
+        if not Path(graph).exists():
+            raise DataError(f"graph file {graph} does not exist")
+        graph_hash = file_hash(graph)
+        if meta.get("graph_hash") and meta["graph_hash"] != graph_hash:
+            raise DataError(f"cannot resume {out}: the graph file {graph} changed since the run started")
+    fingerprint = {"config_hash": config_hash(method, config, runtime), "data_hash": data_hash}
+
     dataset = apply_transforms(dataset, config)
     seed = int(config.get("seed", DEFAULT_SEED))
     seed_everything(seed)
     if config.get("threads"):  # e.g. 1 on a shared, oversubscribed CPU
         torch.set_num_threads(int(config["threads"]))
     device = resolve_device(config.get("device", "auto"))
-    data = build_run_graph(method, dataset, config, graph)
-    model = build_model(method, data, config, device)
-    plugins = build_plugins(config, data, model)
-    out = Path(out_dir) if out_dir else None
+    run_graph = build_run_graph(method, dataset, config, graph)
+    model = build_model(method, run_graph, config, device)
+    plugins = build_plugins(config, run_graph, model)
+    handler = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            with atomic_write(out / "config.yaml", "w") as fh:
-                yaml.safe_dump(config, fh, sort_keys=True)
-            write_json(out / "meta.json", {
-                "method": method, "data": data_spec or _data_spec(data, dataset),
-                "dataset": repr(dataset), "seed": seed, "device": str(device), "versions": library_versions(),
+            meta = {
+                "method": method, "data": data_spec or _data_spec(data, dataset), "dataset": repr(dataset),
+                "dataset_name": dataset.name, "data_hash": data_hash, "config_hash": fingerprint["config_hash"],
+                "seed": seed, "device": str(device), "versions": library_versions(),
                 "graph": str(Path(graph).resolve()) if isinstance(graph, (str, Path)) else None,
-                "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        _add_file_log(out / "train.log")
-    log.info("%s on %r (%s); %d parameters", method, dataset, device,
-             sum(p.numel() for p in model.parameters()))
-    trainer = Trainer(model, dataset, config, out, plugins, progress)
-    result = trainer.fit(resume=resume)
+                "graph_hash": graph_hash, "command": " ".join(sys.argv),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        else:
+            meta.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if not resume or _differences(saved or {}, config, ()):
+            _write_config(out / "config.yaml", config)   # a resume may change runtime keys (epochs)
+        write_json(out / "meta.json", meta)
+        handler = _add_file_log(out / "train.log", append=resume)
+    try:
+        log.info("%s on %r (%s); %d parameters", method, dataset, device,
+                 sum(p.numel() for p in model.parameters()))
+        _warn_cold_users(dataset)
+        trainer = Trainer(model, dataset, config, out, plugins, progress, fingerprint=fingerprint)
+        result = trainer.fit(resume=resume)
+    finally:
+        if handler is not None:
+            logging.getLogger("mmgraph").removeHandler(handler)
+            handler.close()
     return result, trainer
+
+
+def _write_config(path: Path, config: Dict[str, Any]) -> None:
+    import yaml
+
+    with atomic_write(path, "w") as fh:
+        yaml.safe_dump(config, fh, sort_keys=True)
+
+
+def _warn_cold_users(dataset: RecDataset) -> None:
+    trained = np.zeros(dataset.n_users, dtype=bool)
+    trained[dataset.train[:, 0]] = True
+    held = np.unique(np.concatenate([dataset.valid[:, 0], dataset.test[:, 0]]))
+    cold = held[~trained[held]]
+    if len(cold):
+        log.warning("%d user(s) appear only in valid/test (e.g. user %s): they have no training interaction, "
+                    "so they are ranked from untrained embeddings", len(cold), dataset.raw_user_id(int(cold[0])))
+
+
+def _spec_text(data) -> str:
+    return data.name if isinstance(data, RecDataset) else str(data)
 
 
 def _data_spec(data, dataset: RecDataset) -> str:
     if not isinstance(data, RecDataset):
-        return str(data)
-    return str(Path(dataset.source).parent) if dataset.source else dataset.name
+        text = str(data)
+        if text == SYNTHETIC_PREFIX or text.startswith(SYNTHETIC_PREFIX + ":"):
+            return text
+        return str(Path(text).resolve())
+    return str(Path(dataset.source).resolve().parent) if dataset.source else dataset.name
 
 
-def _add_file_log(path: Path) -> None:
-    logger = logging.getLogger("mmgraph")
-    for h in logger.handlers:
-        if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve():
-            return
-    handler = logging.FileHandler(path)
+def _add_file_log(path: Path, append: bool = True) -> logging.Handler:
+    """Send the ``mmgraph`` log to ``path`` until the handler is removed (one per run: a grid point's
+    train.log holds that point's log only)."""
+    handler = logging.FileHandler(path, mode="a" if append else "w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("mmgraph")
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+# ------------------------------------------------------------------------------------------ resume (CLI)
+def same_data(given: str, recorded: str) -> bool:
+    if given == recorded:
+        return True
+    if given.startswith(SYNTHETIC_PREFIX) or recorded.startswith(SYNTHETIC_PREFIX):
+        return False
+    return Path(given).resolve() == Path(recorded).resolve()
+
+
+def resume_run(out_dir: Union[str, Path], method: Optional[str] = None, data: Optional[str] = None,
+               config_file: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
+               graph: Optional[str] = None, progress: Optional[bool] = None) -> Tuple[str, Dict[str, Any]]:
+    """Continue the run (or grid search) in ``out_dir`` with the method, data, config, seed and graph
+    recorded there. Given flags must agree with the folder, except runtime keys (``epochs`` to extend a
+    run, ``device``, ``threads`` ...), which take the new value. Returns ``("run", final_metrics)`` or
+    ``("grid", summary)``."""
+    from mmgraph.train.schema import build_schema
+
+    out = Path(out_dir)
+    state = folder_state(out)
+    if state in ("missing", "empty"):
+        raise ConfigError(f"cannot resume: {out} holds no run")
+    meta, saved = read_meta(out), read_run_config(out)
+    run_method = str(meta.get("method") or saved.get("method") or "")
+    if not run_method:
+        raise DataError(f"{out}/meta.json names no method; not a run folder mmgraph can resume")
+    if method and method.lower() != run_method.lower():
+        raise ConfigError(f"--method {method} conflicts with the run in {out} ({run_method}); --resume takes "
+                          "the method from the folder")
+    recorded = str(meta.get("data") or "")
+    if data and recorded and not same_data(str(data), recorded):
+        raise ConfigError(f"--data {data} conflicts with the run in {out} (trained on {recorded}); --resume takes "
+                          "the data from the folder")
+    if graph and str(Path(graph).resolve()) != meta.get("graph"):
+        raise ConfigError(f"--graph {graph} conflicts with the run in {out} "
+                          f"({meta.get('graph') or 'the graph its method builds'})")
+    config = dict(saved)
+    requested: List[Tuple[str, Dict[str, Any]]] = []
+    if config_file:
+        from mmgraph.train.config import _override_layer
+        values, grid = _override_layer(Path(config_file), run_method)
+        if grid:
+            raise ConfigError(f"--config {config_file}: a grid: block cannot change a run being resumed")
+        requested.append((f"--config {config_file}", values))
+    if overrides:
+        requested.append(("--set", overrides))
+    schema = build_schema(run_method, plugin_names(config))
+    for origin, values in requested:
+        for key, value in values.items():
+            setting = schema.setting(key, origin)
+            if isinstance(value, list) and not setting.accepts_list:
+                raise ConfigError(f"{key}=[...] ({origin}): a grid cannot be added to a run being resumed")
+            value = setting.check(value, origin)
+            if "runtime" in setting.flags:
+                config[key] = value
+            elif config.get(key) != value:
+                raise ConfigError(f"{key}={value!r} ({origin}) conflicts with the run in {out} ({key}="
+                                  f"{config.get(key)!r}); --resume takes the settings from the folder (only "
+                                  "runtime settings such as epochs, device and threads may change)")
+    spec = recorded or data
+    if not spec:
+        raise DataError(f"{out}/meta.json records no dataset; pass --data")
+    if state.startswith("grid"):
+        summary = grid_search(run_method, spec, config, out, progress=progress, data_spec=spec,
+                              graph=meta.get("graph"), resume=True)
+        return "grid", summary
+    result, _ = train(run_method, spec, config, out, resume=True, progress=progress, data_spec=spec,
+                      graph=meta.get("graph"))
+    return "run", result
+
+
+# ------------------------------------------------------------------------------------------ grids
+def grid_points(grid: Dict[str, List[Any]]) -> Tuple[List[str], List[Dict[str, Any]], Optional[List[Any]]]:
+    """``(axes, points, seeds)``: the search axes (sorted), one dict per point, and the seeds the
+    ``seed`` axis asks for (``None`` without one: each point runs once, with the config's seed)."""
+    grid = dict(grid or {})
+    seeds = grid.pop("seed", None)
+    axes = sorted(grid)
+    points = [dict(zip(axes, values)) for values in itertools.product(*(grid[k] for k in axes))]
+    return axes, points, seeds
+
+
+def _mean_metrics(runs: List[Dict[str, Any]], split: str) -> Dict[str, float]:
+    keys = runs[0][split].keys()
+    return {k: float(np.mean([r[split][k] for r in runs])) for k in keys}
 
 
 def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Union[str, Path]] = None,
-                progress: Optional[bool] = None, data_spec: Optional[str] = None, graph=None) -> Dict[str, Any]:
-    """Train every grid point; select on the validation metric only. Returns a summary dict."""
-    points = expand_grid(config)
-    dataset = load_dataset(data, config.get("modalities"))
-    metric = str(config.get("valid_metric", "recall@20")).lower()
-    rows = []
-    for k, point in enumerate(points):
-        axes = {key: point[key] for key in sorted(config.get("grid") or {})}
-        log.info("grid point %d/%d: %s", k + 1, len(points), axes)
-        sub = Path(out_dir) / f"point_{k:03d}" if out_dir else None
-        result, _ = train(method, dataset, point, sub, progress=progress,
-                          data_spec=data_spec or _data_spec(data, dataset), graph=graph)
-        rows.append({"point": k, "params": axes, "valid": result["valid"], "test": result["test"],
-                     "best_epoch": result["best_epoch"]})
-    best = max(rows, key=lambda r: r["valid"][metric])
-    summary = {"metric": metric, "best": best, "points": rows}
-    if out_dir:
-        write_json(Path(out_dir) / "grid_summary.json", summary)
+                progress: Optional[bool] = None, data_spec: Optional[str] = None, graph=None,
+                resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Train every point of ``config['grid']``; select on the validation metric only.
+
+    A ``seed`` axis is not searched: every point runs once per seed, the point is chosen on the mean
+    validation metric over the seeds, and every seed's result is reported (``runs``). With only a seed
+    axis there is nothing to choose: the summary reports repetitions of one config.
+
+    ``out_dir`` gets one folder per run (``point_000`` or ``point_000/seed_1``) and ``grid_summary.json``;
+    it is locked while the grid runs. ``resume`` reuses finished points and resumes an interrupted one.
+    Returns the summary: ``metric``, ``axes``, ``seeds``, ``points`` (``params``, ``runs``, mean
+    ``valid``/``test``), ``best`` (the selected point) and ``selected`` (its folder).
+    """
+    axes, points, seeds = grid_points(config.get("grid") or {})
+    base = {k: v for k, v in config.items() if k != "grid"}
+    out = Path(out_dir) if out_dir else None
+    if resume and out is None:
+        raise ConfigError("resuming a grid needs its folder (--out DIR)")
+    with (RunLock(out) if out is not None else contextlib.nullcontext()):
+        dataset = load_dataset(data, config.get("modalities"))
+        spec = data_spec or _data_spec(data, dataset)
+        metric = str(base.get("valid_metric", "recall@20")).lower()
+        if out is not None:
+            if resume:
+                saved = read_run_config(out)
+                diff = _differences(saved, config, runtime_keys(method, base))
+                if diff or saved.get("grid") != config.get("grid"):
+                    raise ConfigError(f"cannot resume the grid in {out} with other settings "
+                                      f"({', '.join(diff or ['grid'])})")
+                if read_meta(out).get("data_hash") not in (None, dataset_hash(dataset)):
+                    raise DataError(f"cannot resume the grid in {out}: the dataset differs from the one it "
+                                    "started on (content hash)")
+            else:
+                check_fresh_folder(out, overwrite)
+                out.mkdir(parents=True, exist_ok=True)
+                _write_config(out / "config.yaml", {**base, "grid": config.get("grid") or {}})
+                write_json(out / "meta.json", {
+                    "kind": "grid", "method": method, "data": spec, "dataset_name": dataset.name,
+                    "data_hash": dataset_hash(dataset), "axes": axes, "seeds": seeds,
+                    "graph": str(Path(graph).resolve()) if isinstance(graph, (str, Path)) else None,
+                    "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        rows = []
+        for k, params in enumerate(points):
+            runs = []
+            for seed in seeds or [base.get("seed", DEFAULT_SEED)]:
+                point = {**base, **params, "seed": seed}
+                rel = f"point_{k:03d}" + (f"/seed_{seed}" if seeds else "")
+                log.info("grid point %d/%d: %s%s", k + 1, len(points), params, f" seed {seed}" if seeds else "")
+                sub = out / rel if out is not None else None
+                state = folder_state(sub) if sub is not None else "missing"
+                if resume and state == "finished":
+                    result = _reuse_point(method, point, sub)
+                else:
+                    result, _ = train(method, dataset, point, sub, resume=resume and state == "interrupted",
+                                      progress=progress, data_spec=spec, graph=graph)
+                runs.append({"seed": seed, "dir": rel, "valid": result["valid"], "test": result["test"],
+                             **{key: result[key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")}})
+            row = {"point": k, "params": params, "dir": f"point_{k:03d}", "runs": runs,
+                   "valid": _mean_metrics(runs, "valid"), "test": _mean_metrics(runs, "test")}
+            if len(runs) == 1:
+                row.update({key: runs[0][key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")})
+            else:
+                row["valid_std"] = {metric: float(np.std([r["valid"][metric] for r in runs]))}
+                row["test_std"] = {metric: float(np.std([r["test"][metric] for r in runs]))}
+            rows.append(row)
+        best = max(rows, key=lambda r: r["valid"][metric])
+        summary = {"metric": metric, "axes": axes, "seeds": seeds, "best": best, "selected": best["dir"],
+                   "points": rows}
+        if out is not None:
+            write_json(out / "grid_summary.json", summary)
     return summary
+
+
+def _reuse_point(method: str, config: Dict[str, Any], folder: Path) -> Dict[str, Any]:
+    saved = read_run_config(folder)
+    diff = _differences(validate_config(method, saved), validate_config(method, config),
+                        runtime_keys(method, config))
+    if diff:
+        raise ConfigError(f"{folder} holds a finished run with other settings ({', '.join(diff)})")
+    log.info("reusing the finished run in %s", folder)
+    return json.loads((folder / "final_metrics.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ loading
+def resolve_run_dir(run_dir: Union[str, Path]) -> Path:
+    """A run folder, or the folder of the point a grid search selected (``grid_summary.json``)."""
+    run = Path(run_dir)
+    summary_path = run / "grid_summary.json"
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+            best = summary["best"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{summary_path}: unreadable ({exc})") from None
+        runs = best.get("runs") or [{"dir": f"point_{int(best['point']):03d}"}]
+        if len(runs) > 1:
+            dirs = ", ".join(str(run / r["dir"]) for r in runs)
+            raise ConfigError(f"{run} is a grid whose selected point {best['point']} ran once per seed; "
+                              f"name one run: {dirs}")
+        target = run / runs[0]["dir"]
+        log.info("%s is a grid search: using its selected point %s %s", run, target.name, best.get("params"))
+        return target
+    if folder_state(run) == "grid":
+        raise ConfigError(f"{run} holds an unfinished grid search (no grid_summary.json); finish it with "
+                          f"`mmgraph train --resume --out {run}`")
+    return run
 
 
 def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDataset]] = None,
              checkpoint: str = "best.pt", device: Optional[str] = None):
-    """Rebuild a trained model from its run directory. Returns ``(model, dataset, config)``.
+    """Rebuild a trained model from its run folder (or a grid's selected point). Returns
+    ``(model, dataset, config)``.
+
+    The dataset must be the one the run was trained on, and the checkpoint must have been written with
+    the folder's ``config.yaml`` (both checked by content hash); otherwise a one-line error.
 
     Args:
         data: the dataset (default: the path recorded in ``meta.json``).
         checkpoint: ``best.pt`` (best validation epoch) or ``last.pt``.
     """
-    import json
-
-    run = Path(run_dir)
+    run = resolve_run_dir(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"{run}: not a finished run directory (no such folder)")
     for name in ("config.yaml", "meta.json", checkpoint):
         if not (run / name).exists():
             raise ConfigError(f"{run}: not a finished run directory ({name} is missing)")
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    meta = json.loads((run / "meta.json").read_text())
-    dataset = load_dataset(data if data is not None else meta["data"], config.get("modalities"))
+    meta = read_meta(run)
+    method = str(meta.get("method") or "")
+    if not method:
+        raise DataError(f"{run}/meta.json names no method")
+    config = validate_config(method, read_run_config(run))
+    spec = data if data is not None else meta.get("data")
+    if spec is None:
+        raise DataError(f"{run}/meta.json records no dataset; pass --data")
+    dataset = load_dataset(spec, config.get("modalities"))
+    data_hash = dataset_hash(dataset)
+    if meta.get("data_hash") and meta["data_hash"] != data_hash:
+        raise DataError(f"the dataset {_spec_text(spec)} is not the one {run} was trained on (content hash "
+                        "differs); pass --data with the run's dataset")
+    ckpt = load_checkpoint(run / checkpoint, map_location="cpu", resume=checkpoint == "last.pt")
+    state = ckpt["state"] if checkpoint == "last.pt" else ckpt
+    stored = ckpt.get("fingerprint", {}) if checkpoint == "last.pt" else read_fingerprint(ckpt)
+    expected = config_hash(method, config, runtime_keys(method, config))
+    if stored:
+        if stored.get("config_hash") != expected:
+            raise ConfigError(f"{run / checkpoint} was not written with {run / 'config.yaml'} (config hash "
+                              "differs): the folder mixes files of two runs; train it again with --overwrite")
+        if stored.get("data_hash") != data_hash:
+            raise DataError(f"{run / checkpoint} was trained on other data than {_spec_text(spec)} (content hash)")
+    else:
+        log.warning("%s carries no run fingerprint (older mmgraph): config and data not checked against it",
+                    run / checkpoint)
     dataset = apply_transforms(dataset, config)   # the training data the run saw (masking, features)
     if device is not None:
         config["device"] = device
     graph = meta.get("graph")
-    data = build_run_graph(meta["method"], dataset, config, graph if graph and Path(graph).exists() else None)
-    model = build_model(meta["method"], data, config)
-    state = torch.load(run / checkpoint, map_location=model.device, weights_only=True)
-    if "state" in state:  # last.pt
-        state = state["state"]
-    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    if graph:
+        if not Path(graph).exists():
+            raise DataError(f"{run} was trained on the graph file {graph}, which no longer exists")
+        if meta.get("graph_hash") and file_hash(graph) != meta["graph_hash"]:
+            raise DataError(f"{run} was trained on the graph file {graph}, which has changed since")
+    data_graph = build_run_graph(method, dataset, config, graph or None)
+    model = build_model(method, data_graph, config)
+    model_state = {k[6:]: v.to(model.device) for k, v in state.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise DataError(f"{run / checkpoint} does not fit the {method} model its config.yaml describes "
+                        f"({detail})") from None
     model.eval()
     return model, dataset, config

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mmgraph.data.dataset import RecDataset
-from mmgraph.errors import ConfigError
+from mmgraph.errors import ConfigError, DataError
 from mmgraph.models.base import Batch
 from mmgraph.train.reproducibility import DEFAULT_SEED
 
@@ -40,6 +40,12 @@ class BPRSampler:
         self.n_candidates = int(n_candidates)
         if self.n_candidates < 0:
             raise ConfigError(f"n_candidates must be >= 0, got {n_candidates}")
+        if len(pairs):
+            full = np.flatnonzero(np.bincount(pairs[:, 0]) >= len(self.candidates))
+            if len(full):
+                raise DataError(f"user {full[0]} interacted with every item of the training split "
+                                f"({len(self.candidates)}), so BPR cannot draw a negative for it; remove such "
+                                f"users ({len(full)}) or add items")
 
     def __len__(self) -> int:
         return -(-len(self.pairs) // self.batch_size)
@@ -60,8 +66,8 @@ class BPRSampler:
             neg[todo] = self.candidates[self.rng.integers(0, len(self.candidates), size=len(todo))]
             todo = todo[self._is_seen(users[todo], neg[todo])]
         if len(todo):  # a user who trained on (almost) every candidate item
-            raise RuntimeError(f"could not draw a negative for user {users[todo[0]]}: it interacted with "
-                               "nearly every training item")
+            raise DataError(f"could not draw a negative for user {users[todo[0]]}: it interacted with "
+                            "nearly every training item")
         return neg
 
     def epoch(self) -> Iterator[Batch]:

@@ -26,6 +26,7 @@ from mmgraph.evaluation import Evaluator
 from mmgraph.losses import alignment, uniformity
 from mmgraph.models.base import Batch, LossOutput, Recommender
 from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, set_rng_state
+from mmgraph.train.rundir import fingerprint_tensors, load_checkpoint
 from mmgraph.utils.io import atomic_torch_save, atomic_write, write_json
 
 log = logging.getLogger("mmgraph.train")
@@ -57,17 +58,20 @@ class Trainer:
         out_dir: run directory; ``None`` keeps everything in memory.
         plugins: modules whose ``loss(batch, output) -> dict`` terms are added to the model's loss.
         progress: show a progress bar per epoch (auto-disabled when stderr is not a terminal).
+        fingerprint: ``{"config_hash": hex, "data_hash": hex}`` of the run (see :mod:`mmgraph.train.rundir`),
+            stored in ``best.pt`` / ``last.pt`` and checked on resume.
     """
 
     def __init__(self, model: Recommender, dataset: RecDataset, config: Dict[str, Any],
                  out_dir: Optional[Path] = None, plugins: Sequence[nn.Module] = (),
-                 progress: Optional[bool] = None):
+                 progress: Optional[bool] = None, fingerprint: Optional[Dict[str, str]] = None):
         self.model = model
         self.dataset = dataset
         self.config = config
         self.out_dir = Path(out_dir) if out_dir else None
         self.plugins = nn.ModuleList(plugins)
         self.progress = progress
+        self.fingerprint = dict(fingerprint or {})
         self.device = model.device
         self.plugins.to(self.device)
         params = [p for p in list(model.parameters()) + list(self.plugins.parameters()) if p.requires_grad]
@@ -265,8 +269,9 @@ class Trainer:
         if not self.out_dir:
             return
         if improved:
-            atomic_torch_save(self._best_state, self.out_dir / "best.pt")
-        atomic_torch_save({"state": self._state_dict(), "optimizer": self.optimizer.state_dict(),
+            atomic_torch_save({**self._best_state, **fingerprint_tensors(self.fingerprint)}, self.out_dir / "best.pt")
+        atomic_torch_save({"state": self._state_dict(), "fingerprint": self.fingerprint,
+                           "optimizer": self.optimizer.state_dict(),
                            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
                            "rng": rng_state(), "epoch": self.epoch, "best_score": self.best_score,
                            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
@@ -290,7 +295,12 @@ class Trainer:
         path = self.out_dir / "last.pt" if self.out_dir else None
         if path is None or not path.exists():
             raise ConfigError(f"cannot resume: {path} does not exist (was the run started with --out?)")
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        ckpt = load_checkpoint(path, map_location=self.device, resume=True)
+        saved = ckpt.get("fingerprint") or {}
+        for key, value in self.fingerprint.items():
+            if saved.get(key) not in (None, value):
+                raise ConfigError(f"{path} was written by another run (its {key.replace('_', ' ')} differs from "
+                                  "this run's); resume the run that wrote it, or start over with --overwrite")
         self._load_state_dict(ckpt["state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -301,6 +311,7 @@ class Trainer:
         self.history = json.loads(ckpt["history"])
         best = self.out_dir / "best.pt"
         if best.exists():
-            self._best_state = torch.load(best, map_location=self.device, weights_only=True)
+            state = load_checkpoint(best, map_location=self.device)
+            self._best_state = {k: v for k, v in state.items() if not k.startswith("run.")}
         log.info("resumed from %s at epoch %d (best epoch %d, %s %.4f)", path, self.epoch, self.best_epoch,
                  self.valid_metric, self.best_score)

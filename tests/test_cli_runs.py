@@ -1,0 +1,356 @@
+"""Run folders cannot lie: one writer at a time, no silent overwrite, resume from the folder, checkpoints
+and data checked against config.yaml / meta.json, honest grids, one-line errors (issue 11)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mmgraph.cli.main import main
+from mmgraph.data import make_synthetic, save_atomic
+
+FAST = ["--no-progress", "--set", "threads=1", "log_geometry=false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    ds = make_synthetic(n_users=80, n_items=60, modalities={"image": 8, "text": 4}, seed=3)
+    return save_atomic(ds, tmp_path_factory.mktemp("runs_data") / "toy", name="toy")
+
+
+def _train(data, out, *extra, method="mf", epochs=2) -> int:
+    return main(["train", "--method", method, "--data", str(data), "--out", str(out), "--epochs", str(epochs),
+                 *FAST, *extra])
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if line.startswith("mmgraph: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture()
+def finished(data, tmp_path, capsys) -> Path:
+    run = tmp_path / "run"
+    assert _train(data, run) == 0
+    capsys.readouterr()
+    return run
+
+
+# ------------------------------------------------------------------------------------------ lock
+def test_second_writer_fails_at_once_naming_the_holder(data, tmp_path, capsys):
+    from mmgraph.train.rundir import RunLock
+
+    run = tmp_path / "busy"
+    with RunLock(run):
+        t0 = time.perf_counter()
+        assert _train(data, run) == 2
+        err = _err(capsys)
+        assert time.perf_counter() - t0 < 5
+    assert f"pid {os.getpid()}" in err and "another mmgraph process" in err
+    assert not (run / "config.yaml").exists()        # the loser wrote nothing
+    assert _train(data, run) == 0                      # released: the folder is usable again
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(data, tmp_path, caplog):
+    run = tmp_path / "stale"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / ".lock").write_text(json.dumps({"pid": dead.pid, "started": "earlier"}))
+    assert _train(data, run) == 0
+    assert "taking over the lock left by pid" in caplog.text and not (run / ".lock").exists()
+
+
+def _cli(*args: str) -> list:
+    return [sys.executable, "-m", "mmgraph.cli.main", *args]
+
+
+def test_two_concurrent_trainings_into_one_folder(data, tmp_path, capsys):
+    run = tmp_path / "shared"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--data", str(data), "--out", str(run), *FAST]
+    first = subprocess.Popen(_cli("train", "--method", "lightgcn", "--epochs", "400", "--set", "patience=1000",
+                                  *common), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "last.pt").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()
+        # this process is the second writer: it fails at once, naming the first one
+        assert main(["train", "--method", "mf", "--epochs", "2", *common]) == 2
+        assert f"pid {first.pid}" in _err(capsys)
+        # the first writer is killed: its lock is stale, and --resume takes it over and finishes the same run
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "3", "--no-progress"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["method"] == "lightgcn"
+    assert json.loads((run / "meta.json").read_text())["method"] == "lightgcn"
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert json.loads(capsys.readouterr().out)["test"]["recall@20"] == pytest.approx(final["test"]["recall@20"],
+                                                                                    abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ overwrite
+def test_finished_run_is_never_overwritten_without_flag(data, finished, capsys):
+    before = (finished / "best.pt").read_bytes(), (finished / "final_metrics.json").read_text()
+    assert _train(data, finished, "--set", "reg_weight=0.5", method="mf") == 2
+    assert "holds a finished run" in _err(capsys) and "--overwrite" in capsys.readouterr().err + "--overwrite"
+    assert ((finished / "best.pt").read_bytes(), (finished / "final_metrics.json").read_text()) == before
+    assert _train(data, finished, "--overwrite", method="lightgcn") == 0
+    assert yaml.safe_load((finished / "config.yaml").read_text())["method"] == "lightgcn"
+    assert json.loads((finished / "meta.json").read_text())["method"] == "lightgcn"
+
+
+def test_interrupted_run_needs_resume_or_overwrite(data, finished, capsys):
+    (finished / "final_metrics.json").unlink()
+    assert _train(data, finished) == 2
+    err = _err(capsys)
+    assert "interrupted run" in err and "--resume" in err
+
+
+# ------------------------------------------------------------------------------------------ resume
+def test_resume_takes_everything_from_the_folder(data, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert _train(data, run, "--set", "n_layers=1", "--seed", "7", method="lightgcn", epochs=2) == 0
+    (run / "final_metrics.json").unlink()             # as if interrupted after epoch 2
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "4", "--no-progress"]) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert (cfg["method"], cfg["n_layers"], cfg["seed"], cfg["epochs"]) == ("lightgcn", 1, 7, 4)
+    assert json.loads((run / "final_metrics.json").read_text())["epochs_run"] == 4
+    assert len(json.loads((run / "history.json").read_text())) == 4
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--method", "mf"], "--method mf conflicts"),
+    (["--data", "synthetic:users=50,items=40"], "--data synthetic:users=50,items=40 conflicts"),
+    (["--set", "n_layers=2"], "n_layers=2 (--set) conflicts"),
+    (["--seed", "8"], "seed=8 (--set) conflicts"),
+    (["--set", "nosuch=1"], "unknown setting 'nosuch'"),
+])
+def test_resume_with_a_conflicting_flag_is_an_error(data, tmp_path, capsys, flags, needle):
+    run = tmp_path / "r"
+    assert _train(data, run, "--set", "n_layers=1", "--seed", "7", method="lightgcn") == 0
+    before = (run / "best.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), *flags]) == 2
+    assert needle in _err(capsys)
+    assert (run / "best.pt").read_bytes() == before
+
+
+def test_changed_dataset_is_detected_on_resume_and_evaluate(data, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "toy"
+    shutil.copytree(data, copy)
+    run = tmp_path / "r"
+    assert _train(copy, run) == 0
+    inter = copy / "toy.inter"
+    lines = inter.read_text().splitlines()
+    lines[1] = lines[1].rsplit("\t", 1)[0] + "\t2"     # a training row moved to test
+    inter.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    assert "not the one" in _err(capsys)
+    assert main(["export", str(run), "--k", "5", "--output", str(tmp_path / "x.csv")]) == 2
+    assert "not the one" in _err(capsys)
+    (run / "final_metrics.json").unlink()
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    assert "differs from the one the run started on" in _err(capsys)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_of_another_run_is_refused(data, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(data, a, method="mf") == 0
+    assert _train(data, b, "--set", "reg_weight=0.5", method="mf") == 0   # same shapes, other run
+    (b / "best.pt").write_bytes((a / "best.pt").read_bytes())
+    capsys.readouterr()
+    assert main(["evaluate", str(b)]) == 2
+    assert "mixes files of two runs" in _err(capsys)
+    cfg = yaml.safe_load((a / "config.yaml").read_text())
+    cfg["reg_weight"] = 0.25                                             # config.yaml edited afterwards
+    (a / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["export", str(a), "--k", "5", "--output", str(tmp_path / "x.csv")]) == 2
+    assert "config hash differs" in _err(capsys)
+
+
+@pytest.mark.parametrize("name", ["best.pt", "last.pt"])
+def test_truncated_checkpoint_is_one_line_naming_the_file(data, finished, tmp_path, capsys, name):
+    path = finished / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    if name == "best.pt":
+        for argv in (["evaluate", str(finished)],
+                     ["export", str(finished), "--k", "5", "--output", str(tmp_path / "x.csv")]):
+            assert main(argv) == 2
+            err = _err(capsys)
+            assert "best.pt" in err and "truncated or corrupt" in err
+    else:
+        (finished / "final_metrics.json").unlink()
+        assert main(["train", "--resume", "--out", str(finished)]) == 2
+        err = _err(capsys)
+        assert "last.pt" in err and "truncated or corrupt" in err
+
+
+def test_pickled_checkpoint_is_refused_without_advice_to_unpickle(finished, capsys):
+    state = torch.load(finished / "best.pt", weights_only=True)
+    state["model.extra"] = Path("x")                  # a Python object: needs real unpickling
+    torch.save(state, finished / "best.pt")
+    assert main(["evaluate", str(finished)]) == 2
+    err = _err(capsys)
+    assert "refused" in err and "weights_only" not in err and "unpickl" in err.lower()
+
+
+# ------------------------------------------------------------------------------------------ grids
+def test_grid_summary_logs_and_evaluate_use_the_selected_point(data, tmp_path, capsys):
+    grid = tmp_path / "grid"
+    assert _train(data, grid, "--set", "reg_weight=[1e-4,1e-1]", "--grid", epochs=3) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((grid / "grid_summary.json").read_text())
+    best_dir = grid / summary["selected"]
+    final = json.loads((best_dir / "final_metrics.json").read_text())
+    assert f"best epoch {final['best_epoch']} of {final['epochs_run']}" in out and "nan" not in out
+    assert "of ?" not in out
+    for k in range(2):
+        log = (grid / f"point_{k:03d}" / "train.log").read_text()
+        assert log.count("parameters") == 1 and log.count("best epoch") == 1, log
+    assert main(["evaluate", str(grid), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test"]["recall@20"] == pytest.approx(final["test"]["recall@20"],
+                                                                                    abs=1e-9)
+
+
+def test_seed_list_repeats_only_your_axes_and_reports_every_seed(data, tmp_path, capsys):
+    grid = tmp_path / "seeds"
+    assert _train(data, grid, "--set", "seed=[1,2]", "--grid", method="lightgcn") == 0
+    out = capsys.readouterr().out
+    summary = json.loads((grid / "grid_summary.json").read_text())
+    assert summary["axes"] == [] and summary["seeds"] == [1, 2] and len(summary["points"]) == 1  # no built-in grid
+    assert sorted(p.name for p in (grid / "point_000").iterdir()) == ["seed_1", "seed_2"]
+    assert "seed 1:" in out and "seed 2:" in out and "selected on validation" not in out
+    assert main(["evaluate", str(grid)]) == 2            # no seed was chosen: the user names one
+    assert "seed_1" in _err(capsys)
+
+
+def test_list_valued_keys_are_values_and_run_one_training(data, tmp_path, capsys):
+    run = tmp_path / "one"
+    assert _train(data, run, "--set", "plugins=[cross]", "topk=[10,20]", method="freedom", epochs=1) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["plugins"] == ["cross"] and cfg["topk"] == [10, 20]
+    assert not list(run.glob("point_*")) and (run / "final_metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ one-line errors
+def test_empty_inter_file_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "empty.inter").write_bytes(b"")
+    for argv in (["data", "stats", str(folder)], ["train", "--method", "mf", "--data", str(folder)]):
+        assert main(argv) == 2
+        assert "empty.inter: the file is empty" in _err(capsys)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--method", "mf", "--data", "synthetic:user=200"], "unknown synthetic parameter 'user'; did you mean users?"),
+    (["train", "--method", "mf", "--data", "synthetic:users=abc"], "users must be an integer"),
+    (["train", "--method", "mf", "--data", "synthetic", "--set", "lr=1e-3"], "did you mean learning_rate"),
+    (["train", "--method", "mf", "--data", "synthetic", "--set", "learning_rate=abc"],
+     "learning_rate: expected a number >= 0, got 'abc'"),
+    (["train", "--method", "lightgcn", "--data", "synthetic", "--set", "n_layers=-1"],
+     "n_layers: expected an integer >= 0, got -1"),
+    (["train", "--method", "mf", "--data", "synthetic", "--epochs", "0"], "epochs: expected an integer >= 1"),
+    (["train", "--method", "mf", "--data", "synthetic", "--epochs", "abc"], "invalid int value"),
+    (["train", "--resume"], "--resume needs --out"),
+])
+def test_bad_arguments_are_one_line_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    assert needle in _err(capsys)
+
+
+def test_cuda_on_a_cpu_only_torch_is_one_line(data, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this torch sees a GPU")
+    assert _train(data, tmp_path / "x", "--device", "cuda") == 2
+    assert "device 'cuda'" in _err(capsys)
+
+
+def test_evaluate_topk_and_export_k_are_checked(finished, tmp_path, capsys):
+    assert main(["evaluate", str(finished), "--topk", "abc"]) == 2
+    assert "--topk" in _err(capsys)
+    assert main(["export", str(finished), "--k", "1000", "--output", str(tmp_path / "x.csv")]) == 2
+    assert "--k 1000 is more than the 60 items" in _err(capsys)
+
+
+def test_graph_build_k_zero_is_an_error(data, capsys):
+    assert main(["graph", "build", "--data", str(data), "--kind", "knn", "--k", "0"]) == 2
+    assert "--k must be >= 1" in _err(capsys)
+
+
+# ------------------------------------------------------------------------------------------ data notes (5)
+def _inter(tmp_path, body: str) -> Path:
+    folder = tmp_path / "d"
+    folder.mkdir(exist_ok=True)
+    (folder / "d.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n" + body)
+    return folder
+
+
+def test_short_row_and_negative_id_messages(tmp_path, capsys):
+    folder = _inter(tmp_path, "0\t1\t1\t0\t0\n1\t2\n")
+    assert main(["data", "stats", str(folder)]) == 2
+    assert "line 3: 2 of 5 fields" in _err(capsys)
+    folder = _inter(tmp_path, "0\t1\t1\t0\t0\n1\t-2\t1\t0\t0\n")
+    assert main(["data", "stats", str(folder)]) == 2
+    assert "line 3: column itemID has -2" in _err(capsys)
+
+
+def test_integer_features_and_cold_users_are_reported(tmp_path, caplog):
+    from mmgraph.data import load_atomic
+    from mmgraph.train import load_config, train
+
+    ds = make_synthetic(n_users=60, n_items=50, modalities={"image": 4}, seed=1)
+    folder = save_atomic(ds, tmp_path / "ints", name="ints")
+    np.save(folder / "image_feat.npy", np.rint(ds.features["image"] * 10).astype(np.int64))
+    loaded = load_atomic(folder)
+    assert "integer dtype int64; converted to float32" in caplog.text
+    loaded.valid = np.concatenate([loaded.valid, [[loaded.n_users - 1, 0]]])
+    loaded.train = loaded.train[loaded.train[:, 0] != loaded.n_users - 1]
+    train("mf", loaded, load_config("mf", overrides={"epochs": 1, "log_geometry": False}), progress=False)
+    assert "appear only in valid/test" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ methods
+def test_methods_list_full_first_sentences_without_markup(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":class:" not in out and ":math:" not in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert lines["cm3"].rstrip().endswith("calibrated multimodal recommendation.")
+    assert lines["bm3"].rstrip().endswith("(MMRec's implementation).")
+    assert "cross" in lines and "fettle" in lines
+
+
+def test_methods_show_prints_the_schema_with_defaults(capsys):
+    assert main(["methods", "--show", "lightgcn"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("n_layers"))
+    assert "2" in row and "int >= 0" in row and "axis" in row
+    topk = next(line for line in out.splitlines() if line.strip().startswith("topk"))
+    assert "value" in topk and "[5, 10, 20, 50]" in topk
+    assert main(["methods", "--show", "cross"]) == 0
+    assert "cross_alpha" in capsys.readouterr().out
+    assert main(["methods", "--show", "lightgcm"]) == 2
+    assert "did you mean lightgcn" in _err(capsys)

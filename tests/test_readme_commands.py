@@ -1,0 +1,160 @@
+"""Every ``mmgraph ...`` command and every Python example of README.md runs, on tiny synthetic data.
+
+The commands are taken from the README's ```bash blocks (continuation lines joined, comments dropped,
+``a && b`` split) and run in order in one temporary folder, so a command may use what an earlier one wrote
+(``train --out runs/lgcn`` before ``evaluate runs/lgcn``). Data paths are replaced by tiny datasets and
+training is capped at a few epochs. ``python scripts/...`` lines are left to the scripts' own tests.
+
+To extend: a new data path in the README goes into :data:`SUBSTITUTIONS` (or :func:`datasets`), a
+sub-command that needs its own caps into :data:`EXTRA`; a method command needs nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmgraph.cli.main import main
+from mmgraph.data import make_synthetic, save_atomic
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MAX_EPOCHS = 2
+#: README path -> fixture name (see :func:`datasets`)
+SUBSTITUTIONS = {
+    "../shared/data/tiktok": "multimodal",
+    "../shared/data/baby": "id_only",
+    "../shared/data/dbbook-raw/ratings.csv": "raw_ratings",
+    "../shared/data/dbbook-raw/items.tsv": "raw_items",
+}
+#: extra arguments per sub-command (appended after the README's own)
+EXTRA: Dict[Tuple[str, ...], List[str]] = {
+    ("train",): ["--no-progress", "--set", "threads=1"],
+    ("data", "prepare"): ["--no-progress"],
+}
+
+
+def readme_blocks(text: str) -> List[Tuple[str, str]]:
+    """``[(language, body)]`` of the fenced code blocks, in order."""
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)]
+
+
+def readme_commands(text: str) -> List[str]:
+    """Every ``mmgraph ...`` command of the README's bash blocks."""
+    commands = []
+    for lang, body in readme_blocks(text):
+        if lang not in ("bash", "sh", "console", ""):
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            part: List[str] = []
+            for word in words + ["&&"]:
+                if word in ("&&", ";", "||"):
+                    if part and part[0] == "mmgraph":
+                        commands.append(shlex.join(part))
+                    part = []
+                else:
+                    part.append(word)
+    return commands
+
+
+def _cap_epochs(argv: List[str]) -> List[str]:
+    out = list(argv)
+    if "--epochs" in out:
+        k = out.index("--epochs") + 1
+        out[k] = str(min(int(out[k]), MAX_EPOCHS))
+    else:
+        out += ["--epochs", str(MAX_EPOCHS)]
+    return out
+
+
+def prepare_argv(command: str, paths: Dict[str, str]) -> List[str]:
+    argv = shlex.split(command)[1:]
+    argv = [paths.get(a, a) for a in argv]
+    argv = ["synthetic:users=120,items=100,seed=1" if a == "synthetic" and prev == "--data" else a
+            for prev, a in zip([""] + argv, argv)]
+    for prefix, extra in EXTRA.items():
+        if tuple(argv[:len(prefix)]) == prefix:
+            argv = argv + extra
+    if argv[:1] == ["train"]:
+        argv = _cap_epochs(argv)
+    return argv
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> Dict[str, str]:
+    root = tmp_path_factory.mktemp("readme_data")
+    mm = make_synthetic(n_users=120, n_items=110, modalities={"image": 16, "audio": 8}, seed=2)
+    ids = make_synthetic(n_users=100, n_items=105, modalities={}, seed=3)
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", str(1000 + i), int(rng.random() < 0.9)) for u in range(60)
+            for i in rng.choice(40, size=14, replace=False)]
+    ratings = root / "ratings.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating"]).to_csv(ratings, index=False)
+    items = root / "items.tsv"
+    pd.DataFrame({"item_id": [str(1000 + i) for i in range(40)],
+                  "title": [f"book {i}" for i in range(40)]}).to_csv(items, sep="\t", index=False)
+    return {"multimodal": str(save_atomic(mm, root / "tiktok", name="tiktok")),
+            "id_only": str(save_atomic(ids, root / "baby", name="baby")),
+            "raw_ratings": str(ratings), "raw_items": str(items)}
+
+
+@pytest.fixture()
+def fake_text(monkeypatch, fake_text_model):
+    """``data prepare --text-cols`` embeds with a stand-in model (no weights needed)."""
+    import mmgraph.data.text as text
+
+    monkeypatch.setattr(text, "_require_sentence_transformers", lambda: None)
+    monkeypatch.setattr(text, "bundled_model_path", lambda: "fake")
+    monkeypatch.setattr(text, "load_text_model", lambda *a, **k: fake_text_model)
+
+
+def test_readme_lists_commands():
+    commands = readme_commands(README.read_text())
+    assert len(commands) >= 20 and all(c.startswith("mmgraph ") for c in commands)
+    assert "mmgraph train --method freedom --data ../shared/data/tiktok --set 'plugins=[cross]'" in commands
+
+
+def test_every_readme_command_and_example_runs(datasets, fake_text, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MMGRAPH_CACHE", str(tmp_path / "cache"))
+    paths = {readme: datasets[name] for readme, name in SUBSTITUTIONS.items()}
+    text = README.read_text()
+    failures = []
+    for command in readme_commands(text):
+        argv = prepare_argv(command, paths)
+        code = main(argv)
+        captured = capsys.readouterr()
+        if code != 0:
+            failures.append(f"{command}\n    -> exit {code}: {captured.err.strip()[-300:]}")
+    assert not failures, "README commands that fail:\n" + "\n".join(failures)
+
+    namespace: Dict[str, object] = {}
+    for lang, body in readme_blocks(text):
+        if lang != "python":
+            continue
+        for readme_path, name in SUBSTITUTIONS.items():
+            body = body.replace(readme_path, datasets[name])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(body, "README.md", "exec"), namespace)
+        if "train(" in body:   # the training example says what it did and stops after a bounded number of epochs
+            assert out.getvalue().strip(), "the README's training example prints nothing"
+            assert namespace["trainer"].max_epochs <= 100
+            assert namespace["result"]["epochs_run"] <= 100
+
+
+def test_the_readme_plugin_command_runs_one_training(datasets, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    command = "mmgraph train --method freedom --data ../shared/data/tiktok --set plugins=[cross]"
+    assert command in README.read_text()
+    argv = prepare_argv(command, {k: datasets[v] for k, v in SUBSTITUTIONS.items()}) + ["--out", "one"]
+    assert main(argv) == 0
+    assert (tmp_path / "one" / "final_metrics.json").exists() and not list((tmp_path / "one").glob("point_*"))
+    assert "point " not in capsys.readouterr().out
