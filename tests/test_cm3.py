@@ -456,12 +456,14 @@ def test_malloc_tuning_is_idempotent():
     assert isinstance(first, bool) and tune_glibc_malloc() == first
 
 
-def test_cm3_config_uses_the_fused_optimizer(synth):
+def test_runs_use_the_fused_optimizer_by_default(synth):
     from mmgraph.train import load_config
     from mmgraph.train.trainer import Trainer
+    for method in ("cm3", "freedom"):
+        cfg = load_config(method, overrides={"graph_cache": False, "log_geometry": False})
+        assert cfg["fused_optimizer"] is True
     cfg = load_config("cm3", overrides={"graph_cache": False, "log_geometry": False})
-    assert cfg["fused_optimizer"] is True
     trainer = Trainer(make(synth, **cfg), synth, cfg)
     assert trainer.optimizer.defaults.get("fused") is True
-    plain = Trainer(make(synth), synth, {"log_geometry": False})
+    plain = Trainer(make(synth), synth, {"log_geometry": False, "fused_optimizer": False})
     assert not plain.optimizer.defaults.get("fused")
