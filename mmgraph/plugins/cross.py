@@ -99,7 +99,7 @@ def direction_sets(strengths: Tensor, strategy: str = "dynamic") -> Tensor:
 
 
 @torch.no_grad()
-def sinkhorn(scores: Tensor, eps: float = 0.05, n_iters: int = 3) -> Tensor:
+def sinkhorn(scores: Tensor, eps: float = 0.05, n_iters: int = 3, inplace: bool = False) -> Tensor:
     """SwAV's Sinkhorn-Knopp: codes ``q [n, P]`` from scores ``[n, P]``.
 
     SwAV: ``Q = exp(scores / eps)^T [P, n]``, ``Q /= sum(Q)``, then ``n_iters`` rounds of (each prototype
@@ -109,17 +109,19 @@ def sinkhorn(scores: Tensor, eps: float = 0.05, n_iters: int = 3) -> Tensor:
     Computed as ``q = n diag(b) K diag(a)`` with ``K = exp((scores - max) / eps)`` and the scaling vectors
     updated in turn (``a = 1 / (P K^T b)``, ``b = 1 / (n K a)``): the same result as rescaling the matrix
     in place, with two matrix-vector products per round instead of six passes over ``[n, P]``.
+    ``inplace``: ``scores`` (float32, not needed afterwards) becomes the result, no ``[n, P]`` copy.
     """
-    s = scores.detach().float()
+    s = scores.detach()
+    s = s if inplace and s.dtype == torch.float32 else s.to(torch.float32, copy=True)
     n, p = s.shape
-    k = torch.exp((s - s.max()) / eps)                       # the shift cancels in the normalisation
+    k = s.sub_(s.max()).div_(eps).exp_()                     # the shift cancels in the normalisation
     if int(n_iters) == 0:   # SwAV with no round: Q / sum(Q), scaled by n
-        return (k * (n / k.sum())).to(scores.dtype)
+        return k.mul_(n / k.sum()).to(scores.dtype)
     b = torch.ones(n, dtype=k.dtype, device=k.device)
     for _ in range(int(n_iters)):
         a = 1.0 / (p * (k.t() @ b))
         b = 1.0 / (n * (k @ a))
-    return (k * (n * b).unsqueeze(1) * a.unsqueeze(0)).to(scores.dtype)
+    return k.mul_((n * b).unsqueeze(1)).mul_(a.unsqueeze(0)).to(scores.dtype)
 
 
 def swapped_prediction(q: Tensor, z: Tensor, temperature: Tensor) -> Tensor:
@@ -128,7 +130,8 @@ def swapped_prediction(q: Tensor, z: Tensor, temperature: Tensor) -> Tensor:
 
 
 def _swapped_from_log_probs(q: Tensor, log_p: Tensor) -> Tensor:
-    return -(q * log_p).sum(-1).mean()
+    """``- mean_rows sum_k q_k log_p_k`` as one dot product (no ``[n, P]`` temporary)."""
+    return -torch.dot(q.reshape(-1), log_p.reshape(-1)) / q.shape[0]
 
 
 def neighbour_targets(emb: Tensor, nb_pos: Tensor, valid: Tensor) -> Tensor:
@@ -363,25 +366,30 @@ class CROSS(Plugin):
         m = len(emb)
         scaled = self.codebook_itv / tau                                      # [P, d]
         zs = [e @ scaled.t() for e in emb]                                    # z^m / lambda_c, [n, P]
-        q = [sinkhorn(z.detach() * t, self.eps, self.iters) for z in zs]      # Sinkhorn(sg(z^m))
+        q = [sinkhorn(z.detach() * t, self.eps, self.iters, inplace=True) for z in zs]  # Sinkhorn(sg(z^m))
         q_all = sum(q)
-        # sum over ordered pairs a != b of l(q^a, z^b) = sum_b l(sum_{a != b} q^a, z^b)
-        itv = sum(_swapped_from_log_probs(q_all - q[b], F.log_softmax(zs[b], dim=-1))
-                  for b in range(m)) / max(m * (m - 1), 1)
+        # sum over ordered pairs a != b of l(q^a, z^b) = sum_b [l(sum_a q^a, z^b) - l(q^b, z^b)]
+        itv = zs[0].new_zeros(())
+        for b in range(m):
+            log_p = F.log_softmax(zs[b], dim=-1)
+            itv = itv + _swapped_from_log_probs(q_all, log_p) - _swapped_from_log_probs(q[b], log_p)
+        itv = itv / max(m * (m - 1), 1)
 
         uniq_users, uinv = torch.unique(users, return_inverse=True)
         scaled_ui = self.codebook_ui / tau
         zu = F.normalize(self.user_rows(output, uniq_users, distinct=True), dim=-1) @ scaled_ui.t()  # z_u / lambda_c
         zi = emb[0] @ scaled_ui.t()                                                     # z_i / lambda_c
-        qu, qi = sinkhorn(zu.detach() * t, self.eps, self.iters), sinkhorn(zi.detach() * t, self.eps, self.iters)
+        qu = sinkhorn(zu.detach() * t, self.eps, self.iters, inplace=True)
+        qi = sinkhorn(zi.detach() * t, self.eps, self.iters, inplace=True)
         rows = users.numel()
         with torch.no_grad():
             pairs = torch.sparse_coo_tensor(torch.stack([inv, uinv]), torch.ones_like(inv, dtype=qu.dtype),
                                             (zi.shape[0], zu.shape[0]), check_invariants=False).coalesce()
             q_for_items = torch.sparse.mm(pairs, qu)                   # sum of q_u over each item's rows
             q_for_users = torch.sparse.mm(pairs.t(), qi)               # sum of q_i over each user's rows
-        l_ui = -(q_for_items * F.log_softmax(zi, dim=-1)).sum() / rows   # l(q_u, z_i) over the rows
-        l_iu = -(q_for_users * F.log_softmax(zu, dim=-1)).sum() / rows   # l(q_i, z_u)
+        # l(q_u, z_i) and l(q_i, z_u) over the rows, as dot products
+        l_ui = -torch.dot(q_for_items.reshape(-1), F.log_softmax(zi, dim=-1).reshape(-1)) / rows
+        l_iu = -torch.dot(q_for_users.reshape(-1), F.log_softmax(zu, dim=-1).reshape(-1)) / rows
         return 0.5 * (l_ui + l_iu) + itv
 
     def extra_repr(self) -> str:
