@@ -41,7 +41,7 @@ def deviations() -> Dict[str, Dict[str, object]]:
     out["user_pairs=distinct"] = {"variant": "released", "user_pairs": "distinct"}
     out["paper"] = {"variant": "paper"}
     # the combination that collapsed on held-out data (issue 18): the paper's switches, items by multiplicity
-    out["paper,item_pairs=rows"] = {"variant": "paper", "item_pairs": "rows"}
+    out["paper+item_pairs=rows"] = {"variant": "paper", "item_pairs": "rows"}
     return out
 
 
