@@ -203,6 +203,8 @@ def test_results_doc_from_a_benchmark_folder(tmp_path, capsys, monkeypatch):
     assert "A tiny test table." in text and "| mf (reference) |" in text and "## Claims" in text
     assert "not covered" in text and "cm3" in text.split("not covered")[1].splitlines()[0]
     assert text.count("LightGCN beats MF") == 2                             # R@20 and N@20
+    assert text.count("CM3 beats FREEDOM") == 1                             # not measured: one line
+    assert "--note '<the paragraph below>'" in text and text.count("A tiny test table.") == 1
     assert "not measured (cm3 and freedom not in this benchmark)" in text
     assert "dataset not in this benchmark" in text
     monkeypatch.chdir(tmp_path)                                              # no docs/claims.yaml here

@@ -141,7 +141,13 @@ def render(bench_dir: Path, claims: Sequence[Dict[str, Any]] = (), alpha: float 
                   "| claim | source | data | metric | Δ (better − worse) | p | verdict |",
                   "|---|---|---|---|---:|---:|---|"]
         for c in claims:
-            for dataset in (d for d in datasets if not c["data"] or d in c["data"]) if datasets else []:
+            for dataset in [d for d in datasets if not c["data"] or d in c["data"]]:
+                first = check_claim(rows, c, dataset, c["metrics"][0], alpha)
+                if first["verdict"] == "not measured":     # one line, not one per metric
+                    lines.append(f"| {c['claim']} ({c['better']} > {c['worse']}) | {c['source']} | {dataset} | "
+                                 f"{', '.join(short(m) for m in c['metrics'])} | – | – | not measured "
+                                 f"({first['why']}) |")
+                    continue
                 for metric in c["metrics"]:
                     v = check_claim(rows, c, dataset, metric, alpha)
                     diff = "–" if v["diff"] is None else f"{v['diff']:+.4f}"

@@ -94,7 +94,11 @@ def run_results_doc(args: argparse.Namespace) -> int:
     claims = args.claims
     if claims is None and Path("docs/claims.yaml").exists():
         claims = "docs/claims.yaml"
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if args.note is not None:   # the note is printed under the command: shown once
+        argv = [a if a != args.note else "'<the paragraph below>'" for a in argv]
     out = write_results_doc(Path(args.bench_dir), Path(args.output), Path(claims) if claims else None,
-                            args.alpha, args.note, doc_command=_command(getattr(args, "argv", None)))
+                            args.alpha, args.note, doc_command="mmgraph " + " ".join(
+                                a if a.startswith("'<") else shlex.quote(a) for a in argv))
     print(f"wrote {out}")
     return 0
