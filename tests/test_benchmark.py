@@ -243,3 +243,15 @@ def test_the_repository_claims_file_loads():
     for c in claims:                                                    # every label parses as --methods would
         if "brmrs" not in (c["better"] + c["worse"]):                   # BR-MRS lands with its own plug-in
             parse_methods(f"{c['better']},{c['worse']}")
+
+
+def test_job_progress_bar_counts_every_run(tmp_path, capsys):
+    """With progress on, one bar over the job's runs ('benchmark: ... 2/2 run'), each run's line above it."""
+    from mmgraph.benchmark import run_benchmark
+    from mmgraph.train.config import parse_overrides
+
+    result = run_benchmark(parse_methods("mf"), [DATA], [1, 2], tmp_path / "b", progress=True,
+                           overrides=parse_overrides(FAST + ["epochs=1"]))
+    err = capsys.readouterr().err
+    assert "benchmark" in err and "2/2" in err and "synthetic mf seed 2" in err
+    assert result.trained == 2 and len(result.rows) == 2
