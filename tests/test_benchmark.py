@@ -255,3 +255,22 @@ def test_job_progress_bar_counts_every_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "benchmark" in err and "2/2" in err and "synthetic mf seed 2" in err
     assert result.trained == 2 and len(result.rows) == 2
+
+
+def test_cross_table_over_seeds_uses_the_benchmark(tmp_path):
+    """``scripts/cross_table.py --seeds N``: vanilla / +CROSS over N seeds, t-tested against the vanilla backbone."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "scripts" / "cross_table.py"), "--data", DATA, "--out", str(tmp_path),
+           "--backbones", "mf", "--variants", "vanilla,cross", "--epochs", "1", "--seeds", "2", "--threads", "1",
+           "--set", "batch_size=256", "log_geometry=false", "graph_cache=false", "cross_prototypes=16"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mf (reference)" in out.stdout and "| mf+cross |" in out.stdout and "Paired t-test" in out.stdout
+    rows = read_results(tmp_path / "mf" / "seeds" / "results.csv")
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("mf", 1), ("mf", 2), ("mf+cross", 1), ("mf+cross", 2)]
+    cross = next(r for r in rows if r["method"] == "mf+cross")
+    config = (tmp_path / "mf" / "seeds" / cross["run_dir"] / "config.yaml").read_text()
+    assert "- cross" in config and "cross_prototypes: 16" in config and "reg_weight: 0.0001" in config
