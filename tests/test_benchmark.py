@@ -201,6 +201,8 @@ def test_results_doc_from_a_benchmark_folder(tmp_path, capsys, monkeypatch):
     text = doc.read_text()
     assert "mmgraph benchmark --methods mf,lightgcn" in text and "mmgraph results-doc" in text
     assert "A tiny test table." in text and "| mf (reference) |" in text and "## Claims" in text
+    if (out / "summary.png").exists():
+        assert "![mean ± std over seeds](results.png)" in text and (doc.parent / "results.png").exists()
     assert "not covered" in text and "cm3" in text.split("not covered")[1].splitlines()[0]
     assert text.count("LightGCN beats MF") == 2                             # R@20 and N@20
     assert text.count("CM3 beats FREEDOM") == 1                             # not measured: one line

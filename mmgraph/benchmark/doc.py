@@ -170,5 +170,12 @@ def write_results_doc(bench_dir: Path, output: Path, claims_file: Optional[Path]
     text = render(Path(bench_dir), load_claims(claims_file), alpha, note, doc_command)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    chart = Path(bench_dir) / "summary.png"
+    if chart.exists():   # the bar chart next to the page (results.md -> results.png), linked under the tables
+        import shutil
+
+        shutil.copyfile(chart, output.with_suffix(".png"))
+        text = text.replace("\n## Epochs and time", f"\n![mean ± std over seeds]({output.with_suffix('.png').name})"
+                            "\n\n## Epochs and time", 1)
     output.write_text(text)
     return output
