@@ -18,6 +18,12 @@ Example (the TikTok setting, from the released-code behaviour and from the paper
 
 Each run writes a normal run directory (``<out>/<base>/<variant>``; ``mmgraph plot`` works on them);
 finished runs there are reused, so an interrupted command resumes.
+
+With ``--seeds N`` every variant runs with N seeds through ``mmgraph benchmark``'s machinery
+(``<out>/<base>/seeds/``: results.csv, summary.md with mean ± std and a paired t-test of each variant
+against the full CM3, as the paper's significance claims need)::
+
+    python scripts/cm3_ablation.py --data ../shared/data/tiktok --seeds 3 --out runs/cm3_ablation
 """
 from __future__ import annotations
 
@@ -66,6 +72,26 @@ def format_table(results, bases, labels) -> str:
     return "\n".join(lines)
 
 
+def over_seeds(data: str, variants, bases, n_seeds: int, overrides, out: Path) -> int:
+    """Every variant over seeds 1..n_seeds (one benchmark per base), t-tested against the full CM3."""
+    from mmgraph.benchmark import MethodSpec, run_benchmark, seed_list
+    from mmgraph.benchmark.report import summarise, summary_tables, write_report
+
+    reference = TABLE4["full"][0]
+    for base in bases:
+        specs = [MethodSpec(label, "cm3", (), tuple(sorted({"variant": base, **switches}.items())))
+                 for label, switches in variants.values()]
+        if reference not in [s.label for s in specs]:
+            specs.append(MethodSpec(reference, "cm3", (), (("variant", base),)))
+        command = "python scripts/cm3_ablation.py " + " ".join(sys.argv[1:])
+        result = run_benchmark(specs, [data], seed_list(n_seeds), out / base / "seeds", overrides=overrides,
+                               reference=reference, progress=False, command=command)
+        files = write_report(result.out, result.rows, reference, result.meta)
+        print(f"\nCM3 ablations, base {base} ({files['summary_md']})")
+        print(summary_tables(summarise(result.rows, reference), reference))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="dataset folder (MMRec atomic) or synthetic[:...]")
@@ -80,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, help="maximum epochs per run")
     p.add_argument("--threads", type=int, help="torch CPU threads per run")
     p.add_argument("--seed", type=int)
+    p.add_argument("--seeds", type=int, help="run every variant with seeds 1..N and t-test it against CM3 "
+                                             "(needs --out; replaces --seed)")
     args = p.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -99,6 +127,10 @@ def main(argv=None) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     out = Path(args.out) if args.out else None
+    if args.seeds is not None:
+        if out is None or args.seed is not None:
+            p.error("--seeds needs --out and replaces --seed")
+        return over_seeds(args.data, variants, args.base, args.seeds, overrides, out)
     results, summary = {}, []
     for base in args.base:
         for key, (label, switches) in variants.items():

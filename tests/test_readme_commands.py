@@ -37,6 +37,7 @@ SUBSTITUTIONS = {
 EXTRA: Dict[Tuple[str, ...], List[str]] = {
     ("train",): ["--no-progress", "--set", "threads=1"],
     ("data", "prepare"): ["--no-progress"],
+    ("benchmark",): ["--no-progress", "--epochs", str(MAX_EPOCHS), "--set", "threads=1"],
 }
 
 

@@ -91,29 +91,16 @@ def _slug(text: str) -> str:
 
 def run_variant(method: str, data, overrides: Dict[str, Any], out_dir: Optional[Path] = None,
                 progress: bool = False, data_spec: Optional[str] = None) -> Dict[str, Any]:
-    """Train ``method`` with ``overrides`` (resolved like ``mmgraph train --set``); reuse a finished run."""
-    import yaml
-
-    from mmgraph.errors import ConfigError
-    from mmgraph.train.run import load_dataset, train
+    """Train ``method`` with ``overrides`` (resolved like ``mmgraph train --set``) in ``out_dir``; a finished
+    run there is reused (other settings are an error), an interrupted one resumed
+    (:func:`mmgraph.train.run.run_or_reuse`, as ``mmgraph benchmark`` and grid searches do)."""
+    from mmgraph.train.run import load_dataset, run_or_reuse
 
     dataset = load_dataset(data)
     config = load_config(method, dataset.name, overrides=overrides)
     config = {k: v for k, v in config.items() if k != "grid"}
-    if out_dir is not None and (Path(out_dir) / "final_metrics.json").exists():
-        saved = yaml.safe_load((Path(out_dir) / "config.yaml").read_text())
-        inert = {"device", "eval_memory_mb"} | (_plugin_keys() if not config.get("plugins") else set())
-        diff = sorted(k for k in set(saved) | set(config) if k not in inert and saved.get(k) != config.get(k))
-        if diff:
-            raise ConfigError(f"{out_dir} holds a finished run with other settings ({', '.join(diff)}); "
-                              "use another --out")
-        log.info("reusing %s", out_dir)
-        return json.loads((Path(out_dir) / "final_metrics.json").read_text())
-    # an interrupted run (a kill, a crash) is resumed where it stopped; a folder with no epoch yet starts over
-    resume = out_dir is not None and (Path(out_dir) / "last.pt").exists()
-    started = out_dir is not None and (Path(out_dir) / "config.yaml").exists()
-    result, _ = train(method, dataset, config, out_dir, resume=resume, overwrite=started and not resume,
-                      progress=progress, data_spec=data_spec or str(data))
+    result, _ = run_or_reuse(method, dataset, config, out_dir, progress=progress,
+                             data_spec=data_spec or str(data))
     return result
 
 

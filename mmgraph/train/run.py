@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -430,7 +430,8 @@ def _mean_metrics(runs: List[Dict[str, Any]], split: str) -> Dict[str, float]:
 
 def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Union[str, Path]] = None,
                 progress: Optional[bool] = None, data_spec: Optional[str] = None, graph=None,
-                resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+                resume: bool = False, overwrite: bool = False,
+                on_run: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Train every point of ``config['grid']``; select on the validation metric only.
 
     A ``seed`` axis is not searched: every point runs once per seed, the point is chosen on the mean
@@ -438,7 +439,10 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
     axis there is nothing to choose: the summary reports repetitions of one config.
 
     ``out_dir`` gets one folder per run (``point_000`` or ``point_000/seed_1``) and ``grid_summary.json``;
-    it is locked while the grid runs. ``resume`` reuses finished points and resumes an interrupted one.
+    it is locked while the grid runs. ``resume`` reuses finished points and resumes an interrupted one
+    (see :func:`run_or_reuse`). ``on_run`` is called before each run (``{"event": "start", "point", "seed",
+    "params", "dir"}``) and after it (``"event": "done"`` with ``"reused"`` and ``"result"``): progress for
+    callers that run many grids (``mmgraph benchmark``).
     Returns the summary: ``metric``, ``axes``, ``seeds``, ``points`` (``params``, ``runs``, mean
     ``valid``/``test``), ``best`` (the selected point) and ``selected`` (its folder).
     """
@@ -455,12 +459,17 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
             if resume:
                 saved = read_run_config(out)
                 diff = _differences(saved, config, runtime_keys(method, base))
-                if diff or saved.get("grid") != config.get("grid"):
+                if diff or not _same_axes(saved.get("grid"), config.get("grid")):
                     raise ConfigError(f"cannot resume the grid in {out} with other settings "
                                       f"({', '.join(diff or ['grid'])})")
-                if read_meta(out).get("data_hash") not in (None, dataset_hash(dataset)):
+                meta = read_meta(out)
+                if meta.get("data_hash") not in (None, dataset_hash(dataset)):
                     raise DataError(f"cannot resume the grid in {out}: the dataset differs from the one it "
                                     "started on (content hash)")
+                if saved.get("grid") != config.get("grid"):   # other seeds: each seed's run is its own folder
+                    log.info("%s: seeds %s -> %s", out, (saved.get("grid") or {}).get("seed"), seeds)
+                    _write_config(out / "config.yaml", {**saved, "grid": config.get("grid") or {}})
+                    write_json(out / "meta.json", {**meta, "seeds": seeds})
             else:
                 check_fresh_folder(out, overwrite)
                 out.mkdir(parents=True, exist_ok=True)
@@ -478,12 +487,13 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
                 rel = f"point_{k:03d}" + (f"/seed_{seed}" if seeds else "")
                 log.info("grid point %d/%d: %s%s", k + 1, len(points), params, f" seed {seed}" if seeds else "")
                 sub = out / rel if out is not None else None
-                state = folder_state(sub) if sub is not None else "missing"
-                if resume and state == "finished":
-                    result = _reuse_point(method, point, sub)
-                else:
-                    result, _ = train(method, dataset, point, sub, resume=resume and state == "interrupted",
-                                      progress=progress, data_spec=spec, graph=graph)
+                info = {"point": k, "seed": seed, "params": params, "dir": rel}
+                if on_run is not None:
+                    on_run({"event": "start", **info})
+                result, reused = run_or_reuse(method, dataset, point, sub, progress=progress, data_spec=spec,
+                                              graph=graph)
+                if on_run is not None:
+                    on_run({"event": "done", **info, "reused": reused, "result": result})
                 runs.append({"seed": seed, "dir": rel, "valid": result["valid"], "test": result["test"],
                              **{key: result[key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")}})
             row = {"point": k, "params": params, "dir": f"point_{k:03d}", "runs": runs,
@@ -502,14 +512,51 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
     return summary
 
 
-def _reuse_point(method: str, config: Dict[str, Any], folder: Path) -> Dict[str, Any]:
-    saved = read_run_config(folder)
-    diff = _differences(validate_config(method, saved), validate_config(method, config),
-                        runtime_keys(method, config))
-    if diff:
-        raise ConfigError(f"{folder} holds a finished run with other settings ({', '.join(diff)})")
-    log.info("reusing the finished run in %s", folder)
-    return json.loads((folder / "final_metrics.json").read_text())
+def _same_axes(old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]]) -> bool:
+    """Two grids with the same search axes; their seed lists may differ (a resumed grid may add seeds:
+    finished seeds are reused, new ones run), but both have a seed axis or neither (folder layout)."""
+    old, new = dict(old or {}), dict(new or {})
+    return (old.pop("seed", None) is None) == (new.pop("seed", None) is None) and old == new
+
+
+def run_or_reuse(method: str, data, config: Dict[str, Any], folder: Optional[Union[str, Path]] = None,
+                 progress: Optional[bool] = None, data_spec: Optional[str] = None,
+                 graph=None) -> Tuple[Dict[str, Any], bool]:
+    """Train ``config`` in ``folder`` unless it already holds that run. Returns ``(final_metrics, reused)``.
+
+    * a finished run with the same settings (up to runtime keys) is reused; one with other settings is
+      a :class:`ConfigError`. A larger ``epochs`` budget extends a run that used its whole budget (it is
+      resumed); a run that stopped early is reused when it stopped within the new budget.
+    * an interrupted run is resumed from ``last.pt``; one that never finished an epoch starts over.
+    * without ``folder`` the run is trained in memory.
+    """
+    out = Path(folder) if folder is not None else None
+    state = folder_state(out) if out is not None else "missing"
+    if state == "finished":
+        saved = validate_config(method, read_run_config(out))
+        wanted = validate_config(method, config)
+        diff = _differences(saved, wanted, runtime_keys(method, config))
+        if diff:
+            raise ConfigError(f"{out} holds a finished run with other settings ({', '.join(diff)}); use another "
+                              "folder")
+        result = json.loads((out / "final_metrics.json").read_text())
+        before, after, ran = int(saved.get("epochs", 1000)), int(wanted.get("epochs", 1000)), int(result["epochs_run"])
+        if after == before or (ran < before and after >= ran):   # the same budget, or it stopped early within it
+            log.info("reusing the finished run in %s", out)
+            return result, True
+        if after < ran:
+            raise ConfigError(f"{out} holds a finished run of {ran} epochs; epochs={after} would have stopped it "
+                              f"earlier: use another folder, or epochs >= {ran}")
+        log.info("extending the run in %s from %d to %d epochs", out, before, after)
+        result, _ = train(method, data, config, out, resume=True, progress=progress, data_spec=data_spec,
+                          graph=graph)
+        return result, False
+    if state.startswith("grid"):
+        raise ConfigError(f"{out} holds a grid search, not a single run; use another folder")
+    resume = state == "interrupted" and (out / "last.pt").exists()
+    result, _ = train(method, data, config, out, resume=resume, progress=progress, data_spec=data_spec,
+                      graph=graph, overwrite=state == "interrupted" and not resume)
+    return result, False
 
 
 # ------------------------------------------------------------------------------------------ loading
