@@ -44,6 +44,8 @@ def register(sub) -> None:
     x.add_argument("--backend", choices=["exact", "faiss"], default="exact")
     x.add_argument("--data", help="dataset path (default: the one recorded in the run)")
     x.add_argument("--channel", default="final", help="rank by one of the model's channels (default: final)")
+    x.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="split the users over N processes (torchrun); rank 0 gathers and writes the file")
     x.set_defaults(func=run_export)
 
 
@@ -83,7 +85,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mmgraph.evaluation.export import recommend, resolve_users, write_table
+    from mmgraph.train import distributed
+
+    if args.nproc != 1:
+        return distributed.launch(args.nproc, getattr(args, "argv", None) or sys.argv[1:])
+    ctx = distributed.init_from_env("cpu")
+    try:
+        return _run_export(args, ctx)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _run_export(args: argparse.Namespace, ctx) -> int:
+    from mmgraph.evaluation.export import recommend_sharded, resolve_users, write_table
     from mmgraph.train.run import load_run
 
     if args.k < 1:
@@ -100,8 +114,10 @@ def run_export(args: argparse.Namespace) -> int:
         raw_users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     users = resolve_users(dataset, raw_users)
     user_emb, item_emb = channel_embeddings(model, args.channel)
-    table = recommend(user_emb, item_emb, dataset, args.k, users, exclude_seen=not args.include_seen,
-                      backend=args.backend)
+    table = recommend_sharded(user_emb, item_emb, dataset, args.k, users, exclude_seen=not args.include_seen,
+                              backend=args.backend, ctx=ctx)
+    if table is None:  # a rank > 0 of a multi-process export: rank 0 writes
+        return 0
     out = write_table(table, args.output, args.format)
     print(f"wrote {len(table)} rows for {len(users)} users to {out}")
     return 0

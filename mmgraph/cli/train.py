@@ -47,6 +47,10 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, help="maximum epochs (shortcut for --set epochs=N)")
     p.add_argument("--device", help="cpu | cuda | cuda:N | auto (shortcut for --set device=...)")
     p.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training in N processes (DistributedDataParallel under torchrun: gloo on "
+                        "CPU, NCCL with one GPU each); the same global batch, so the same result as one process "
+                        "up to float rounding")
     p.set_defaults(func=run_train)
 
     m = sub.add_parser("methods", help="list the methods and plug-ins; --show NAME prints its settings")
@@ -80,6 +84,25 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from mmgraph.train import distributed
+
+    if args.nproc != 1:
+        return distributed.launch(args.nproc, getattr(args, "argv", None) or sys.argv[1:])
+    import contextlib
+    import os
+
+    ctx = distributed.init_from_env(args.device or "auto")
+    try:
+        if ctx.is_main:
+            return _run_train(args)
+        args.no_progress = True  # every rank trains; rank 0 alone reports
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            return _run_train(args)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from mmgraph.train.config import load_config
     from mmgraph.train.run import grid_search, load_dataset, resume_run, train
 

@@ -62,6 +62,25 @@ def recommend(user_emb: torch.Tensor, item_emb: torch.Tensor, dataset: RecDatase
     })
 
 
+def recommend_sharded(user_emb: torch.Tensor, item_emb: torch.Tensor, dataset: RecDataset, k: int = 100,
+                      users: Optional[np.ndarray] = None, exclude_seen: bool = True, backend: str = "exact",
+                      ctx=None) -> Optional[pd.DataFrame]:
+    """:func:`recommend` with the users split over the ranks of a data-parallel run
+    (:mod:`mmgraph.train.distributed`): each rank ranks one contiguous block of ``users`` and rank 0
+    gathers the blocks in order, so the table is the one process's table. Returns ``None`` on the
+    other ranks."""
+    from mmgraph.train.distributed import current, gather_rows
+
+    ctx = ctx or current()
+    users = np.arange(dataset.n_users) if users is None else np.asarray(users, dtype=np.int64)
+    if not ctx.enabled:
+        return recommend(user_emb, item_emb, dataset, k, users, exclude_seen, backend)
+    mine = np.array_split(users, ctx.world)[ctx.rank]
+    part = recommend(user_emb, item_emb, dataset, k, mine, exclude_seen, backend)
+    parts = gather_rows(part, ctx)
+    return pd.concat(parts, ignore_index=True) if parts is not None else None
+
+
 def write_table(df: pd.DataFrame, path: Union[str, os.PathLike], fmt: Optional[str] = None) -> Path:
     """Write ``df`` atomically as csv / parquet / jsonl (format from ``fmt`` or the file suffix)."""
     path = Path(path)

@@ -23,7 +23,10 @@ from mmgraph.graph.base import ItemGraph, KNNResult, normalize_graph
 log = logging.getLogger(__name__)
 
 SelfLoops = Union[bool, str]
-BACKENDS = ("faiss", "torch")
+#: exact: ``faiss`` (flat, in query blocks) and ``torch``; approximate: ``faiss_ivf`` (inverted lists,
+#: ``nlist ~ 4 sqrt(N)`` cells, ``nprobe`` visited) and ``faiss_hnsw`` (graph index, ``M = 32``)
+BACKENDS = ("faiss", "torch", "faiss_ivf", "faiss_hnsw")
+APPROXIMATE = ("faiss_ivf", "faiss_hnsw")
 
 
 def resolve_self_loops(self_loops: SelfLoops) -> str:
@@ -94,6 +97,54 @@ def _search_faiss(base: np.ndarray, queries: np.ndarray, kk: int, use_gpu, batch
     return sims, ids
 
 
+def _search_faiss_approx(base: np.ndarray, kk: int, backend: str, batch_size: int,
+                         nprobe: Optional[int] = None, ef_search: Optional[int] = None, seed: int = 1234):
+    """Approximate inner-product top-``kk`` of every row of ``base`` against ``base`` (CPU FAISS).
+
+    ``faiss_ivf``: ``IndexIVFFlat`` with ``nlist = min(4 sqrt(N), N / 40)`` cells (k-means on at most
+    ``40 nlist`` rows, 10 iterations), ``nprobe`` cells searched (default ``max(8, nlist // 16)``). ``faiss_hnsw``:
+    ``IndexHNSWFlat`` (``M = 32``, ``efConstruction = 80``, ``efSearch`` default ``max(64, 2 kk)``).
+    Memory: the index holds one copy of ``base`` (plus ``N * 2M`` links for HNSW) and the outputs
+    ``[N, kk]``; no ``N x N`` block. Missing results are ``-1``."""
+    import faiss
+
+    n, d = base.shape
+    if backend == "faiss_ivf":
+        nlist = int(max(1, min(n // 40, round(4 * np.sqrt(n)))))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
+        index.cp.seed = seed
+        n_train = min(n, 40 * nlist)
+        rng = np.random.default_rng(seed)
+        train = base if n_train == n else base[np.sort(rng.choice(n, n_train, replace=False))]
+        index.train(np.ascontiguousarray(train))
+        index.add(base)
+        index.nprobe = min(nlist, int(nprobe or max(8, nlist // 16)))
+    else:
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.add(base)
+        index.hnsw.efSearch = int(ef_search or max(64, 2 * kk))
+    sims = np.empty((n, kk), dtype=np.float32)
+    ids = np.empty((n, kk), dtype=np.int64)
+    for s in range(0, n, batch_size):
+        d_, i_ = index.search(np.ascontiguousarray(base[s:s + batch_size]), kk)
+        sims[s:s + batch_size], ids[s:s + batch_size] = d_, i_
+    return sims, ids
+
+
+def knn_recall(approx: KNNResult, exact: KNNResult) -> float:
+    """Recall@k of approximate neighbour lists against exact ones: the mean fraction of each row's
+    exact neighbours (ignoring ``-1`` padding) that the approximate row also lists."""
+    a, e = np.asarray(approx.indices), np.asarray(exact.indices)
+    hit = (a[:, :, None] == e[:, None, :]) & (e[:, None, :] >= 0)
+    found = hit.any(axis=1).sum(axis=1)
+    total = (e >= 0).sum(axis=1)
+    keep = total > 0
+    return float(np.mean(found[keep] / total[keep])) if keep.any() else 1.0
+
+
 def _search_torch(base: np.ndarray, queries: np.ndarray, kk: int, batch_size: int,
                   device: Optional[str] = None):
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -122,7 +173,9 @@ def knn_graph(features, k: int = 10, self_loops: SelfLoops = "include", use_gpu:
         use_gpu: FAISS on GPU (``None`` = when faiss-gpu and a CUDA device are available).
         batch_size: queries per search call (bounds the temporary score block).
         backend: ``'faiss'`` (default) or ``'torch'`` (blockwise ``X_b @ X^T`` + ``topk``, on ``device``,
-            default CUDA when available) -- the same results.
+            default CUDA when available) -- the same results; or an approximate FAISS index for large
+            catalogues, ``'faiss_ivf'`` or ``'faiss_hnsw'`` (CPU; see :func:`_search_faiss_approx`, and
+            :func:`knn_recall` to measure it against exact).
 
     Items whose feature row is all zeros have no defined cosine: they are never anybody's neighbour,
     and their own list is just themselves (``'include'``) or empty (``'exclude'``). Rows with fewer
@@ -158,6 +211,8 @@ def knn_graph(features, k: int = 10, self_loops: SelfLoops = "include", use_gpu:
     kk = min(k + extra, len(valid))
     if backend == "faiss":
         s, i = _search_faiss(base, base, kk, use_gpu, batch_size)
+    elif backend in APPROXIMATE:
+        s, i = _search_faiss_approx(base, kk, backend, batch_size)
     else:
         s, i = _search_torch(base, base, kk, batch_size, device)
     del base

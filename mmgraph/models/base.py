@@ -130,12 +130,20 @@ class Recommender(nn.Module):
     defaults: Dict[str, Any] = {}
     #: whether the method needs item features
     multimodal: bool = False
+    #: whether the method trains on sampled subgraphs with ``graph_batching: sampled``
+    supports_sampled_graph: bool = False
 
     def __init__(self, data, config: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.config = {**self.defaults, **(config or {})}
         self.n_users, self.n_items = node_counts(data)
         self.embedding_size = int(self.config.get("embedding_size", 64))
+        if self.config.get("graph_batching", "full") == "sampled" and not self.supports_sampled_graph:
+            from mmgraph.errors import ConfigError
+            from mmgraph.models.registry import available_methods
+            able = [n for n, c in available_methods().items() if getattr(c, "supports_sampled_graph", False)]
+            raise ConfigError(f"{self.method_name} trains on the full graph only: graph_batching=sampled is "
+                              f"supported by {', '.join(able)}")
 
     # ---- to implement -------------------------------------------------------------------
     @classmethod
@@ -222,8 +230,42 @@ class GraphRecommender(Recommender):
         self.user_emb = xavier_embedding(self.n_users, self.embedding_size)
         self.item_emb = xavier_embedding(self.n_items, self.embedding_size)
         self.encoder = LightGCNEncoder(int(self.config.get("n_layers", 2)), self.config.get("readout", "mean"))
+        self._graph = data  # the run's HeteroData, for the sampled-subgraph loader
+        self._subgraph_batches = None
 
     def propagate(self, adj: Optional[SparseAdj] = None) -> Tuple[Tensor, Tensor]:
         x = torch.cat([self.user_emb.weight, self.item_emb.weight], 0)
         h = self.encoder(x, self.adj if adj is None else adj)
         return h[: self.n_users], h[self.n_users:]
+
+    # ---- mini-batch graph training (graph_batching: sampled) ------------------------------------
+    @property
+    def sampled_graph(self) -> bool:
+        return self.config.get("graph_batching", "full") == "sampled"
+
+    def make_sampler(self, dataset, batch_size: int, seed: int, **options):
+        """With ``graph_batching: sampled``, PyG's ``LinkLoader`` over the training edges with
+        :class:`~mmgraph.graph.sampling.BipartiteNeighborSampler` (``num_neighbors`` per layer)."""
+        if not self.sampled_graph:
+            return super().make_sampler(dataset, batch_size, seed, **options)
+        from mmgraph.train.link_batches import SubgraphBatches, layer_fanouts
+
+        fanouts = layer_fanouts(self.config.get("num_neighbors", [10]), self.encoder.n_layers)
+        self._subgraph_batches = SubgraphBatches(self._graph, dataset, batch_size, seed, fanouts)
+        return self._subgraph_batches
+
+    def propagate_subgraph(self, sub) -> Tuple[Tensor, Tensor]:
+        """The encoder on a sampled subgraph (``batch.extras["subgraph"]``): its users ``[U_s, d]`` and items
+        ``[I_s, d]`` (rows in ``sub[...].n_id`` order); exact for the batch's nodes when every node within
+        ``L - 1`` hops kept all its neighbours (see :func:`~mmgraph.train.link_batches.subgraph_adjacency`)."""
+        from mmgraph.train.link_batches import subgraph_adjacency
+
+        edge_index, weight, nu = subgraph_adjacency(sub)
+        x = torch.cat([self.user_emb(sub["user"].n_id), self.item_emb(sub["item"].n_id)], 0)
+        h = self.encoder(x, edge_index, weight.to(x.dtype))
+        return h[:nu], h[nu:]
+
+
+def subgraph_rows(n_id: Tensor, table: Tensor) -> RowFn:
+    """``global ids -> rows of table`` for a subgraph's node table (``n_id`` sorted, ids inside it)."""
+    return lambda ids: table[torch.searchsorted(n_id, ids.to(n_id.device))]

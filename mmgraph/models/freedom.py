@@ -17,7 +17,7 @@ from mmgraph.errors import ConfigError
 from mmgraph.graph.item_graphs import FREEDOM_IMAGE_WEIGHT, freedom_weights
 from mmgraph.graph.relations import Relation, bipartite_adj, relation_adj
 from mmgraph.losses import bpr_loss
-from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
+from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features, subgraph_rows
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
@@ -69,15 +69,18 @@ class FREEDOM(GraphRecommender):
     over the frozen kNN graph; scoring uses the full graph."""
 
     multimodal = True
+    supports_sampled_graph = True
     defaults = {"embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 1, "knn_k": 10,
                 "mm_image_weight": FREEDOM_IMAGE_WEIGHT, "modality_weights": None, "dropout": 0.8,
-                "reg_weight": 0.0}
+                "reg_weight": 0.0, "knn_backend": "faiss"}
 
     @classmethod
     def relations(cls, config, modalities: Sequence[str]) -> List[Relation]:
         cfg = {**cls.defaults, **config}
-        return [Relation(ITEM_GRAPH, "freedom", {"k": int(cfg["knn_k"]),
-                                                 "weights": modality_weights(cfg, modalities)})]
+        params = {"k": int(cfg["knn_k"]), "weights": modality_weights(cfg, modalities)}
+        if cfg["knn_backend"] != "faiss":  # exact FAISS is the builder's default (and the cached graphs')
+            params["backend"] = cfg["knn_backend"]
+        return [Relation(ITEM_GRAPH, "freedom", params)]
 
     def __init__(self, data, config=None):
         super().__init__(data, config)
@@ -91,8 +94,11 @@ class FREEDOM(GraphRecommender):
 
     def on_epoch_start(self, epoch: int, generator: Optional[torch.Generator] = None) -> None:
         if self.pruning.rho > 0:
-            self.train_adj = self.pruning.adjacency(self.pruning.sample(generator),
-                                                    self.user_emb.weight.device)
+            keep = self.pruning.sample(generator)
+            if self._subgraph_batches is not None:  # sampled training: sample from the pruned graph
+                self._subgraph_batches.set_edges(keep)
+            else:
+                self.train_adj = self.pruning.adjacency(keep, self.user_emb.weight.device)
 
     def item_graph_branch(self) -> Tensor:
         h = self.item_emb.weight
@@ -105,20 +111,35 @@ class FREEDOM(GraphRecommender):
         return u, i + self.item_graph_branch()
 
     def loss(self, batch: Batch) -> LossOutput:
-        u_all, i_all = self.forward(self.train_adj)
-        eu = u_all[batch.users]
-        bpr = bpr_loss((eu * i_all[batch.pos]).sum(-1), (eu * i_all[batch.neg]).sum(-1))
+        sub = batch.extras.get("subgraph")
+        if sub is None:
+            u_all, i_all = self.forward(self.train_adj)
+            eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
+            user_rows = None
+        else:  # graph_batching: sampled: the user-item part on the sampled subgraph, the item graph exactly
+            hu, hi = self.propagate_subgraph(sub)
+            b = len(batch)
+            branch = self.item_graph.rows_matmul(self.item_emb.weight, torch.cat([batch.pos, batch.neg]),
+                                                 int(self.config["n_mm_layers"]))  # (S^L E)[items]
+            eu = hu[sub["user"].src_index]
+            ep = hi[sub["item"].dst_pos_index] + branch[:b]
+            en = hi[sub["item"].dst_neg_index] + branch[b:]
+            user_rows = subgraph_rows(sub["user"].n_id, hu)
+        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         terms = {"bpr": bpr}
         total = bpr
-        channels = {m: Channel(users=u_all, item_fn=lambda ids, m=m: self.modal.project(m, ids))
+        channels = {m: Channel(users=None if sub is not None else u_all, user_fn=user_rows,
+                               item_fn=lambda ids, m=m: self.modal.project(m, ids))
                     for m in self.modal.modalities}
         if float(self.config["reg_weight"]) > 0:
-            feat_bpr = u_all.new_zeros(())
+            feat_bpr = eu.new_zeros(())
             for name in self.modal.modalities:
                 fp, fn = self.modal.project(name, batch.pos), self.modal.project(name, batch.neg)
                 feat_bpr = feat_bpr + bpr_loss((eu * fp).sum(-1), (eu * fn).sum(-1))
             terms["feat_bpr"] = feat_bpr
             total = total + float(self.config["reg_weight"]) * feat_bpr
+        if sub is not None:
+            return LossOutput(total, terms, user_rows=user_rows, channels=channels)
         return LossOutput(total, terms, u_all, i_all, channels=channels)
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:

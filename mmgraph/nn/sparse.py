@@ -146,5 +146,23 @@ class SparseAdj(nn.Module):
 
     __matmul__ = matmul
 
+    def rows_matmul(self, x: Tensor, rows: Tensor, power: int = 1) -> Tensor:
+        """``(A^power @ x)[rows]`` -> ``[len(rows), F]`` without the full product: only the rows reachable
+        from ``rows`` in ``power`` steps are computed (O(len(rows) * nnz_per_row^power)); differentiable
+        w.r.t. ``x``."""
+        if power <= 0:
+            return x[rows]
+        crow, col, val = self.csr.crow_indices(), self.csr.col_indices(), self.csr.values()
+        start = crow[rows]
+        counts = crow[rows + 1] - start
+        total = int(counts.sum())
+        out_pos = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts, output_size=total)
+        first = torch.cumsum(counts, 0) - counts
+        entry = start[out_pos] + torch.arange(total, device=rows.device) - first[out_pos]
+        cols, inverse = torch.unique(col[entry], return_inverse=True)
+        h = self.rows_matmul(x, cols, power - 1)
+        out = x.new_zeros((len(rows),) + tuple(x.shape[1:]))
+        return out.index_add(0, out_pos, h[inverse] * val[entry].to(x.dtype).unsqueeze(-1))
+
     def extra_repr(self) -> str:
         return f"shape={self.shape}, nnz={self.nnz}, symmetric={self.symmetric}"

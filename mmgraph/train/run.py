@@ -30,6 +30,7 @@ from mmgraph.graph.relations import (Relation, attach_features, build_graph, che
                                      node_features, unique_relations)
 from mmgraph.models.base import Recommender
 from mmgraph.models.registry import get_model_class
+from mmgraph.train import distributed
 from mmgraph.train.config import load_config, validate_config
 from mmgraph.train.reproducibility import DEFAULT_SEED, library_versions, resolve_device, seed_everything
 from mmgraph.train.rundir import (RunLock, check_fresh_folder, config_hash, dataset_hash, file_hash,
@@ -47,7 +48,10 @@ SYNTHETIC_PARAMS: Dict[str, Tuple[str, type, float, bool]] = {
     "min_interactions": ("min_interactions", int, 1, False), "temperature": ("temperature", float, 0, True),
     "popularity_skew": ("popularity_skew", float, 0, False), "noise": ("noise", float, 0, False),
     "split": ("split", str, 0, False), "seed": ("seed", int, 0, False),
+    "preset": ("preset", str, 0, False), "scale": ("scale", float, 0, True),
 }
+#: parameters a ``preset`` (:mod:`mmgraph.data.synthetic_scale`) accepts besides itself
+PRESET_PARAMS = ("scale", "seed")
 SYNTHETIC_ALIASES = {"n_users": "users", "n_items": "items", "n_factors": "factors"}
 
 
@@ -69,6 +73,12 @@ def parse_synthetic(text: str) -> Dict[str, Any]:
                               + (f"; did you mean {', '.join(close)}?" if close else "")
                               + f" (accepted: {', '.join(SYNTHETIC_PARAMS)})")
         arg, typ, low, strict = SYNTHETIC_PARAMS[name]
+        if name == "preset":
+            from mmgraph.data.synthetic_scale import PRESETS
+            if value not in PRESETS:
+                raise ConfigError(f"--data {text}: unknown preset {value!r} (presets: {', '.join(PRESETS)})")
+            kwargs[arg] = value
+            continue
         if typ is str:
             if value not in ("warm", "cold"):
                 raise ConfigError(f"--data {text}: split must be warm or cold, got {value!r}")
@@ -86,6 +96,13 @@ def parse_synthetic(text: str) -> Dict[str, Any]:
         if not math.isfinite(number) or number < low or (strict and number == low):
             raise ConfigError(f"--data {text}: {name} must be {'>' if strict else '>='} {low:g}, got {value}")
         kwargs[arg] = number
+    if "preset" in kwargs:
+        other = [k for k in kwargs if k not in ("preset", *PRESET_PARAMS)]
+        if other:
+            raise ConfigError(f"--data {text}: preset={kwargs['preset']} takes only {', '.join(PRESET_PARAMS)} "
+                              f"(got {', '.join(other)})")
+    elif "scale" in kwargs:
+        raise ConfigError(f"--data {text}: scale needs a preset (e.g. preset=electronics,scale=0.25)")
     return kwargs
 
 
@@ -96,7 +113,13 @@ def load_dataset(spec: Union[str, Path, RecDataset], modalities=None) -> RecData
     else:
         text = str(spec)
         if text == SYNTHETIC_PREFIX or text.startswith(SYNTHETIC_PREFIX + ":"):
-            ds = make_synthetic(**parse_synthetic(text))
+            kwargs = parse_synthetic(text)
+            if "preset" in kwargs:
+                from mmgraph.data.synthetic_scale import make_electronics
+                kwargs.pop("preset")
+                ds = make_electronics(**kwargs)
+            else:
+                ds = make_synthetic(**kwargs)
             empty = [s for s in ("train", "valid", "test") if len(getattr(ds, s)) == 0]
             if empty:
                 raise DataError(f"--data {text}: the synthetic {empty[0]} split is empty; use more users and "
@@ -199,6 +222,9 @@ def train(method: str, data: Union[str, Path, RecDataset], config: Optional[Dict
         graph: a saved graph file (or a ``HeteroData``) to train on instead of building the run's graph
             (see :func:`build_run_graph`).
 
+    Under torchrun (``WORLD_SIZE > 1``) every process calls this; they join one process group
+    (:mod:`mmgraph.train.distributed`) and only rank 0 locks and writes ``out_dir``.
+
     Returns ``(final_metrics, trainer)``.
     """
     out = Path(out_dir) if out_dir else None
@@ -206,11 +232,16 @@ def train(method: str, data: Union[str, Path, RecDataset], config: Optional[Dict
         raise ConfigError("resuming needs the run folder (--out DIR)")
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: choose one")
-    with (RunLock(out) if out is not None else contextlib.nullcontext()):
-        return _train(method, data, config, out, resume, progress, data_spec, graph, overwrite)
+    device_setting = (config or {}).get("device", "auto")
+    if resume and out is not None and config is None and (out / "config.yaml").exists():
+        device_setting = read_run_config(out).get("device", "auto")
+    ctx = distributed.init_from_env(device_setting)
+    with (RunLock(out) if out is not None and ctx.is_main else contextlib.nullcontext()):
+        return _train(method, data, config, out, resume, progress, data_spec, graph, overwrite, ctx)
 
 
-def _train(method, data, config, out: Optional[Path], resume: bool, progress, data_spec, graph, overwrite):
+def _train(method, data, config, out: Optional[Path], resume: bool, progress, data_spec, graph, overwrite,
+           ctx: distributed.DistContext = distributed.SINGLE):
     meta: Dict[str, Any] = {}
     saved: Optional[Dict[str, Any]] = None
     method = str(method).lower()
@@ -234,7 +265,7 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
                               f"{meta.get('graph') or 'the graph its method builds'}")
         if config is None:
             config = saved
-    elif out is not None:
+    elif out is not None and ctx.is_main:
         check_fresh_folder(out, overwrite)
 
     dataset = load_dataset(data, (config or {}).get("modalities"))
@@ -265,12 +296,12 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
     seed_everything(seed)
     if config.get("threads"):  # e.g. 1 on a shared, oversubscribed CPU
         torch.set_num_threads(int(config["threads"]))
-    device = resolve_device(config.get("device", "auto"))
+    device = distributed.rank_device(resolve_device(config.get("device", "auto")), ctx)
     run_graph = build_run_graph(method, dataset, config, graph)
     model = build_model(method, run_graph, config, device)
     plugins = build_plugins(config, run_graph, model)
     handler = None
-    if out is not None:
+    if out is not None and ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             meta = {
@@ -279,7 +310,7 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
                 "seed": seed, "device": str(device), "versions": library_versions(),
                 "graph": str(Path(graph).resolve()) if isinstance(graph, (str, Path)) else None,
                 "graph_hash": graph_hash, "command": " ".join(sys.argv),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "processes": ctx.world}
         else:
             meta.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
         if not resume or _differences(saved or {}, config, ()):
@@ -290,7 +321,7 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
         log.info("%s on %r (%s); %d parameters", method, dataset, device,
                  sum(p.numel() for p in model.parameters()))
         _warn_cold_users(dataset)
-        trainer = Trainer(model, dataset, config, out, plugins, progress, fingerprint=fingerprint)
+        trainer = Trainer(model, dataset, config, out, plugins, progress, fingerprint=fingerprint, dist_ctx=ctx)
         result = trainer.fit(resume=resume)
     finally:
         if handler is not None:
@@ -451,7 +482,8 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
     out = Path(out_dir) if out_dir else None
     if resume and out is None:
         raise ConfigError("resuming a grid needs its folder (--out DIR)")
-    with (RunLock(out) if out is not None else contextlib.nullcontext()):
+    ctx = distributed.init_from_env(config.get("device", "auto"))
+    with (RunLock(out) if out is not None and ctx.is_main else contextlib.nullcontext()):
         dataset = load_dataset(data, config.get("modalities"))
         spec = data_spec or _data_spec(data, dataset)
         metric = str(base.get("valid_metric", "recall@20")).lower()
@@ -470,7 +502,7 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
                     log.info("%s: seeds %s -> %s", out, (saved.get("grid") or {}).get("seed"), seeds)
                     _write_config(out / "config.yaml", {**saved, "grid": config.get("grid") or {}})
                     write_json(out / "meta.json", {**meta, "seeds": seeds})
-            else:
+            elif ctx.is_main:
                 check_fresh_folder(out, overwrite)
                 out.mkdir(parents=True, exist_ok=True)
                 _write_config(out / "config.yaml", {**base, "grid": config.get("grid") or {}})
@@ -507,7 +539,7 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
         best = max(rows, key=lambda r: r["valid"][metric])
         summary = {"metric": metric, "axes": axes, "seeds": seeds, "best": best, "selected": best["dir"],
                    "points": rows}
-        if out is not None:
+        if out is not None and ctx.is_main:
             write_json(out / "grid_summary.json", summary)
     return summary
 

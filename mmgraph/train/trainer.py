@@ -24,7 +24,9 @@ from mmgraph.data.dataset import RecDataset
 from mmgraph.errors import ConfigError, TrainingError
 from mmgraph.evaluation import Evaluator
 from mmgraph.losses import alignment, uniformity
-from mmgraph.models.base import Batch, LossOutput, Recommender
+from mmgraph.models.base import Batch, Recommender
+from mmgraph.train.distributed import (SINGLE, DistContext, LossModule, ShardedBatches, evaluate_sharded,
+                                       wrap_ddp)
 from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, set_rng_state
 from mmgraph.train.rundir import fingerprint_tensors, load_checkpoint
 from mmgraph.utils.io import atomic_torch_save, atomic_write, write_json
@@ -60,12 +62,17 @@ class Trainer:
         progress: show a progress bar per epoch (auto-disabled when stderr is not a terminal).
         fingerprint: ``{"config_hash": hex, "data_hash": hex}`` of the run (see :mod:`mmgraph.train.rundir`),
             stored in ``best.pt`` / ``last.pt`` and checked on resume.
+        dist_ctx: this process's place in a data-parallel run (:mod:`mmgraph.train.distributed`): batches
+            and evaluation users are split over the ranks, gradients all-reduced by DDP, and only rank 0
+            writes the run folder. Default: one process.
     """
 
     def __init__(self, model: Recommender, dataset: RecDataset, config: Dict[str, Any],
                  out_dir: Optional[Path] = None, plugins: Sequence[nn.Module] = (),
-                 progress: Optional[bool] = None, fingerprint: Optional[Dict[str, str]] = None):
+                 progress: Optional[bool] = None, fingerprint: Optional[Dict[str, str]] = None,
+                 dist_ctx: DistContext = SINGLE):
         self.model = model
+        self.dist = dist_ctx
         self.dataset = dataset
         self.config = config
         self.out_dir = Path(out_dir) if out_dir else None
@@ -79,12 +86,18 @@ class Trainer:
                                    float(config.get("weight_decay", 0.0)), bool(config.get("fused_optimizer")))
         decay, step = float(config.get("lr_decay", 1.0)), float(config.get("lr_decay_step", 50))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: decay ** (e / step))
+        if getattr(model, "sampled_graph", False) and len(self.plugins):
+            raise ConfigError("plug-ins read the whole graph's representations: train with graph_batching=full "
+                              "when plugins are set")
         options: Dict[str, Any] = {}
         for plugin in self.plugins:
             for key, value in getattr(plugin, "sampler_options", lambda: {})().items():
                 options[key] = max(options.get(key, value), value) if isinstance(value, int) else value
         self.sampler = model.make_sampler(dataset, int(config.get("batch_size", 2048)),
                                           int(config.get("seed", DEFAULT_SEED)), **options)
+        if self.dist.enabled and not getattr(self.sampler, "shards_itself", False):
+            self.sampler = ShardedBatches(self.sampler, self.dist)
+        self.loss_module = wrap_ddp(LossModule(model, self.plugins), self.dist, self.device)
         ks = [int(k) for k in config.get("topk", [5, 10, 20, 50])]
         self.valid_metric = str(config.get("valid_metric", "recall@20")).lower()
         metric_k = int(self.valid_metric.split("@")[1]) if "@" in self.valid_metric else 20
@@ -106,22 +119,17 @@ class Trainer:
         self._geometry_sample = self._make_geometry_sample() if config.get("log_geometry", True) else None
 
     # ------------------------------------------------------------------ pieces
-    def train_step(self, batch: Batch) -> Dict[str, float]:
-        """One optimisation step on ``batch``; returns the loss terms as floats."""
+    def train_step(self, batch: Batch, scale: float = 1.0) -> Dict[str, float]:
+        """One optimisation step on ``batch``; returns the loss terms as floats. ``scale`` multiplies the
+        loss that is backpropagated (a data-parallel rank's share of the global batch)."""
         batch = batch.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        out: LossOutput = self.model.loss(batch)
-        loss, terms = out.loss, dict(out.terms)
-        for plugin in self.plugins:
-            extra = plugin.loss(batch, out)
-            for name, value in extra.items():
-                loss = loss + value
-                terms[f"{type(plugin).__name__.lower()}_{name}"] = value
+        loss, terms, _ = self.loss_module(batch)
         if not torch.isfinite(loss):
             detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise TrainingError(f"loss became {float(loss.detach())} at epoch {self.epoch} ({detail}); lower "
                                 "learning_rate or the loss weights, or check the features for extreme values")
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         self.optimizer.step()
         terms = _float_terms(terms)
         terms["loss"] = float(loss.detach())
@@ -139,8 +147,9 @@ class Trainer:
         n = 0
         bar = tqdm(self.sampler.epoch(), total=len(self.sampler), desc=f"epoch {self.epoch}",
                    leave=False, disable=None if self.progress is None else not self.progress)
-        for batch in bar:
-            terms = self.train_step(batch)
+        for item in bar:
+            batch, scale = item if isinstance(item, tuple) else (item, 1.0)
+            terms = self.train_step(batch, scale)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -152,7 +161,7 @@ class Trainer:
     def validate(self, user_emb=None, item_emb=None) -> Dict[str, float]:
         if user_emb is None:
             user_emb, item_emb = self.model.embeddings()
-        return self.valid_eval.evaluate(user_emb, item_emb)
+        return evaluate_sharded(self.valid_eval, user_emb, item_emb, self.dist)
 
     def test(self) -> Dict[str, float]:
         if self._test_eval is None:
@@ -160,7 +169,7 @@ class Trainer:
                                         memory_budget_mb=int(self.config.get("eval_memory_mb", 256)),
                                         device=self.device, retrieval=self.retrieval)
         user_emb, item_emb = self.model.embeddings()
-        return self._test_eval.evaluate(user_emb, item_emb)
+        return evaluate_sharded(self._test_eval, user_emb, item_emb, self.dist)
 
     # ------------------------------------------------------------------ geometry (CM3 Fig. 1/6)
     def _make_geometry_sample(self, n: int = 2048) -> Dict[str, torch.Tensor]:
@@ -246,7 +255,7 @@ class Trainer:
                   "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in self.history]))
                   if self.history else 0.0,
                   "train_seconds": train_seconds}
-        if self.out_dir:
+        if self.out_dir and self.dist.is_main:
             write_json(self.out_dir / "final_metrics.json", result)
         log.info("best epoch %d | valid %s %.4f | test %s %.4f | test ndcg@20 %.4f", self.best_epoch,
                  self.valid_metric, valid[self.valid_metric], self.valid_metric, test[self.valid_metric],
@@ -266,7 +275,7 @@ class Trainer:
             self.plugins.load_state_dict(plugin_state)
 
     def _checkpoint(self, improved: bool) -> None:
-        if not self.out_dir:
+        if not self.out_dir or not self.dist.is_main:
             return
         if improved:
             atomic_torch_save({**self._best_state, **fingerprint_tensors(self.fingerprint)}, self.out_dir / "best.pt")
