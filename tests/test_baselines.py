@@ -13,7 +13,7 @@ from mmgraph.train import build_model, load_config, train
 from mmgraph.train.run import build_plugins
 from tests.helpers import popularity_recall
 
-METHODS = ["lattice", "lgmrec", "mgcn", "smore"]
+METHODS = ["lattice", "lgmrec", "mgcn", "smore", "slmrec"]
 # learning rates for the short synthetic runs (the MMRec defaults, e.g. LATTICE's 1e-4, are tuned for
 # hundreds of epochs on real data)
 FAST = {"learning_rate": 5e-3, "lr_decay": 1.0}
