@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
 from mmgraph.graph.hetero import INTERACTS
-from mmgraph.graph.knn import knn_graph
 from mmgraph.graph.relations import Relation, relation_graph
 from mmgraph.losses import bpr_loss, l2_reg
 from mmgraph.models.base import Batch, GraphRecommender, LossOutput, item_features
@@ -36,6 +35,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
 from mmgraph.nn.sparse import SparseAdj
+from mmgraph.utils.faiss_utils import search_ip
 
 CF_MODELS = ("lightgcn", "mf")
 
@@ -61,10 +61,13 @@ def rw_self_loop_adj(edge_index: Tensor, n_users: int, n_items: int) -> SparseAd
 
 
 def knn_indices(x: Tensor, k: int) -> Tuple[Tensor, Tensor]:
-    """Exact top-``k`` cosine neighbours of the rows of ``x [N, d]`` (self included; FAISS, no ``N x N``
-    matrix): ``(rows [E], cols [E])`` with ``E <= N k`` (rows with an all-zero ``x`` keep only themselves)."""
-    res = knn_graph(x.detach().float().cpu().numpy(), int(k), "include")
-    idx = torch.from_numpy(res.indices)
+    """Exact top-``k`` cosine neighbours of the rows of ``x [N, d]`` (self included), by a FAISS flat
+    inner-product search of the L2-normalised rows in query blocks (no ``N x N`` matrix):
+    ``(rows [E], cols [E])``, ``E = N min(k, N)``. The model's learned graph, so a search on its current
+    parameters rather than a relation of the run graph."""
+    xn = F.normalize(x.detach().float(), dim=1).cpu().numpy()
+    _, idx = search_ip(xn, xn, int(k), batch_size=4096)
+    idx = torch.from_numpy(idx)
     rows = torch.arange(idx.shape[0]).unsqueeze(1).expand_as(idx)
     keep = idx >= 0
     return rows[keep].to(x.device), idx[keep].to(x.device)
