@@ -67,3 +67,14 @@ def test_cross_attaches(synth, method):
     # per-modality channels, where the method has them, score users against items
     for name, (users, items) in model.channel_embeddings().items():
         assert users.shape == (synth.n_users, users.shape[1]) and items.shape == (synth.n_items, users.shape[1])
+
+
+@pytest.mark.parametrize("temperature", [0.2, 0.01])   # the fused bounded path, and the logsumexp fallback
+def test_unit_info_nce_equals_info_nce_values_and_gradients(temperature):
+    from mmgraph.losses import info_nce, unit_info_nce
+    g = torch.Generator().manual_seed(0)
+    a, p = (torch.randn(12, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    ours, ref = unit_info_nce(a, p, temperature), info_nce(a, p, temperature)
+    torch.testing.assert_close(ours, ref)
+    for got, want in zip(torch.autograd.grad(ours, (a, p)), torch.autograd.grad(ref, (a, p))):
+        torch.testing.assert_close(got, want)

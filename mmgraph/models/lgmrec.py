@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
 from mmgraph.graph.hetero import INTERACTS
-from mmgraph.losses import bpr_loss, emb_reg
+from mmgraph.losses import bpr_loss, emb_reg, unit_info_nce
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
@@ -56,33 +56,10 @@ def user_item_matrix(edge_index: Tensor, n_users: int, n_items: int, norm: str =
     return SparseAdj(torch.stack([u, i]), w, (n_users, n_items))
 
 
-class _LogSumExpDot(torch.autograd.Function):
-    """``log sum_j exp(a_b . x_j)`` per row of ``a [B, d]`` against ``x [N, d]``, for BOUNDED scores
-    (``|a_b . x_j| <= 50``: no max shift needed): one ``[B, N]`` buffer, exponentiated in place and reused
-    by the backward (``softmax = e / s``), instead of the six ``[B, N]`` passes of ``logsumexp(a @ x.T)``."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
-        e = torch.mm(a, x.t()).exp_()
-        s = e.sum(1)
-        ctx.save_for_backward(a, x, e, s)
-        return s.log()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        a, x, e, s = ctx.saved_tensors
-        w = e * (grad / s).unsqueeze(1)
-        return w @ x, w.t() @ a
-
-
 def hyper_infonce(anchor: Tensor, positive: Tensor, all_rows: Tensor, tau: float = TAU) -> Tensor:
     """MMRec LGMRec's ``ssl_triple_loss``: ``sum_b -log(exp(cos(a_b, p_b)/tau) / sum_j exp(cos(a_b, x_j)/tau))``
     with ``anchor, positive [B, d]`` and ``all_rows [N, d]`` (``B x N`` scores, never ``N x N``)."""
-    a = F.normalize(anchor, dim=1) / tau
-    p, x = F.normalize(positive, dim=1), F.normalize(all_rows, dim=1)
-    pos = (a * p).sum(-1)
-    lse = _LogSumExpDot.apply(a, x) if 1.0 / tau <= 50 else torch.logsumexp(a @ x.t(), dim=1)
-    return (lse - pos).sum()
+    return unit_info_nce(anchor, positive, tau, all_rows=all_rows, reduction="sum")
 
 
 @register("lgmrec")

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from mmgraph.graph.hetero import INTERACTS
 from mmgraph.graph.relations import Relation, relation_adj
-from mmgraph.losses import bpr_loss, info_nce, l2_reg
+from mmgraph.losses import bpr_loss, l2_reg, unit_info_nce
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.lattice import simknn_relations
 from mmgraph.models.lgmrec import user_item_matrix
@@ -102,8 +102,8 @@ class MGCN(GraphRecommender):
 
     def contrast(self, side: Tensor, content: Tensor, batch: Batch) -> Tensor:
         items = batch.pos + self.n_users
-        return info_nce(side[items], content[items], CL_TEMPERATURE) + \
-            info_nce(side[batch.users], content[batch.users], CL_TEMPERATURE)
+        return unit_info_nce(side[items], content[items], CL_TEMPERATURE) + \
+            unit_info_nce(side[batch.users], content[batch.users], CL_TEMPERATURE)
 
     def loss(self, batch: Batch) -> LossOutput:
         content, side, views = self.parts()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
-from mmgraph.losses import info_nce
+from mmgraph.losses import unit_info_nce
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
@@ -128,7 +128,7 @@ class SLMRec(GraphRecommender):
     def loss(self, batch: Batch) -> LossOutput:
         bu, bi = self.branches()
         u_all, i_all = self.fuse(bu, bi)
-        main = info_nce(u_all[batch.users], i_all[batch.pos], float(self.config["temp"]))
+        main = unit_info_nce(u_all[batch.users], i_all[batch.pos], float(self.config["temp"]))
         pos = bi[batch.pos]
         fac = self.fac(pos[:, 0], {m: pos[:, j + 1] for j, m in enumerate(self.mods)}, float(self.config["ssl_temp"]))
         total = main + float(self.config["ssl_alpha"]) * fac

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from mmgraph.graph.hetero import INTERACTS
 from mmgraph.graph.relations import Relation, relation_graph
-from mmgraph.losses import bpr_loss, info_nce, l2_reg
+from mmgraph.losses import bpr_loss, l2_reg, unit_info_nce
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.lattice import simknn_relations
 from mmgraph.models.lgmrec import user_item_matrix
@@ -143,7 +143,8 @@ class SMORE(GraphRecommender):
         reg = float(self.config["reg_weight"]) * l2_reg(eu, ep, en, batch_size=self.batch_size)
         t = float(self.config["temperature"])
         items = batch.pos + self.n_users
-        cl = info_nce(side[items], content[items], t) + info_nce(side[batch.users], content[batch.users], t)
+        cl = unit_info_nce(side[items], content[items], t) + \
+            unit_info_nce(side[batch.users], content[batch.users], t)
         channels = {v: Channel(users=x[: self.n_users], items=x[self.n_users:]) for v, x in views.items()}
         return LossOutput(bpr + reg + float(self.config["cl_loss"]) * cl, {"bpr": bpr, "reg": reg, "cl": cl},
                           u_all, i_all, channels=channels)
