@@ -256,8 +256,10 @@ def unit_info_nce(anchor: Tensor, positive: Tensor, temperature: float = 0.2,
                   all_rows: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
     """:func:`info_nce` (L2-normalised) computed through :func:`unit_logsumexp`: row ``b`` of ``anchor [B, d]``
     must pick ``positive[b]`` among the rows of ``all_rows`` (default ``positive``, in-batch);
-    ``reduction`` ``mean`` or ``sum`` over the rows."""
+    ``reduction`` ``mean`` or ``sum`` over the rows, or ``none`` (``[B]``)."""
     a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
     x = p if all_rows is None else F.normalize(all_rows, dim=-1)
     per_row = unit_logsumexp(a, x, temperature) - (a * p).sum(-1) / temperature
+    if reduction == "none":
+        return per_row
     return per_row.sum() if reduction == "sum" else per_row.mean()

@@ -123,3 +123,14 @@ def test_hyper_infonce_gradients_match_autograd_reference(tau):
     torch.testing.assert_close(ours, expect)
     for got, want in zip(torch.autograd.grad(ours, (a, p, x)), torch.autograd.grad(expect, (a, p, x))):
         torch.testing.assert_close(got, want)
+
+
+def test_contrast_over_distinct_nodes_equals_the_per_row_sum(small, monkeypatch):
+    monkeypatch.setattr(lg.F, "gumbel_softmax", lambda x, tau, hard=False, dim=1: torch.softmax(x / tau, dim))
+    model = _model(small, keep_rate=1.0)
+    users = torch.tensor([3, 3, 5, 7, 3, 5]); pos = torch.tensor([1, 2, 2, 2, 9, 1])
+    out = model.loss(Batch(users, pos, torch.tensor([0, 4, 6, 8, 10, 12])))
+    _, _, ghes = model.parts()
+    (ua, ia), (ub, ib) = ghes["image"], ghes["text"]
+    rows = lg.hyper_infonce(ua[users], ub[users], ub) + lg.hyper_infonce(ia[pos], ib[pos], ib)
+    torch.testing.assert_close(out.terms["hcl"], rows)

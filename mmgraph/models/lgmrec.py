@@ -21,7 +21,7 @@ the modality pairs ``(a, b)``, ``a < b`` (MMRec: image vs text). Channels: one p
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +56,13 @@ def user_item_matrix(edge_index: Tensor, n_users: int, n_items: int, norm: str =
     return SparseAdj(torch.stack([u, i]), w, (n_users, n_items))
 
 
-def hyper_infonce(anchor: Tensor, positive: Tensor, all_rows: Tensor, tau: float = TAU) -> Tensor:
+def hyper_infonce(anchor: Tensor, positive: Tensor, all_rows: Tensor, tau: float = TAU,
+                  counts: Optional[Tensor] = None) -> Tensor:
     """MMRec LGMRec's ``ssl_triple_loss``: ``sum_b -log(exp(cos(a_b, p_b)/tau) / sum_j exp(cos(a_b, x_j)/tau))``
-    with ``anchor, positive [B, d]`` and ``all_rows [N, d]`` (``B x N`` scores, never ``N x N``)."""
-    return unit_info_nce(anchor, positive, tau, all_rows=all_rows, reduction="sum")
+    with ``anchor, positive [B, d]`` and ``all_rows [N, d]`` (``B x N`` scores, never ``N x N``); ``counts [B]``
+    weights each row (a distinct batch node standing for its repeats)."""
+    per_row = unit_info_nce(anchor, positive, tau, all_rows=all_rows, reduction="none")
+    return per_row.sum() if counts is None else (per_row * counts.to(per_row.dtype)).sum()
 
 
 @register("lgmrec")
@@ -139,10 +142,13 @@ class LGMRec(GraphRecommender):
         eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         cl = final.new_zeros(())
+        # a batch row's term depends on its node only: each distinct node once, weighted by its repeats
+        users, n_users = torch.unique(batch.users, return_counts=True)
+        items, n_items = torch.unique(batch.pos, return_counts=True)
         for a, b in combinations(self.features.modalities, 2):
             (ua, ia), (ub, ib) = ghes[a], ghes[b]
-            cl = cl + hyper_infonce(ua[batch.users], ub[batch.users], ub) \
-                + hyper_infonce(ia[batch.pos], ib[batch.pos], ib)
+            cl = cl + hyper_infonce(ua[users], ub[users], ub, counts=n_users) \
+                + hyper_infonce(ia[items], ib[items], ib, counts=n_items)
         reg = emb_reg(eu, ep, en)
         total = bpr + float(self.config["cl_weight"]) * cl + float(self.config["reg_weight"]) * reg
         channels = {m: Channel(users=v[: self.n_users], items=v[self.n_users:]) for m, v in mges.items()}
