@@ -220,3 +220,46 @@ class _PairLogMeanExp(torch.autograd.Function):
                     ghn[r1:].addmm_(wgt[:, r1 - r0:].t(), hn[r0:r1])
             ghn = (-4.0 * t) * scale * ghn
         return gx, gsim, ghn, None, None, None, None, None
+
+
+class _LogSumExpDot(torch.autograd.Function):
+    """``log sum_j exp(a_b . x_j)`` per row of ``a [B, d]`` against ``x [N, d]`` for BOUNDED scores (no max
+    shift): one ``[B, N]`` buffer, exponentiated in place and reused by the backward (``softmax = e / s``)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        e = torch.mm(a, x.t()).exp_()
+        s = e.sum(1)
+        ctx.save_for_backward(a, x, e, s)
+        return s.log()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        a, x, e, s = ctx.saved_tensors
+        w = e * (grad / s).unsqueeze(1)
+        return w @ x, w.t() @ a
+
+
+#: largest |score| the unshifted log-sum-exp takes (exp(50) is far from float32's overflow at ~exp(88))
+_LSE_BOUND = 50.0
+
+
+def unit_logsumexp(a: Tensor, x: Tensor, temperature: float) -> Tensor:
+    """``log sum_j exp(a_b . x_j / temperature)`` ``[B]`` for UNIT rows ``a [B, d]``, ``x [N, d]``: fused
+    (:class:`_LogSumExpDot`, about 2x faster than ``logsumexp(a @ x.T / t)``) when ``1 / t <= 50``."""
+    if 1.0 / float(temperature) <= _LSE_BOUND:
+        return _LogSumExpDot.apply(a / temperature, x)
+    return torch.logsumexp(a @ x.t() / temperature, dim=1)
+
+
+def unit_info_nce(anchor: Tensor, positive: Tensor, temperature: float = 0.2,
+                  all_rows: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """:func:`info_nce` (L2-normalised) computed through :func:`unit_logsumexp`: row ``b`` of ``anchor [B, d]``
+    must pick ``positive[b]`` among the rows of ``all_rows`` (default ``positive``, in-batch);
+    ``reduction`` ``mean`` or ``sum`` over the rows, or ``none`` (``[B]``)."""
+    a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    x = p if all_rows is None else F.normalize(all_rows, dim=-1)
+    per_row = unit_logsumexp(a, x, temperature) - (a * p).sum(-1) / temperature
+    if reduction == "none":
+        return per_row
+    return per_row.sum() if reduction == "sum" else per_row.mean()

@@ -1,0 +1,121 @@
+"""MGCN (Yu et al., ACM MM 2023): multi-view graph convolution with behaviour-purified modality features.
+
+Follows MMRec's ``models/mgcn.py`` (the reference for the published numbers), per modality ``m`` with
+trainable feature tables ``X_m``:
+
+* purifier: ``P_m = E_item * sigmoid(G_m(Linear_m(X_m)))`` (element-wise gate of the ID embeddings);
+* user-item view: LightGCN (mean over layers ``0..n_ui_layers``) of the ID embeddings on ``A_hat``;
+* item-item view: ``n_layers`` hops of ``P_m`` on the frozen similarity kNN graph ``simknn_<m>`` (see
+  :func:`~mmgraph.models.lattice.simknn_relations`), users ``= R_hat P_m`` (``R_hat`` the user-item block
+  of ``A_hat``);
+* fuser: common ``= sum_m softmax_m(q(V_m)) V_m`` with ``q = Linear, tanh, Linear(d -> 1)``; specific
+  ``S_m = sigmoid(W_m content) * (V_m - common)``; side ``= (sum_m S_m + common) / (M + 1)``;
+* final ``= content + side``; loss BPR + ``reg_weight`` * squared-L2 of the batch rows / 2 / batch_size
+  + ``cl_loss`` * [InfoNCE(side, content) over the batch's positive items + over its users]
+  (temperature 0.2, in-batch).
+
+Channels: one per modality, its item-item view ``V_m`` (users and items).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from mmgraph.graph.hetero import INTERACTS
+from mmgraph.graph.relations import Relation, relation_adj
+from mmgraph.losses import bpr_loss, l2_reg, unit_info_nce
+from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
+from mmgraph.models.lattice import simknn_relations
+from mmgraph.models.lgmrec import user_item_matrix
+from mmgraph.models.registry import register
+from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
+from mmgraph.nn.features import ModalityEncoder
+
+CL_TEMPERATURE = 0.2  # MMRec MGCN: InfoNCE(side, content, 0.2)
+
+
+def gate(d: int) -> nn.Sequential:
+    """``sigmoid(Linear(d, d)(x))``."""
+    return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
+
+
+@register("mgcn")
+class MGCN(GraphRecommender):
+    """Behaviour-guided purifier, user-item and item-item views, behaviour-aware fuser (module docstring)."""
+
+    multimodal = True
+    defaults = {"embedding_size": 64, "n_ui_layers": 2, "n_layers": 1, "knn_k": 10, "reg_weight": 1e-4,
+                "cl_loss": 1e-3}
+
+    @classmethod
+    def relations(cls, config, modalities: Sequence[str]) -> List[Relation]:
+        k = int({**cls.defaults, **config}["knn_k"])
+        return simknn_relations(modalities, lambda m: k)
+
+    def __init__(self, data, config=None):
+        super().__init__(data, config)
+        cfg = self.config
+        d = self.embedding_size
+        self.encoder = LightGCNEncoder(int(cfg["n_ui_layers"]), "mean")
+        self.batch_size = int(cfg.get("batch_size", 2048))
+        self.R = user_item_matrix(data[INTERACTS].edge_index, self.n_users, self.n_items, "sym")
+        self.modal = ModalityEncoder(item_features(data), d, trainable=True)
+        mods = self.modal.modalities
+        self.item_graphs = nn.ModuleDict({m: relation_adj(data, f"simknn_{m}") for m in mods})
+        self.gate_item = nn.ModuleDict({m: gate(d) for m in mods})
+        self.gate_prefer = nn.ModuleDict({m: gate(d) for m in mods})
+        self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
+        self.conv = LightGCNConv()
+
+    def views(self) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(content [U + I, d], {m: V_m [U + I, d]})``."""
+        content = torch.cat(self.propagate())
+        out = {}
+        for m in self.modal.modalities:
+            h = self.item_emb.weight * self.gate_item[m](self.modal.project(m))
+            for _ in range(int(self.config["n_layers"])):
+                h = self.conv(h, self.item_graphs[m])
+            out[m] = torch.cat([self.R.matmul(h), h])
+        return content, out
+
+    def fuse(self, content: Tensor, views: Dict[str, Tensor]) -> Tensor:
+        """The side embeddings ``(sum_m S_m + common) / (M + 1)``."""
+        stacked = torch.stack(list(views.values()))                      # [M, N, d]
+        att = torch.softmax(self.query_common(stacked).squeeze(-1), dim=0)  # [M, N]
+        common = (att.unsqueeze(-1) * stacked).sum(0)
+        side = common
+        for m, v in views.items():
+            side = side + self.gate_prefer[m](content) * (v - common)
+        return side / (len(views) + 1)
+
+    def parts(self) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+        """``(content, side, views)``, all over ``U + I`` nodes; final = content + side."""
+        content, views = self.views()
+        return content, self.fuse(content, views), views
+
+    def forward(self) -> Tuple[Tensor, Tensor]:
+        content, side, _ = self.parts()
+        final = content + side
+        return final[: self.n_users], final[self.n_users:]
+
+    def contrast(self, side: Tensor, content: Tensor, batch: Batch) -> Tensor:
+        items = batch.pos + self.n_users
+        return unit_info_nce(side[items], content[items], CL_TEMPERATURE) + \
+            unit_info_nce(side[batch.users], content[batch.users], CL_TEMPERATURE)
+
+    def loss(self, batch: Batch) -> LossOutput:
+        content, side, views = self.parts()
+        final = content + side
+        u_all, i_all = final[: self.n_users], final[self.n_users:]
+        eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
+        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
+        reg = float(self.config["reg_weight"]) * l2_reg(eu, ep, en, batch_size=self.batch_size)
+        cl = self.contrast(side, content, batch)
+        channels = {m: Channel(users=v[: self.n_users], items=v[self.n_users:]) for m, v in views.items()}
+        return LossOutput(bpr + reg + float(self.config["cl_loss"]) * cl, {"bpr": bpr, "reg": reg, "cl": cl},
+                          u_all, i_all, channels=channels)
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        return {m: (v[: self.n_users], v[self.n_users:]) for m, v in self.views()[1].items()}
