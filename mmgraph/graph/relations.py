@@ -22,7 +22,8 @@ Relation kinds (:data:`RELATION_KINDS`; ``k`` = neighbours per node):
   ``norm`` default none, ``weight``: similarity | binary);
 * ``anchorrec`` (items): AnchorRec's similarity-weighted, symmetrically normalised kNN graph of one
   ``feature`` (``'mm'`` = the anchor feature, see :func:`~mmgraph.graph.item_graphs.anchor_features`);
-* ``cooccurrence`` (items): top-k co-occurrence cosine over the training users;
+* ``cooccurrence`` (items): top-k co-occurrence cosine over the training users (``measure: count``:
+  ranked by and weighted with the number of shared users; ``min_count``: at least that many);
 * ``user_cooccurrence`` (users): the same over the users' training items;
 * ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``).
 """
@@ -131,12 +132,16 @@ def _user_cooccurrence(ds, p, cache, use_gpu) -> ItemGraph:
     from mmgraph.graph.cooccurrence import cooccurrence_graph
     p = dict(p)
     k, norm = int(p.pop("k", 10)), p.pop("norm", "none")
+    measure, min_count = p.pop("measure", "cosine"), int(p.pop("min_count", 1))
     if p:
         raise ConfigError(f"unknown parameter(s) for relation kind 'user_cooccurrence': {sorted(p)}")
     flipped = np.ascontiguousarray(np.unique(ds.train, axis=0)[:, ::-1])
-    return cached("user_cooccur", {"k": k, "norm": norm, "n_users": ds.n_users, "n_items": ds.n_items},
-                  {"train": flipped},
-                  lambda: cooccurrence_graph(flipped, k, n_users=ds.n_items, n_items=ds.n_users, norm=norm),
+    key = {"k": k, "norm": norm, "n_users": ds.n_users, "n_items": ds.n_items}
+    if (measure, min_count) != ("cosine", 1):
+        key.update(measure=measure, min_count=min_count)
+    return cached("user_cooccur", key, {"train": flipped},
+                  lambda: cooccurrence_graph(flipped, k, n_users=ds.n_items, n_items=ds.n_users, norm=norm,
+                                             measure=measure, min_count=min_count),
                   cache_dir=None if cache is True else cache)
 
 
