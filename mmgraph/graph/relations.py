@@ -25,7 +25,9 @@ Relation kinds (:data:`RELATION_KINDS`; ``k`` = neighbours per node):
 * ``cooccurrence`` (items): top-k co-occurrence cosine over the training users (``measure: count``:
   ranked by and weighted with the number of shared users; ``min_count``: at least that many);
 * ``user_cooccurrence`` (users): the same over the users' training items;
-* ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``).
+* ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``);
+* ``damrs`` (items): DA-MRS's denoised kNN graph of one ``modality`` over the pairs above the mean
+  similarity in every modality (``k``, ``modalities``; :mod:`mmgraph.graph.denoised`).
 """
 from __future__ import annotations
 
@@ -145,6 +147,22 @@ def _user_cooccurrence(ds, p, cache, use_gpu) -> ItemGraph:
                   cache_dir=None if cache is True else cache)
 
 
+def _damrs(ds, p, cache, use_gpu) -> ItemGraph:
+    from mmgraph.graph.cache import cached
+    from mmgraph.graph.denoised import denoised_knn_graphs
+    from mmgraph.graph.item_graphs import _cache_dir, _features, _select
+    p = dict(p)
+    modality, k, modalities = p.pop("modality", None), int(p.pop("k", 10)), p.pop("modalities", None)
+    if p:
+        raise ConfigError(f"unknown parameter(s) for relation kind 'damrs': {sorted(p)}")
+    feats = _select(_features(ds), modalities)
+    if modality not in feats:
+        raise ConfigError(f"relation kind 'damrs' needs a 'modality' parameter, one of {sorted(feats)}")
+    graphs = cached("damrs", {"k": k, "modalities": sorted(feats)}, {m: feats[m] for m in sorted(feats)},
+                    lambda: denoised_knn_graphs(feats, k), _cache_dir(cache))
+    return graphs[modality]
+
+
 def _brmrs_item(ds, p, cache, use_gpu) -> ItemGraph:
     from mmgraph.graph.item_graphs import build_item_graphs
     p = dict(p)
@@ -161,6 +179,7 @@ RELATION_KINDS: Dict[str, Tuple[str, Builder]] = {
     "cooccurrence": ("item", _cooccurrence),
     "user_cooccurrence": ("user", _user_cooccurrence),
     "brmrs_item": ("item", _brmrs_item),
+    "damrs": ("item", _damrs),
 }
 
 
