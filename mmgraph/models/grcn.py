@@ -9,10 +9,11 @@ The edge weight of ``j -> i`` is ``relu(max_m alpha^m_{j->i} c_{j,m})`` with a l
 on ``norm(E_id)``: ``id = x + h1 + h2``. The final representation is ``[id ; rep_image ; rep_text ...]``
 (dimension ``embedding_size + M * latent_embedding``) and a score is its dot product.
 
-Routing: the paper updates each user's preference with its attended items, ``p_u <- norm(p_u +
-sum_i alpha_ui f_i)`` (``user_routing: true``, the default). In MMRec (and the authors' code) the routing
-convolution only aggregates into items (edges ``user -> item``), so the users' preferences are merely
-re-normalised: ``user_routing: false`` reproduces that.
+Routing: in MMRec (and the authors' code) the routing convolution only aggregates into items (edges
+``user -> item``), so the ``n_layers`` rounds merely re-normalise the users' preferences: the default
+(``user_routing: false``). ``user_routing: true`` is our reading of the paper's routing, which updates each
+user's preference with its attended items, ``p_u <- norm(p_u + sum_i alpha_ui f_i)``; on TikTok it learns
+far slower (valid R@20 after 5 epochs, seed 999, lr 1e-3: 0.020 vs 0.042 for the default).
 
 Loss (MMRec): ``BPR + reg_weight * [mean((E_id[u]^2 + E_id[i]^2)) over the batch's (user, item) rows
 + mean over all users of p^image^2 (the image modality only, as MMRec's v_feat) + sum_m mean of
@@ -87,7 +88,7 @@ class GRCN(Recommender):
 
     multimodal = True
     defaults = {"embedding_size": 64, "latent_embedding": 64, "n_layers": 3, "reg_weight": 0.1,
-                "user_routing": True}
+                "user_routing": False}
 
     def __init__(self, data, config=None):
         super().__init__(data, config)
