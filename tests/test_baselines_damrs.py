@@ -112,8 +112,8 @@ def test_pseudo_labels_and_discrimination_match_mmrec():
         p = probs[own].clone()
         p.scatter_(1, mm, 0)
         single = torch.topk(p, 10, dim=-1).indices
-        got = pseudo_labels(probs, own)
-        assert torch.equal(got[0], mm) and torch.equal(got[1], single)
+        for got in (pseudo_labels(probs, own), pseudo_labels(probs, own, total=probs.sum(0))):
+            assert torch.equal(got[0], mm) and torch.equal(got[1], single)
     emb, all_emb = torch.randn(5, 8), torch.randn(40, 8)
     e, a = F.normalize(emb), F.normalize(all_emb)
     losses = []
@@ -123,7 +123,7 @@ def test_pseudo_labels_and_discrimination_match_mmrec():
         pos2 = sum(ex(j) for j in single[b])
         tot = sum(ex(j) for j in range(40))
         losses.append(-torch.log(pos1 / tot + 1e-9) - torch.log(pos2 / (tot - pos1) + 1e-9))
-    torch.testing.assert_close(neighbour_discrimination(emb, all_emb, mm, single), torch.stack(losses).mean())
+    torch.testing.assert_close(neighbour_discrimination(e, a, e @ a.t(), mm, single), torch.stack(losses).mean())
 
 
 def test_feedback_weights_match_mmrec():

@@ -25,7 +25,7 @@ reading of MMRec's ``item_graph_dict_2.npy``, which its preprocessing does not s
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,22 +59,24 @@ def session_adj(data, name: str = SESSION_GRAPH) -> SparseAdj:
     return SparseAdj(torch.stack([rows, cols]), inv[rows] * inv[cols], (n, n))
 
 
-def pseudo_labels(probs: Tensor, own: int, n: int = N_PSEUDO) -> Tuple[Tensor, Tensor]:
+def pseudo_labels(probs: Tensor, own: int, n: int = N_PSEUDO, total: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """``(mm_pos [B, n], single_pos [B, n])`` for view ``own`` of ``probs [V, B, I]``: the top-``n`` of
-    ``sum_{v != own} P_v + 2 P_own``, then the top-``n`` of ``P_own`` with those removed."""
-    positive = probs.sum(0) + probs[own]
+    ``sum_{v != own} P_v + 2 P_own``, then the top-``n`` of ``P_own`` with those removed. ``total``:
+    ``probs.sum(0)`` when already computed."""
+    positive = (probs.sum(0) if total is None else total) + probs[own]
     mm_pos = positive.topk(n, dim=1).indices
     rest = probs[own].scatter(1, mm_pos, 0.0)
     return mm_pos, rest.topk(n, dim=1).indices
 
 
-def neighbour_discrimination(emb: Tensor, all_emb: Tensor, mm_pos: Tensor, single_pos: Tensor,
+def neighbour_discrimination(emb: Tensor, all_emb: Tensor, cos: Tensor, mm_pos: Tensor, single_pos: Tensor,
                              temperature: float = TEMPERATURE) -> Tensor:
-    """DA-MRS's two-level InfoNCE of ``emb [B, d]`` (rows of ``all_emb [I, d]``) against its pseudo-positives."""
-    e, a = F.normalize(emb, dim=1), F.normalize(all_emb, dim=1)
-    mm = torch.exp((e.unsqueeze(1) * a[mm_pos]).sum(-1) / temperature).sum(1)
-    single = torch.exp((e.unsqueeze(1) * a[single_pos]).sum(-1) / temperature).sum(1)
-    total = torch.exp(e @ a.t() / temperature).sum(1)
+    """DA-MRS's two-level InfoNCE of the unit rows ``emb [B, d]`` against their pseudo-positives ``mm_pos`` /
+    ``single_pos [B, n]`` among the unit rows ``all_emb [I, d]``; ``cos = emb @ all_emb^T [B, I]``."""
+    inv_t = 1.0 / temperature
+    mm = ((emb.unsqueeze(1) * all_emb[mm_pos]).sum(-1) * inv_t).exp().sum(1)
+    single = ((emb.unsqueeze(1) * all_emb[single_pos]).sum(-1) * inv_t).exp().sum(1)
+    total = (cos * inv_t).exp().sum(1)
     return (-torch.log(mm / total + 1e-9) - torch.log(single / (total - mm) + 1e-9)).mean()
 
 
@@ -137,17 +139,21 @@ class DAMRS(GraphRecommender):
         fused = views.mean(0)
         uid = torch.unique(batch.users)
         iid = torch.unique(torch.cat([batch.pos, batch.neg]))
-        # neighbour discrimination over the batch's distinct items
+        # neighbour discrimination over the batch's distinct items: one [n, I] cosine matrix per view serves
+        # both the pseudo-labels (softmax, no gradient) and the InfoNCE
+        nv = F.normalize(views, dim=-1)
+        nb = nv[:, iid]
+        cos = [nb[v] @ nv[v].t() for v in range(nv.shape[0])]               # V x [n, I]
         with torch.no_grad():
-            nv = F.normalize(views, dim=-1)
-            probs = torch.softmax(torch.einsum("vbd,vid->vbi", nv[:, iid], nv), dim=-1)   # [V, n, I]
+            probs = torch.softmax(torch.stack([c.detach() for c in cos]), dim=-1)   # [V, n, I]
+            total = probs.sum(0)
         n_pseudo = min(N_PSEUDO, self.n_items // 2)
         nd = views.new_zeros(())
         for a in range(len(self.view_names)):
-            mm_pos, single_pos = pseudo_labels(probs, a, n_pseudo)
-            nd = nd + neighbour_discrimination(views[a, iid], views[a], mm_pos, single_pos)
+            mm_pos, single_pos = pseudo_labels(probs, a, n_pseudo, total)
+            nd = nd + neighbour_discrimination(nb[a], nv[a], cos[a], mm_pos, single_pos)
         nd = nd / len(self.view_names)
-        del probs
+        del probs, total, cos
         # KL alignment of the ID and the views' scores
         ub = users[uid]
         p_g = torch.sigmoid(ub @ F.normalize(items[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
