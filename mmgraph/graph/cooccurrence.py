@@ -60,7 +60,7 @@ def _dataset_pairs(data):
 
 def cooccurrence_topk(interactions, k: int = 5, n_users: Optional[int] = None, n_items: Optional[int] = None,
                       block_size: Optional[int] = None, max_block_elems: int = 1 << 22,
-                      max_paths: int = 1 << 24) -> KNNResult:
+                      max_paths: int = 1 << 24, measure: str = "cosine", min_count: int = 1) -> KNNResult:
     """Top-``k`` co-occurrence-cosine neighbours per item (diagonal excluded).
 
     Args:
@@ -70,11 +70,16 @@ def cooccurrence_topk(interactions, k: int = 5, n_users: Optional[int] = None, n
         block_size: item rows per block; default ``max_block_elems // n_items``. Blocks are also cut
             so that one block expands at most ``max_paths`` (item, user, co-item) paths (a single
             item with more paths forms its own block).
+        measure: ``'cosine'`` or ``'count'``: rank by (and return) the number of shared users
+            ``(R^T R)_ij`` itself (DualGNN's / DRAGON's user graph, DA-MRS's item graph).
+        min_count: only pairs sharing at least this many users are neighbours.
 
     Returns:
-        :class:`KNNResult`: ``indices [I, k]`` (``-1`` padded) and cosine ``similarities`` (``-inf``
-        padded), each row by decreasing similarity, ties by increasing item id.
+        :class:`KNNResult`: ``indices [I, k]`` (``-1`` padded) and cosine (or count) ``similarities``
+        (``-inf`` padded), each row by decreasing similarity, ties by increasing item id.
     """
+    if measure not in ("cosine", "count"):
+        raise ConfigError(f"measure must be 'cosine' or 'count', got {measure!r}")
     pairs, du, di = _dataset_pairs(interactions)
     n_users = du if n_users is None else n_users
     n_items = di if n_items is None else n_items
@@ -107,8 +112,13 @@ def cooccurrence_topk(interactions, k: int = 5, n_users: Optional[int] = None, n
         counts[np.arange(b), np.arange(s, e)] = 0
         # rank by count^2 / deg_j: within a row it orders like the cosine, and IEEE division is
         # correctly rounded, so mathematically equal cosines tie exactly (integer co-counts tie a lot)
-        key = np.divide(np.square(counts, dtype=np.float64), deg[None, :],
-                        out=np.zeros((b, ni), dtype=np.float64), where=deg[None, :] > 0)
+        if min_count > 1:
+            counts[counts < int(min_count)] = 0
+        if measure == "count":
+            key = counts.astype(np.float64)
+        else:
+            key = np.divide(np.square(counts, dtype=np.float64), deg[None, :],
+                            out=np.zeros((b, ni), dtype=np.float64), where=deg[None, :] > 0)
         kk = min(k, ni)
         thr = -np.partition(-key, kk - 1, axis=1)[:, kk - 1]
         cand = (key >= thr[:, None]) & (key > 0)
@@ -116,7 +126,7 @@ def cooccurrence_topk(interactions, k: int = 5, n_users: Optional[int] = None, n
         r, c = np.nonzero(cand)
         cnt = counts[r, c].astype(np.float64)
         del counts, cand
-        v = cnt * cnt / deg[c]
+        v = cnt if measure == "count" else cnt * cnt / deg[c]
         order = np.lexsort((c, -v, r))
         r, c, cnt = r[order], c[order], cnt[order]
         first = np.searchsorted(r, np.arange(b))
@@ -124,16 +134,20 @@ def cooccurrence_topk(interactions, k: int = 5, n_users: Optional[int] = None, n
         keep = rank < k
         out_idx[s + r[keep], rank[keep]] = c[keep]
         rk, ck = r[keep], c[keep]
-        out_sim[s + rk, rank[keep]] = cnt[keep] / np.sqrt(deg[s + rk] * deg[ck])
+        out_sim[s + rk, rank[keep]] = (cnt[keep] if measure == "count"
+                                       else cnt[keep] / np.sqrt(deg[s + rk] * deg[ck]))
         s = e
     return KNNResult(out_idx, out_sim)
 
 
 def cooccurrence_graph(interactions, k: int = 5, n_users: Optional[int] = None, n_items: Optional[int] = None,
-                       norm: str = "none", block_size: Optional[int] = None) -> ItemGraph:
-    """:func:`cooccurrence_topk` as an :class:`ItemGraph` with cosine edge weights, normalised by
-    ``norm`` (``'uniform'`` makes ``propagate`` the mean over the neighbours, as CNA's target)."""
-    res = cooccurrence_topk(interactions, k, n_users, n_items, block_size=block_size)
+                       norm: str = "none", block_size: Optional[int] = None, measure: str = "cosine",
+                       min_count: int = 1) -> ItemGraph:
+    """:func:`cooccurrence_topk` as an :class:`ItemGraph` with cosine (or count, see ``measure``) edge
+    weights, normalised by ``norm`` (``'uniform'`` makes ``propagate`` the mean over the neighbours, as
+    CNA's target)."""
+    res = cooccurrence_topk(interactions, k, n_users, n_items, block_size=block_size, measure=measure,
+                            min_count=min_count)
     return normalize_graph(res.to_item_graph("similarity", num_nodes=res.indices.shape[0]), norm)
 
 

@@ -307,7 +307,7 @@ def build_item_graphs(dataset, kind: str, k: Optional[int] = None, modalities: O
       * ``'anchorrec'``: :func:`anchorrec_graphs` -> ``{'anchorrec_<m>': S_m, 'anchorrec_mm': S_mm}``
         (params: ``anchor``, ``symmetrize``).
       * ``'cooccurrence'``: :func:`cooccurrence_graph` on the TRAIN split -> ``{'cooccur': g}``
-        (``k`` default 5; ``norm`` default ``'none'``).
+        (``k`` default 5; ``norm`` default ``'none'``; ``measure`` cosine | count, ``min_count``).
       * ``'brmrs'``: :func:`brmrs_item_graph` -> ``{'brmrs_item': g}`` (params: ``alpha``, ``betas``,
         ``n_candidates``, ``norm``).
     ``k`` defaults to 10 (5 for co-occurrence).
@@ -325,10 +325,12 @@ def build_item_graphs(dataset, kind: str, k: Optional[int] = None, modalities: O
         return out
 
     if kind == "cooccurrence":
-        p = take("norm", "block_size")
-        g = cached("cooccur", {"k": int(k or 5), "norm": p.get("norm", "none"),
-                               "n_users": dataset.n_users, "n_items": dataset.n_items},
-                   {"train": np.unique(dataset.train, axis=0)},
+        p = take("norm", "block_size", "measure", "min_count")
+        key = {"k": int(k or 5), "norm": p.get("norm", "none"), "n_users": dataset.n_users,
+               "n_items": dataset.n_items}
+        if (p.get("measure", "cosine"), int(p.get("min_count", 1))) != ("cosine", 1):
+            key.update(measure=p.get("measure", "cosine"), min_count=int(p.get("min_count", 1)))
+        g = cached("cooccur", key, {"train": np.unique(dataset.train, axis=0)},
                    lambda: cooccurrence_graph(dataset, k or 5, **p), _cache_dir(cache))
         return {"cooccur": g}
     k = int(k or 10)

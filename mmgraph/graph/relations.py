@@ -22,9 +22,12 @@ Relation kinds (:data:`RELATION_KINDS`; ``k`` = neighbours per node):
   ``norm`` default none, ``weight``: similarity | binary);
 * ``anchorrec`` (items): AnchorRec's similarity-weighted, symmetrically normalised kNN graph of one
   ``feature`` (``'mm'`` = the anchor feature, see :func:`~mmgraph.graph.item_graphs.anchor_features`);
-* ``cooccurrence`` (items): top-k co-occurrence cosine over the training users;
+* ``cooccurrence`` (items): top-k co-occurrence cosine over the training users (``measure: count``:
+  ranked by and weighted with the number of shared users; ``min_count``: at least that many);
 * ``user_cooccurrence`` (users): the same over the users' training items;
-* ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``).
+* ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``);
+* ``damrs`` (items): DA-MRS's denoised kNN graph of one ``modality`` over the pairs above the mean
+  similarity in every modality (``k``, ``modalities``; :mod:`mmgraph.graph.denoised`).
 """
 from __future__ import annotations
 
@@ -131,13 +134,33 @@ def _user_cooccurrence(ds, p, cache, use_gpu) -> ItemGraph:
     from mmgraph.graph.cooccurrence import cooccurrence_graph
     p = dict(p)
     k, norm = int(p.pop("k", 10)), p.pop("norm", "none")
+    measure, min_count = p.pop("measure", "cosine"), int(p.pop("min_count", 1))
     if p:
         raise ConfigError(f"unknown parameter(s) for relation kind 'user_cooccurrence': {sorted(p)}")
     flipped = np.ascontiguousarray(np.unique(ds.train, axis=0)[:, ::-1])
-    return cached("user_cooccur", {"k": k, "norm": norm, "n_users": ds.n_users, "n_items": ds.n_items},
-                  {"train": flipped},
-                  lambda: cooccurrence_graph(flipped, k, n_users=ds.n_items, n_items=ds.n_users, norm=norm),
+    key = {"k": k, "norm": norm, "n_users": ds.n_users, "n_items": ds.n_items}
+    if (measure, min_count) != ("cosine", 1):
+        key.update(measure=measure, min_count=min_count)
+    return cached("user_cooccur", key, {"train": flipped},
+                  lambda: cooccurrence_graph(flipped, k, n_users=ds.n_items, n_items=ds.n_users, norm=norm,
+                                             measure=measure, min_count=min_count),
                   cache_dir=None if cache is True else cache)
+
+
+def _damrs(ds, p, cache, use_gpu) -> ItemGraph:
+    from mmgraph.graph.cache import cached
+    from mmgraph.graph.denoised import denoised_knn_graphs
+    from mmgraph.graph.item_graphs import _cache_dir, _features, _select
+    p = dict(p)
+    modality, k, modalities = p.pop("modality", None), int(p.pop("k", 10)), p.pop("modalities", None)
+    if p:
+        raise ConfigError(f"unknown parameter(s) for relation kind 'damrs': {sorted(p)}")
+    feats = _select(_features(ds), modalities)
+    if modality not in feats:
+        raise ConfigError(f"relation kind 'damrs' needs a 'modality' parameter, one of {sorted(feats)}")
+    graphs = cached("damrs", {"k": k, "modalities": sorted(feats)}, {m: feats[m] for m in sorted(feats)},
+                    lambda: denoised_knn_graphs(feats, k), _cache_dir(cache))
+    return graphs[modality]
 
 
 def _brmrs_item(ds, p, cache, use_gpu) -> ItemGraph:
@@ -156,6 +179,7 @@ RELATION_KINDS: Dict[str, Tuple[str, Builder]] = {
     "cooccurrence": ("item", _cooccurrence),
     "user_cooccurrence": ("user", _user_cooccurrence),
     "brmrs_item": ("item", _brmrs_item),
+    "damrs": ("item", _damrs),
 }
 
 

@@ -1,0 +1,175 @@
+"""DA-MRS (Xu et al., KDD 2024): denoising multimodal item graphs and user feedback, aligning the views,
+as MMRec's ``models/damrs.py``.
+
+* **Views.** LightGCN (mean, ``n_ui_layers``) on ID embeddings gives users ``u`` and items ``e_i``. Item
+  views ``h_v = S_v^(n_mm_layers) E_item``: one per modality over its denoised kNN graph (relation kind
+  ``damrs``, :mod:`mmgraph.graph.denoised`) and a *behaviour* view over the item co-occurrence graph (items
+  sharing at least ``session_min_count`` training users, the ``session_k`` most shared per item, relation
+  ``cooccurrence`` with ``measure: count``; plus self loops, binary weights, ``1 / sqrt(d_i d_j)`` by row
+  degrees). Score ``u . (e_i + mean_v h_v)``.
+* **Neighbour discrimination** (denoising the item graphs): for the batch's distinct items and each view
+  ``a``, ``P_v = softmax_j(cos(h_v[i], h_v[j]))`` over all items; pseudo-positives ``top10(sum_{b != a} P_b +
+  2 P_a)`` and, of ``P_a`` without those, another ``top10``; loss ``-log(sum_pos1 exp(c/T) / sum_all exp(c/T))
+  - log(sum_pos2 exp(c/T) / (sum_all - sum_pos1))`` with ``c`` the cosines in view ``a``, ``T = 0.2``,
+  averaged over the views.
+* **KL alignment**: for the batch's distinct users and items, ``p_g = sigmoid(u . norm(e_i))``,
+  ``p_t = sigmoid(u . norm(mean_v h_v[i]))``; ``mean(KL(p_g || p_t) + KL(p_t || p_g))`` (Bernoulli KLs).
+* **Denoised BPR** (user feedback): per row, ``s_v = sigmoid(u . norm(h_v[i+]))`` over the views; weights
+  (no gradient) ``w+ = clamp(mean_v s_v * exp(-Var_v s_v)^2, 0, 1)`` and, when ``mean_v s_v`` is below the
+  batch mean of the negatives' ``s``, ``w- = clamp(max_v s_v - that mean, 0, 1)`` (else 0);
+  ``-mean(w+ log sigmoid(s+ - s-) + w- log sigmoid(s- - s+))``.
+
+``L = BPR + neighbor_weight * ND + kl_weight * KL``. The Bernoulli probabilities of the KL are clamped to
+``[1e-7, 1 - 1e-7]`` (MMRec takes ``log`` of a saturated sigmoid, a NaN). The co-occurrence graph is our
+reading of MMRec's ``item_graph_dict_2.npy``, which its preprocessing does not ship.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmgraph.graph.relations import Relation, relation_adj, relation_graph
+from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
+from mmgraph.models.registry import register
+from mmgraph.nn.conv import LightGCNEncoder
+from mmgraph.nn.sparse import SparseAdj
+
+SESSION = "session"
+SESSION_GRAPH = "cocount_items"
+N_PSEUDO = 10
+TEMPERATURE = 0.2
+KL_EPS = 1e-7
+
+
+def modality_graph_name(m: str) -> str:
+    return f"damrs_{m}"
+
+
+def session_adj(data, name: str = SESSION_GRAPH) -> SparseAdj:
+    """The co-occurrence neighbours plus self loops, binary, ``1 / sqrt(d_i d_j)`` with row degrees ``d``."""
+    g = relation_graph(data, name, "item")
+    n = g.num_nodes
+    loops = torch.arange(n)
+    rows, cols = torch.cat([loops, g.row]), torch.cat([loops, g.col])
+    deg = torch.bincount(rows, minlength=n).float()
+    inv = deg.rsqrt()
+    return SparseAdj(torch.stack([rows, cols]), inv[rows] * inv[cols], (n, n))
+
+
+def pseudo_labels(probs: Tensor, own: int, n: int = N_PSEUDO, total: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """``(mm_pos [B, n], single_pos [B, n])`` for view ``own`` of ``probs [V, B, I]``: the top-``n`` of
+    ``sum_{v != own} P_v + 2 P_own``, then the top-``n`` of ``P_own`` with those removed. ``total``:
+    ``probs.sum(0)`` when already computed."""
+    positive = (probs.sum(0) if total is None else total) + probs[own]
+    mm_pos = positive.topk(n, dim=1).indices
+    rest = probs[own].scatter(1, mm_pos, 0.0)
+    return mm_pos, rest.topk(n, dim=1).indices
+
+
+def neighbour_discrimination(emb: Tensor, all_emb: Tensor, cos: Tensor, mm_pos: Tensor, single_pos: Tensor,
+                             temperature: float = TEMPERATURE) -> Tensor:
+    """DA-MRS's two-level InfoNCE of the unit rows ``emb [B, d]`` against their pseudo-positives ``mm_pos`` /
+    ``single_pos [B, n]`` among the unit rows ``all_emb [I, d]``; ``cos = emb @ all_emb^T [B, I]``."""
+    inv_t = 1.0 / temperature
+    mm = ((emb.unsqueeze(1) * all_emb[mm_pos]).sum(-1) * inv_t).exp().sum(1)
+    single = ((emb.unsqueeze(1) * all_emb[single_pos]).sum(-1) * inv_t).exp().sum(1)
+    total = (cos * inv_t).exp().sum(1)
+    return (-torch.log(mm / total + 1e-9) - torch.log(single / (total - mm) + 1e-9)).mean()
+
+
+def bernoulli_kl(p: Tensor, q: Tensor) -> Tensor:
+    return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
+
+
+@torch.no_grad()
+def feedback_weights(users: Tensor, pos_views: Tensor, neg_views: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(w+ [B], w- [B])`` from ``users [B, d]`` and the views' positive / negative item rows ``[V, B, d]``."""
+    p = torch.sigmoid((users.unsqueeze(0) * F.normalize(pos_views, dim=-1)).sum(-1))   # [V, B]
+    q = torch.sigmoid((users.unsqueeze(0) * F.normalize(neg_views, dim=-1)).sum(-1))
+    p_mean, p_var, p_max = p.mean(0), p.var(0), p.max(0).values
+    n_mean = q.mean()
+    w_pos = (p_mean * torch.exp(-p_var).pow(2)).clamp(0, 1)
+    w_neg = ((p_max - n_mean) * (p_mean < n_mean).float()).clamp(0, 1)
+    return w_pos, w_neg
+
+
+@register("damrs")
+class DAMRS(GraphRecommender):
+    """LightGCN plus item views over denoised modality kNN graphs and a co-occurrence graph; denoised
+    (re-weighted) BPR, neighbour discrimination between the views and a KL alignment of the ID and view
+    scores. Channels: one per view (``<modality>``, ``session``): ``u . h_v``."""
+
+    multimodal = True
+    defaults = {"embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 1, "knn_k": 10, "kl_weight": 1.0,
+                "neighbor_weight": 0.001, "session_k": 200, "session_min_count": 2}
+
+    @classmethod
+    def relations(cls, config, modalities: Sequence[str]) -> List[Relation]:
+        cfg = {**cls.defaults, **config}
+        rels = [Relation(modality_graph_name(m), "damrs", {"modality": m, "k": int(cfg["knn_k"])}) for m in modalities]
+        rels.append(Relation(SESSION_GRAPH, "cooccurrence", {"k": int(cfg["session_k"]), "measure": "count",
+                                                             "min_count": int(cfg["session_min_count"])}))
+        return rels
+
+    def __init__(self, data, config=None):
+        super().__init__(data, config)
+        cfg = self.config
+        self.encoder = LightGCNEncoder(int(cfg["n_ui_layers"]), "mean")
+        self.view_names: List[str] = list(item_features(data)) + [SESSION]
+        self.view_adj = torch.nn.ModuleDict({m: relation_adj(data, modality_graph_name(m))
+                                             for m in self.view_names[:-1]})
+        self.view_adj[SESSION] = session_adj(data)
+        self.view_encoder = LightGCNEncoder(int(cfg["n_mm_layers"]), "last")
+
+    def views(self) -> Tensor:
+        """``[V, I, d]``: the item ID embeddings propagated over each view's graph."""
+        e = self.item_emb.weight
+        return torch.stack([self.view_encoder(e, self.view_adj[v]) for v in self.view_names])
+
+    def forward(self) -> Tuple[Tensor, Tensor]:
+        u, i = self.propagate()
+        return u, i + self.views().mean(0)
+
+    def loss(self, batch: Batch) -> LossOutput:
+        users, items = self.propagate()
+        views = self.views()                                      # [V, I, d]
+        fused = views.mean(0)
+        uid = torch.unique(batch.users)
+        iid = torch.unique(torch.cat([batch.pos, batch.neg]))
+        # neighbour discrimination over the batch's distinct items: one [n, I] cosine matrix per view serves
+        # both the pseudo-labels (softmax, no gradient) and the InfoNCE
+        nv = F.normalize(views, dim=-1)
+        nb = nv[:, iid]
+        cos = [nb[v] @ nv[v].t() for v in range(nv.shape[0])]               # V x [n, I]
+        with torch.no_grad():
+            probs = torch.softmax(torch.stack([c.detach() for c in cos]), dim=-1)   # [V, n, I]
+            total = probs.sum(0)
+        n_pseudo = min(N_PSEUDO, self.n_items // 2)
+        nd = views.new_zeros(())
+        for a in range(len(self.view_names)):
+            mm_pos, single_pos = pseudo_labels(probs, a, n_pseudo, total)
+            nd = nd + neighbour_discrimination(nb[a], nv[a], cos[a], mm_pos, single_pos)
+        nd = nd / len(self.view_names)
+        del probs, total, cos
+        # KL alignment of the ID and the views' scores
+        ub = users[uid]
+        p_g = torch.sigmoid(ub @ F.normalize(items[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
+        p_t = torch.sigmoid(ub @ F.normalize(fused[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
+        kl = (bernoulli_kl(p_g, p_t) + bernoulli_kl(p_t, p_g)).mean()
+        # denoised BPR
+        eu = users[batch.users]
+        w_pos, w_neg = feedback_weights(eu, views[:, batch.pos], views[:, batch.neg])
+        item_all = items + fused
+        diff = (eu * item_all[batch.pos]).sum(-1) - (eu * item_all[batch.neg]).sum(-1)
+        bpr = -(F.logsigmoid(diff) * w_pos + F.logsigmoid(-diff) * w_neg).mean()
+        total = bpr + float(self.config["neighbor_weight"]) * nd + float(self.config["kl_weight"]) * kl
+        channels = {v: Channel(users=users, items=views[k]) for k, v in enumerate(self.view_names)}
+        return LossOutput(total, {"bpr": bpr, "nd": nd, "kl": kl}, users, item_all, channels=channels)
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        users = self.propagate()[0]
+        views = self.views()
+        return {v: (users, views[k]) for k, v in enumerate(self.view_names)}

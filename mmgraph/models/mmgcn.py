@@ -1,0 +1,139 @@
+"""MMGCN (Wei et al., MM 2019): one graph convolution network per modality, as MMRec's ``models/mmgcn.py``.
+
+Per modality ``m``: ``x^0 = norm([P_m ; X_m W_mlp])`` (user preferences ``P_m``; items: the frozen features,
+through ``Linear(d_m -> dim_latent[m])`` when the modality has a latent width, else raw), then ``n_layers``
+layers, each (the paper's eq. 1, 5 and the *concat* combination that MMRec runs)::
+
+    h     = LeakyReLU(mean_{j in N(v)} x_j W_conv)          # aggregation over the user-item graph
+    x_hat = LeakyReLU(Linear(x)) + E_id                       # the ID embedding, shared by the modalities
+    x     = LeakyReLU(Linear_g([h ; x_hat]))
+
+The representation is the mean over the modalities of the last ``x`` (``[U + I, d]``); a score is its dot
+product. Loss: BPR + ``reg_weight * [mean(E_id[u]^2 + E_id[i]^2) over the batch's (user, item) rows +
+mean(P_image^2)]`` (MMRec's terms).
+
+MMRec keeps ``E_id`` and ``P_m`` as plain tensors outside the optimiser (as the authors' code did), so
+they stay at their random initialisation and its regulariser has no gradient; ``frozen_embeddings:
+true`` reproduces that, the default trains them (the paper's model). MMRec's YAML says ``n_layers: 2``
+but its code always stacks three layers; the default here is the three MMRec runs.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmgraph.graph.hetero import INTERACTS
+from mmgraph.losses import bpr_loss
+from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
+from mmgraph.models.registry import register
+from mmgraph.nn.conv import LightGCNConv
+from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.sparse import SparseAdj
+
+
+def mean_adj(edge_index: Tensor, n_users: int, n_items: int) -> SparseAdj:
+    """The bipartite graph (both directions, users first) with weight ``1 / deg(target)``: ``A @ x`` is the
+    mean over each node's neighbours (MMRec's ``aggr='mean'``; isolated nodes get 0)."""
+    u, i = edge_index[0], edge_index[1] + n_users
+    rows, cols = torch.cat([u, i]), torch.cat([i, u])
+    n = n_users + n_items
+    deg = torch.bincount(rows, minlength=n).clamp(min=1).float()
+    return SparseAdj(torch.stack([rows, cols]), 1.0 / deg[rows], (n, n))
+
+
+def _xavier_linear(n_in: int, n_out: int, xavier: bool = True) -> nn.Linear:
+    lin = nn.Linear(n_in, n_out)
+    if xavier:
+        nn.init.xavier_normal_(lin.weight)
+    return lin
+
+
+class ModalityGCN(nn.Module):
+    """One modality's stack (MMRec's ``GCN``): ``forward(features [I, d_m], id_emb [U + I, d], adj)``
+    returns ``[U + I, d]``."""
+
+    def __init__(self, n_users: int, dim_feat: int, dim: int, n_layers: int, dim_latent: Optional[int],
+                 frozen: bool):
+        super().__init__()
+        width = int(dim_latent) if dim_latent else dim_feat
+        self.mlp = nn.Linear(dim_feat, width) if dim_latent else None
+        pref = nn.init.xavier_normal_(torch.empty(n_users, width))
+        if frozen:
+            self.register_buffer("preference", pref)
+        else:
+            self.preference = nn.Parameter(pref)
+        self.conv = LightGCNConv()
+        dims = [width] + [dim] * n_layers
+        self.conv_weight = nn.ParameterList([nn.Parameter(nn.init.xavier_normal_(torch.empty(dims[l], dims[l])))
+                                             for l in range(n_layers)])
+        self.linear = nn.ModuleList([_xavier_linear(dims[l], dim) for l in range(n_layers)])
+        # MMRec initialises the first combination layer with Xavier, the others with PyTorch's default
+        self.combine = nn.ModuleList([_xavier_linear(dims[l] + dim, dim, xavier=l == 0) for l in range(n_layers)])
+
+    def forward(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tensor:
+        items = self.mlp(features) if self.mlp is not None else features
+        x = F.normalize(torch.cat([self.preference, items], 0))
+        for w, lin, g in zip(self.conv_weight, self.linear, self.combine):
+            h = F.leaky_relu(self.conv(x @ w, adj))
+            x_hat = F.leaky_relu(lin(x)) + id_emb
+            x = F.leaky_relu(g(torch.cat([h, x_hat], 1)))
+        return x
+
+
+@register("mmgcn")
+class MMGCN(Recommender):
+    """A GCN per modality over the user-item graph (mean aggregation, concat combination with a shared ID
+    embedding); the representation is the mean of the modalities' outputs. Channels: one per modality."""
+
+    multimodal = True
+    defaults = {"embedding_size": 64, "n_layers": 3, "reg_weight": 0.0, "dim_latent": {"image": 256},
+                "frozen_embeddings": False}
+
+    def __init__(self, data, config=None):
+        super().__init__(data, config)
+        cfg = self.config
+        d = self.embedding_size
+        feats = item_features(data)
+        self.modalities: List[str] = list(feats)
+        self.features = FeatureTables(feats, trainable=False)
+        frozen = bool(cfg["frozen_embeddings"])
+        id_emb = nn.init.xavier_normal_(torch.empty(self.n_users + self.n_items, d))
+        if frozen:
+            self.register_buffer("id_emb", id_emb)
+        else:
+            self.id_emb = nn.Parameter(id_emb)
+        latent = dict(cfg.get("dim_latent") or {})
+        self.gcn = nn.ModuleDict({m: ModalityGCN(self.n_users, int(f.shape[1]), d, int(cfg["n_layers"]),
+                                                 latent.get(m), frozen) for m, f in feats.items()})
+        self.adj = mean_adj(data[INTERACTS].edge_index, self.n_users, self.n_items)
+
+    def parts(self) -> Dict[str, Tensor]:
+        """``{modality: [U + I, d]}``."""
+        return {m: self.gcn[m](self.features.raw(m), self.id_emb, self.adj) for m in self.modalities}
+
+    def _split(self, parts: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        rep = torch.stack(list(parts.values())).mean(0)
+        return rep[: self.n_users], rep[self.n_users:]
+
+    def forward(self) -> Tuple[Tensor, Tensor]:
+        return self._split(self.parts())
+
+    def loss(self, batch: Batch) -> LossOutput:
+        parts = self.parts()
+        u_all, i_all = self._split(parts)
+        eu = u_all[batch.users]
+        bpr = bpr_loss((eu * i_all[batch.pos]).sum(-1), (eu * i_all[batch.neg]).sum(-1))
+        idu = self.id_emb[batch.users]
+        idi = self.id_emb[self.n_users + torch.cat([batch.pos, batch.neg])]
+        reg = (2 * idu.pow(2).sum() + idi.pow(2).sum()) / idi.numel()
+        if "image" in self.gcn:
+            reg = reg + self.gcn["image"].preference.pow(2).mean()
+        reg = float(self.config["reg_weight"]) * reg
+        channels = {m: Channel(users=p[: self.n_users], items=p[self.n_users:]) for m, p in parts.items()}
+        return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all, channels=channels)
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        return {m: (p[: self.n_users], p[self.n_users:]) for m, p in self.parts().items()}

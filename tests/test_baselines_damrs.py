@@ -1,0 +1,169 @@
+"""DA-MRS: it learns, CROSS attaches, and its denoised item graphs, behaviour graph, pseudo-labels,
+neighbour discrimination, feedback weights and scores match brute-force references (MMRec's dense
+formulas, written out here)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmgraph.data import make_synthetic
+from mmgraph.graph.denoised import denoised_knn_graphs, mean_cosine
+from mmgraph.models.base import Batch
+from mmgraph.models.damrs import (SESSION, feedback_weights, neighbour_discrimination, pseudo_labels)
+from mmgraph.train import build_model, load_config, train
+from tests.helpers import popularity_recall
+from tests.test_baselines_dualgnn import brute_cocount_topk
+
+TRAIN = {"epochs": 30, "patience": 5, "seed": 1, "learning_rate": 5e-3, "batch_size": 256, "log_geometry": False,
+         "graph_cache": False}
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return make_synthetic(n_users=400, n_items=300, seed=7)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = make_synthetic(n_users=40, n_items=30, modalities={"image": 6, "text": 5}, seed=3)
+    # non-negative features (as CNN / sentence features after ReLU): every cosine >= 0
+    ds.features = {m: np.abs(f) for m, f in ds.features.items()}
+    return ds
+
+
+def _batch(ds, n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.from_numpy(ds.train)[torch.randint(0, len(ds.train), (n,), generator=g)]
+    return Batch(rows[:, 0], rows[:, 1], torch.randint(0, ds.n_items, (n,), generator=g))
+
+
+def _mmrec_denoised(v, t, k):
+    """MMRec's DAMRS.get_knn_adj_mat, dense, as written there."""
+    def sim(x):
+        xn = x / x.norm(dim=1, keepdim=True)
+        return xn @ xn.t()
+    v_sim, t_sim = sim(v), sim(t)
+    mask_v, mask_t = v_sim < v_sim.mean(), t_sim < t_sim.mean()
+    t_sim[mask_v] = 0
+    v_sim[mask_t] = 0
+    t_sim[mask_t] = 0
+    v_sim[mask_v] = 0
+    n = v.shape[0]
+    av, at = torch.zeros(n, n), torch.zeros(n, n)
+    for i in range(n):
+        num = len(torch.nonzero(t_sim[i]))
+        kk = num if num <= k else k
+        av[i, torch.topk(v_sim[i], kk).indices] = 1
+        at[i, torch.topk(t_sim[i], kk).indices] = 1
+
+    def lap(a):
+        d = (a.sum(1) + 1e-7).pow(-0.5)
+        return d[:, None] * a * d[None, :]
+    return lap(av), lap(at)
+
+
+def test_damrs_beats_popularity_and_mf(synth):
+    mf = train("mf", synth, load_config("mf", overrides=TRAIN), progress=False)[0]["test"]["recall@20"]
+    result, _ = train("damrs", synth, load_config("damrs", overrides=TRAIN), progress=False)
+    assert result["test"]["recall@20"] > popularity_recall(synth) + 0.01
+    assert result["test"]["recall@20"] > mf
+
+
+@pytest.mark.parametrize("k,block", [(3, 1 << 22), (10, 64)])
+def test_denoised_graphs_match_mmrec_dense(tiny, k, block):
+    v, t = (torch.as_tensor(tiny.features[m]) for m in ("image", "text"))
+    ref_v, ref_t = _mmrec_denoised(v.clone(), t.clone(), k)
+    got = denoised_knn_graphs(tiny.features, k, max_block_elems=block)
+    torch.testing.assert_close(got["image"].to_dense(), ref_v)
+    torch.testing.assert_close(got["text"].to_dense(), ref_t)
+    if k == 10:   # the denoising bites: some items keep fewer than k supported neighbours
+        assert bool((got["image"].row_counts() < k).any())
+    xn = F.normalize(v)
+    assert abs(mean_cosine(xn) - float((xn @ xn.t()).mean())) < 1e-6
+
+
+def test_behaviour_graph_and_views_match_brute_force(tiny):
+    torch.manual_seed(0)
+    model = build_model("damrs", tiny, {"graph_cache": False, "session_k": 4, "knn_k": 3})
+    n = tiny.n_items
+    a = torch.eye(n)
+    for i, nb in brute_cocount_topk(np.unique(tiny.train, axis=0)[:, ::-1], n, tiny.n_users, 4, 2).items():
+        for j, _ in nb:
+            a[i, j] = 1
+    d = a.sum(1).rsqrt()
+    torch.testing.assert_close(model.view_adj[SESSION].csr.to_dense(), d[:, None] * a * d[None, :])
+    ref_v, ref_t = _mmrec_denoised(*(torch.as_tensor(tiny.features[m]) for m in ("image", "text")), 3)
+    torch.testing.assert_close(model.view_adj["image"].csr.to_dense(), ref_v)
+    e = model.item_emb.weight
+    views = [ref_v @ e, ref_t @ e, model.view_adj[SESSION].csr.to_dense() @ e]
+    users, items = model.embeddings()
+    lu, li = model.propagate()
+    torch.testing.assert_close(users, lu)
+    torch.testing.assert_close(items, li + sum(views) / 3, atol=1e-5, rtol=1e-5)
+
+
+def test_pseudo_labels_and_discrimination_match_mmrec():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 5, 40), -1)
+    for own in range(3):
+        others = [probs[v] for v in range(3) if v != own]
+        positive = others[0] + others[1] + probs[own] + probs[own]
+        mm = torch.topk(positive, 10, dim=-1).indices
+        p = probs[own].clone()
+        p.scatter_(1, mm, 0)
+        single = torch.topk(p, 10, dim=-1).indices
+        for got in (pseudo_labels(probs, own), pseudo_labels(probs, own, total=probs.sum(0))):
+            assert torch.equal(got[0], mm) and torch.equal(got[1], single)
+    emb, all_emb = torch.randn(5, 8), torch.randn(40, 8)
+    e, a = F.normalize(emb), F.normalize(all_emb)
+    losses = []
+    for b in range(5):
+        ex = lambda j: torch.exp(e[b] @ a[j] / 0.2)   # noqa: E731
+        pos1 = sum(ex(j) for j in mm[b])
+        pos2 = sum(ex(j) for j in single[b])
+        tot = sum(ex(j) for j in range(40))
+        losses.append(-torch.log(pos1 / tot + 1e-9) - torch.log(pos2 / (tot - pos1) + 1e-9))
+    torch.testing.assert_close(neighbour_discrimination(e, a, e @ a.t(), mm, single), torch.stack(losses).mean())
+
+
+def test_feedback_weights_match_mmrec():
+    torch.manual_seed(1)
+    u, pos, neg = torch.randn(16, 8), torch.randn(3, 16, 8), torch.randn(3, 16, 8)
+    p = torch.sigmoid(torch.stack([(u * F.normalize(pos[v], dim=-1)).sum(1) for v in range(3)]))
+    q = torch.sigmoid(torch.stack([(u * F.normalize(neg[v], dim=-1)).sum(1) for v in range(3)]))
+    w_pos = torch.clamp(p.mean(0) * torch.exp(-torch.var(p, dim=0)) ** 2, 0, 1)
+    mask = (p.mean(0) < q.mean()).float()
+    w_neg = torch.clamp((p.max(0).values - q.mean()) * mask, 0, 1)
+    got = feedback_weights(u, pos, neg)
+    torch.testing.assert_close(got[0], w_pos)
+    torch.testing.assert_close(got[1], w_neg)
+    assert mask.sum() > 0   # the negative branch is exercised
+
+
+def test_damrs_loss_terms(tiny):
+    torch.manual_seed(0)
+    model = build_model("damrs", tiny, {"graph_cache": False, "kl_weight": 0.5, "neighbor_weight": 0.1})
+    batch = _batch(tiny)
+    out = model.loss(batch)
+    t = out.terms
+    torch.testing.assert_close(out.loss, t["bpr"] + 0.1 * t["nd"] + 0.5 * t["kl"])
+    assert all(torch.isfinite(v) and v >= 0 for v in t.values())
+    out.loss.backward()
+    assert model.item_emb.weight.grad.abs().sum() > 0 and model.user_emb.weight.grad.abs().sum() > 0
+
+
+def test_cross_attaches_to_damrs(tiny):
+    from mmgraph.train.run import build_plugins
+    cfg = {k: v for k, v in load_config("damrs", overrides={"plugins": ["cross"], "graph_cache": False,
+                                                             "cross_alpha": 1.0, "cross_beta": 1.0,
+                                                             "cross_prototypes": 8}).items() if k != "grid"}
+    model = build_model("damrs", tiny, cfg, torch.device("cpu"))
+    plugin = build_plugins(cfg, tiny, model)[0]
+    assert plugin.width == model.embeddings()[1].shape[1] == 64
+    batch = _batch(tiny)
+    out = model.loss(batch)
+    terms = plugin.loss(batch, out)
+    total = out.loss + sum(terms.values())
+    assert set(terms) == {"ilda", "dt", "cna", "cla"} and torch.isfinite(total)
+    total.backward()
+    assert set(model.channel_embeddings()) == {"final", "image", "text", SESSION}

@@ -1,0 +1,97 @@
+"""DRAGON: it learns, CROSS attaches, its item graph is the brute-force kNN graph, and its forward and loss
+match brute force (the user graph is DualGNN's, checked in test_baselines_dualgnn.py)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmgraph.data import make_synthetic
+from mmgraph.models.base import Batch
+from mmgraph.train import build_model, load_config, train
+from tests.helpers import popularity_recall
+from tests.test_baselines_dualgnn import _dense_sym, _dense_user_softmax
+
+TRAIN = {"epochs": 30, "patience": 5, "seed": 1, "learning_rate": 5e-3, "batch_size": 256, "log_geometry": False,
+         "graph_cache": False}
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return make_synthetic(n_users=400, n_items=300, seed=7)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_synthetic(n_users=30, n_items=25, modalities={"image": 6, "text": 5}, seed=3)
+
+
+def _batch(ds, n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.from_numpy(ds.train)[torch.randint(0, len(ds.train), (n,), generator=g)]
+    return Batch(rows[:, 0], rows[:, 1], torch.randint(0, ds.n_items, (n,), generator=g))
+
+
+def _dense_knn_sym(x: torch.Tensor, k: int) -> torch.Tensor:
+    """MMRec's get_knn_adj_mat + compute_normalized_laplacian, dense."""
+    xn = x / x.norm(dim=1, keepdim=True)
+    idx = (xn @ xn.t()).topk(k, dim=1).indices
+    a = torch.zeros(x.shape[0], x.shape[0]).scatter_(1, idx, 1.0)
+    d = (a.sum(1) + 1e-7).rsqrt()
+    return d[:, None] * a * d[None, :]
+
+
+def test_dragon_beats_popularity_and_mf(synth):
+    mf = train("mf", synth, load_config("mf", overrides=TRAIN), progress=False)[0]["test"]["recall@20"]
+    result, _ = train("dragon", synth, load_config("dragon", overrides=TRAIN),
+                      progress=False)
+    assert result["test"]["recall@20"] > popularity_recall(synth) + 0.01
+    assert result["test"]["recall@20"] > mf
+
+
+def test_dragon_forward_matches_brute_force(tiny):
+    torch.manual_seed(0)
+    model = build_model("dragon", tiny, {"graph_cache": False, "user_knn_k": 4, "knn_k": 3})
+    U = tiny.n_users
+    feats = {m: torch.as_tensor(f) for m, f in tiny.features.items()}
+    s_item = 0.1 * _dense_knn_sym(feats["image"], 3) + 0.9 * _dense_knn_sym(feats["text"], 3)
+    torch.testing.assert_close(model.item_graph.csr.to_dense(), s_item)
+    a, s_user = _dense_sym(tiny), _dense_user_softmax(tiny, 4)
+    reps = []
+    for m in model.modalities:
+        b = model.branches[m]
+        x = F.normalize(torch.cat([b.preference, b.mlp_1(F.leaky_relu(b.mlp(model.features.raw(m))))]))
+        reps.append(x + a @ x + a @ a @ x)
+    users = torch.cat([model.weight_u[:, k:k + 1] * r[:U] for k, r in enumerate(reps)], 1)
+    items = torch.cat([r[U:] for r in reps], 1)
+    got_u, got_i = model.embeddings()
+    torch.testing.assert_close(got_u, users + s_user @ users, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_i, items + s_item @ items, atol=1e-5, rtol=1e-5)
+
+
+def test_dragon_loss_is_mmrec_log2_bpr_plus_reg(tiny):
+    torch.manual_seed(0)
+    model = build_model("dragon", tiny, {"reg_weight": 0.01, "graph_cache": False})
+    batch = _batch(tiny)
+    out = model.loss(batch)
+    eu = out.user_emb[batch.users]
+    diff = (eu * out.item_emb[batch.pos]).sum(1) - (eu * out.item_emb[batch.neg]).sum(1)
+    bpr = -torch.log2(torch.sigmoid(diff)).mean()
+    reg = sum((model.branches[m].preference[batch.users] ** 2).mean() for m in model.modalities)
+    torch.testing.assert_close(out.loss, bpr + 0.01 * (reg + (model.weight_u ** 2).mean()), atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attaches_to_dragon(tiny):
+    from mmgraph.train.run import build_plugins
+    cfg = {k: v for k, v in load_config("dragon", overrides={"plugins": ["cross"], "graph_cache": False,
+                                                              "cross_alpha": 1.0, "cross_beta": 1.0,
+                                                              "cross_prototypes": 8}).items() if k != "grid"}
+    model = build_model("dragon", tiny, cfg, torch.device("cpu"))
+    plugin = build_plugins(cfg, tiny, model)[0]
+    assert plugin.width == model.embeddings()[1].shape[1] == 2 * 64
+    batch = _batch(tiny)
+    out = model.loss(batch)
+    terms = plugin.loss(batch, out)
+    total = out.loss + sum(terms.values())
+    assert set(terms) == {"ilda", "dt", "cna", "cla"} and torch.isfinite(total)
+    total.backward()
+    assert model.weight_u.grad.abs().sum() > 0
+    assert set(model.channel_embeddings()) == {"final", "image", "text"}

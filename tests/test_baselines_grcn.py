@@ -1,0 +1,142 @@
+"""GRCN: it learns, CROSS attaches, and its attention, routing, refined edges and loss match brute force."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmgraph.data import make_synthetic
+from mmgraph.models.base import Batch
+from mmgraph.models.grcn import edge_attention
+from mmgraph.train import build_model, load_config, train
+from tests.helpers import popularity_recall
+
+TRAIN = {"epochs": 30, "patience": 5, "seed": 1, "learning_rate": 5e-3, "batch_size": 256, "log_geometry": False,
+         "graph_cache": False}
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return make_synthetic(n_users=400, n_items=300, seed=7)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_synthetic(n_users=30, n_items=25, modalities={"image": 6, "text": 5}, seed=3)
+
+
+def _batch(ds, n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.from_numpy(ds.train)[torch.randint(0, len(ds.train), (n,), generator=g)]
+    return Batch(rows[:, 0], rows[:, 1], torch.randint(0, ds.n_items, (n,), generator=g))
+
+
+def test_grcn_beats_popularity_and_mf(synth):
+    mf = train("mf", synth, load_config("mf", overrides=TRAIN), progress=False)[0]["test"]["recall@20"]
+    result, _ = train("grcn", synth, load_config("grcn", overrides=TRAIN), progress=False)
+    assert result["test"]["recall@20"] > popularity_recall(synth) + 0.01
+    assert result["test"]["recall@20"] > mf
+
+
+def test_edge_attention_is_a_softmax_over_each_targets_edges():
+    torch.manual_seed(0)
+    x = torch.randn(6, 4)
+    ei = torch.tensor([[0, 1, 2, 3, 4, 0], [5, 5, 5, 4, 3, 4]])
+    alpha = edge_attention(x, ei, 6)
+    for e in range(ei.shape[1]):
+        same = (ei[1] == ei[1, e]).nonzero().flatten()
+        logits = torch.stack([x[ei[0, f]] @ x[ei[1, f]] for f in same])
+        ref = torch.softmax(logits, 0)[(same == e).nonzero().item()]
+        torch.testing.assert_close(alpha[e], ref)
+
+
+def _brute_content(model, m, n_users, pairs, user_routing):
+    layer = model.content[m]
+    f = F.normalize(F.leaky_relu(layer.mlp(model.features.raw(m))))
+    p = F.normalize(layer.preference)
+    items_of = {u: [i for uu, i in pairs if uu == u] for u in range(n_users)}
+    for _ in range(layer.n_routing):
+        if user_routing:
+            new = p.clone()
+            for u, its in items_of.items():
+                if its:
+                    a = torch.softmax(torch.stack([p[u] @ f[i] for i in its]), 0)
+                    new[u] = p[u] + sum(a[k] * f[i] for k, i in enumerate(its))
+            p = new
+        p = F.normalize(p)
+    x = torch.cat([p, f])
+    n = x.shape[0]
+    nbrs = {v: [] for v in range(n)}
+    for u, i in pairs:
+        nbrs[u].append(n_users + i)
+        nbrs[n_users + i].append(u)
+    att = {}
+    out = x.clone()
+    for v, ns in nbrs.items():
+        if ns:
+            a = torch.softmax(torch.stack([x[v] @ x[j] for j in ns]), 0)
+            for k, j in enumerate(ns):
+                att[(j, v)] = a[k]
+                out[v] = out[v] + a[k] * x[j]
+    return out, att
+
+
+@pytest.mark.parametrize("user_routing", [True, False])
+def test_grcn_forward_matches_brute_force(tiny, user_routing):
+    torch.manual_seed(0)
+    model = build_model("grcn", tiny, {"user_routing": user_routing, "n_layers": 2, "graph_cache": False})
+    U = tiny.n_users
+    pairs = [tuple(map(int, r)) for r in sorted({tuple(r) for r in tiny.train.tolist()})]
+    parts = model.parts()
+    atts = {}
+    for k, m in enumerate(model.modalities):
+        ref, atts[m] = _brute_content(model, m, U, pairs, user_routing)
+        torch.testing.assert_close(parts[m], ref, atol=1e-5, rtol=1e-5)
+    # refined edge weights: relu(max_m alpha^m_{j->v} * confidence[j, m]); ID branch x + A x + A^2 x
+    n = U + tiny.n_items
+    a = torch.zeros(n, n)
+    for (j, v) in atts[model.modalities[0]]:
+        w = max(atts[m][(j, v)] * model.confidence[j, k] for k, m in enumerate(model.modalities))
+        a[v, j] = torch.relu(w)
+    x = F.normalize(model.id_emb)
+    torch.testing.assert_close(parts["id"], x + a @ x + a @ a @ x, atol=1e-5, rtol=1e-5)
+    # the score is the sum of the channel scores; routing off leaves preferences merely normalised
+    users, items = model.embeddings()
+    chans = model.channel_embeddings()
+    total = sum(chans[c][0][:3] @ chans[c][1][:4].t() for c in ["id", *model.modalities])
+    torch.testing.assert_close(users[:3] @ items[:4].t(), total, atol=1e-5, rtol=1e-5)
+
+
+def test_grcn_loss_is_mmrec_bpr_plus_reg(tiny):
+    torch.manual_seed(0)
+    model = build_model("grcn", tiny, {"reg_weight": 0.1, "graph_cache": False})
+    batch = _batch(tiny)
+    out = model.loss(batch)
+    U = tiny.n_users
+    # MMRec's calculate_loss, written as it is (user_tensor / item_tensor interleaved)
+    rep = torch.cat([out.user_emb, out.item_emb])
+    user_tensor = batch.users.repeat_interleave(2)
+    item_tensor = torch.stack([batch.pos + U, batch.neg + U]).t().reshape(-1)
+    score = (rep[user_tensor] * rep[item_tensor]).sum(1).view(-1, 2)
+    bpr = -torch.log(torch.sigmoid(score @ torch.tensor([[1.0], [-1.0]]))).mean()
+    reg = (model.id_emb[user_tensor] ** 2 + model.id_emb[item_tensor] ** 2).mean()
+    reg = reg + (model.content["image"].preference ** 2).mean()
+    for m in model.modalities:
+        reg = reg + (model.content[m].preference[user_tensor] ** 2).mean()
+    torch.testing.assert_close(out.loss, bpr + 0.1 * reg, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attaches_to_grcn(tiny):
+    from mmgraph.train.run import build_plugins
+    cfg = {k: v for k, v in load_config("grcn", overrides={"plugins": ["cross"], "graph_cache": False,
+                                                            "cross_alpha": 1.0, "cross_beta": 1.0,
+                                                            "cross_prototypes": 8}).items() if k != "grid"}
+    model = build_model("grcn", tiny, cfg, torch.device("cpu"))
+    plugin = build_plugins(cfg, tiny, model)[0]
+    assert plugin.width == model.embeddings()[1].shape[1] == 64 + 2 * 64
+    batch = _batch(tiny)
+    out = model.loss(batch)
+    terms = plugin.loss(batch, out)
+    total = out.loss + sum(terms.values())
+    assert set(terms) == {"ilda", "dt", "cna", "cla"} and torch.isfinite(total)
+    total.backward()
+    assert model.id_emb.grad.abs().sum() > 0 and model.confidence.grad.abs().sum() > 0
+    assert set(model.channel_embeddings()) == {"final", "id", "image", "text"}
