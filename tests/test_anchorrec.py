@@ -14,7 +14,8 @@ from mmgraph.cli.main import main
 from mmgraph.data import make_synthetic, save_atomic
 from mmgraph.errors import ConfigError
 from mmgraph.graph import anchorrec_graph
-from mmgraph.models.anchorrec import (aal_terms, amp_loss, amp_weights, cosine_margin_loss, graph_smoothness,
+from mmgraph.models.anchorrec import (aal_terms, amp_loss, info_nce_counts, amp_weights, cosine_margin_loss, graph_smoothness,
+                                      graph_smoothness_quadratic,
                                       mix_weights, resolve_modalities, score_modalities)
 from mmgraph.models.base import Batch
 from mmgraph.train import build_model, load_config, train
@@ -54,6 +55,12 @@ def test_info_nce_terms_equal_the_formula():
     t_id, t_mix = aal_terms(p_mm, p_id, p_mix, tau)
     assert float(t_id) == pytest.approx(brute(p_mm, p_id), rel=1e-5)
     assert float(t_mix) == pytest.approx(brute(p_mm, p_mix), rel=1e-5)
+    # the fused InfoNCE has the gradients of the library's autograd InfoNCE
+    from mmgraph.losses import info_nce
+    a, b = p_mm.clone().requires_grad_(True), p_id.clone().requires_grad_(True)
+    for x, y in zip(torch.autograd.grad(info_nce_counts(a, b, tau), [a, b]),
+                    torch.autograd.grad(info_nce(a, b, tau), [a, b])):
+        torch.testing.assert_close(x, y)
 
 
 @pytest.mark.parametrize("gram", [False, True])
@@ -76,12 +83,29 @@ def test_amp_equals_the_pairwise_formula(similarity, gram):
     torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("gram", [False, True])
+def test_distinct_rows_with_counts_equal_the_repeated_batch(gram):
+    """AAL and AMP run on the batch's distinct items with their counts: the same values and gradients as
+    on the repeated rows (the released code's batch)."""
+    torch.manual_seed(3)
+    a, b, f = torch.randn(5, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True), torch.randn(5, 7)
+    counts = torch.tensor([1, 3, 1, 2, 4])
+    rows = torch.repeat_interleave(torch.arange(5), counts)
+    got = info_nce_counts(a, b, 0.2, counts) + amp_loss(a, F.normalize(f, dim=-1), gram=gram, counts=counts)
+    from mmgraph.losses import info_nce
+    ref = info_nce(a[rows], b[rows], 0.2) + amp_loss(a[rows], F.normalize(f[rows], dim=-1), gram=gram)
+    torch.testing.assert_close(got, ref)
+    for x, y in zip(torch.autograd.grad(got, [a, b]), torch.autograd.grad(ref, [a, b])):
+        torch.testing.assert_close(x, y)
+
+
 def test_cosine_margin_and_smoothness_equal_their_formulas():
     torch.manual_seed(2)
     u = torch.randn(5, 3, requires_grad=True)
     p, n = torch.randn(5, 3), torch.randn(5, 3)
-    ref = np.mean([max(0.0, 0.2 - float(F.cosine_similarity(u[k], p[k], dim=0))
-                       + float(F.cosine_similarity(u[k], n[k], dim=0))) for k in range(5)])
+    ud = u.detach()
+    ref = np.mean([max(0.0, 0.2 - float(F.cosine_similarity(ud[k], p[k], dim=0))
+                       + float(F.cosine_similarity(ud[k], n[k], dim=0))) for k in range(5)])
     loss = cosine_margin_loss(u, p, n, 0.2)
     assert float(loss) == pytest.approx(ref, rel=1e-5)
     assert not loss.requires_grad            # the user is detached, and p, n are constants here
@@ -89,6 +113,18 @@ def test_cosine_margin_and_smoothness_equal_their_formulas():
     ei, w = torch.tensor([[0, 1, 3, 2], [1, 2, 0, 2]]), torch.tensor([0.5, 1.0, 2.0, 0.7])
     ref = np.mean([float(w[e]) * float(((h[ei[0, e]] - h[ei[1, e]]) ** 2).sum()) for e in range(4)])
     assert float(graph_smoothness(h, ei, w)) == pytest.approx(ref, rel=1e-6)
+
+
+def test_the_model_smoothness_equals_the_edge_formula_with_its_gradient(small):
+    model = build_model("anchorrec", small, _cfg())
+    h = torch.randn(small.n_items, 8, dtype=torch.float64, requires_grad=True)
+    adj = model.item_graphs["mm"].double()
+    edges = adj.edge_index()                     # (row = target, col = source), the relation's edges
+    ref = graph_smoothness(h, edges, adj.edge_weight())
+    got = graph_smoothness_quadratic(h, adj, model.smooth_degree.double(), model.n_smooth_edges)
+    assert edges.shape[1] == model.n_smooth_edges
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(torch.autograd.grad(got, h)[0], torch.autograd.grad(ref, h)[0])
 
 
 def test_the_anchor_is_detached_for_the_unimodal_mix_only():

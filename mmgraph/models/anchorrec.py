@@ -67,7 +67,8 @@ AMP_DEFAULTS = {ANCHOR: 1.0, TEXT: 0.03, "other": 0.01}
 
 
 # ---------------------------------------------------------------------------------------------- losses
-def amp_loss(h: Tensor, f_normed: Tensor, similarity: str = "cosine", gram: Optional[bool] = None) -> Tensor:
+def amp_loss(h: Tensor, f_normed: Tensor, similarity: str = "cosine", gram: Optional[bool] = None,
+             counts: Optional[Tensor] = None) -> Tensor:
     """One modality's AMP term (eq. 3): ``||C(h) - C(f)||_F / n`` over all ``n x n`` pairs of rows.
 
     Args:
@@ -76,6 +77,8 @@ def amp_loss(h: Tensor, f_normed: Tensor, similarity: str = "cosine", gram: Opti
         similarity: ``cosine`` (the paper's ``C``) or ``dot`` (the released code: raw ``h h^T``).
         gram: compute through the small Gram matrices (below) instead of the ``[n, n]`` matrices;
             ``None`` picks the cheaper way.
+        counts: ``[n]`` multiplicities: row ``j`` stands for ``counts[j]`` identical rows; the result is
+            exactly the term of the expanded batch (rows scaled by ``sqrt(c)``, ``n`` = ``sum(c)``).
 
     With ``a`` = the rows compared (``h`` normalised, or raw for ``dot``) and ``f`` = ``f_normed``,
     ``||a a^T - f f^T||_F^2 = ||a^T a||_F^2 - 2 ||a^T f||_F^2 + ||f^T f||_F^2``: ``O(n (d + d_m)^2)``
@@ -85,6 +88,9 @@ def amp_loss(h: Tensor, f_normed: Tensor, similarity: str = "cosine", gram: Opti
     a = F.normalize(h, dim=-1) if similarity == "cosine" else h
     f = f_normed.detach()
     n, d, dm = a.shape[0], a.shape[1], f.shape[1]
+    if counts is not None:
+        root = counts.to(a.dtype).sqrt().unsqueeze(1)
+        a, f, n = a * root, f * root, float(counts.sum())
     if gram is None:
         gram = d * d + d * dm + dm * dm < n * (d + dm)
     if not gram:
@@ -101,15 +107,74 @@ def cosine_margin_loss(users: Tensor, pos: Tensor, neg: Tensor, margin: float = 
 
 
 def graph_smoothness(h: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
-    """``mean_e w_e ||h[src_e] - h[dst_e]||^2`` over the ``E`` edges ``edge_index [2, E]`` of a graph."""
+    """``mean_e w_e ||h[src_e] - h[dst_e]||^2`` over the ``E`` edges ``edge_index [2, E]`` of a graph
+    (the reference form; the model uses :func:`graph_smoothness_quadratic`)."""
     diff = h[edge_index[0]] - h[edge_index[1]]
     return (diff.pow(2).sum(-1) * edge_weight).mean()
 
 
-def aal_terms(p_mm: Tensor, p_id: Tensor, p_mix: Tensor, tau: float) -> Tuple[Tensor, Tensor]:
+def graph_smoothness_quadratic(h: Tensor, adj: SparseAdj, degree: Tensor, n_edges: int) -> Tensor:
+    """:func:`graph_smoothness` as a quadratic form, one sparse product instead of two ``[E, d]`` gathers:
+    ``sum_e w_e ||h_s - h_t||^2 = sum_i c_i ||h_i||^2 - 2 <h, A h>`` with ``A [I, I]`` the weighted graph
+    (``A[t, s] = w_e``) and ``c = `` out- plus in-weight sums ``[I]``; divided by ``n_edges``."""
+    return ((degree * h.pow(2).sum(-1)).sum() - 2.0 * (h * adj.matmul(h)).sum()) / n_edges
+
+
+class _InfoNCE(torch.autograd.Function):
+    """``sum_k w_k (log sum_l exp(a_k . b_l / tau + beta_l) - a_k . b_k / tau)`` for rows ``a, b [n, d]``,
+    column biases ``beta [n]`` and row weights ``w [n]``. The ``[n, n]`` logits become the softmax in
+    place; the backward reuses it (``dL/dlogits = w_k (P_kl - 1[k = l])``): one ``[n, n]`` buffer and
+    one matrix product per input that needs a gradient."""
+
+    @staticmethod
+    def forward(ctx, a, b, beta, w, tau):  # type: ignore[override]
+        logits = torch.addmm(beta.unsqueeze(0), a, b.t(), alpha=1.0 / tau)
+        pos = (a * b).sum(-1) / tau
+        top = logits.amax(1, keepdim=True)
+        probs = logits.sub_(top).exp_()
+        total = probs.sum(1, keepdim=True)
+        lse = total.log().add_(top).squeeze(1)
+        probs.div_(total)
+        ctx.save_for_backward(a, b, w, probs)
+        ctx.tau = tau
+        return (w * (lse - pos)).sum()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, b, w, probs = ctx.saved_tensors
+        scale = (w * grad).unsqueeze(1)
+        g = probs.mul_(scale)
+        g.diagonal().sub_(scale.squeeze(1))
+        ga = g @ b / ctx.tau if ctx.needs_input_grad[0] else None
+        gb = g.t() @ a / ctx.tau if ctx.needs_input_grad[1] else None
+        return ga, gb, None, None, None
+
+
+def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Optional[Tensor] = None) -> Tensor:
+    """In-batch InfoNCE (cosine logits / ``tau``) over rows that stand for ``counts [n]`` identical rows each.
+
+    Without ``counts`` it equals :func:`mmgraph.losses.info_nce` (``mean_k -log softmax_k(cos(a_k, b) /
+    tau)_k``). With them it equals ``info_nce`` of the expanded ``[sum(counts), d]`` batch exactly (a
+    repeated item is a negative of itself as often as it repeats, as in the released code), in
+    ``O(n^2 d)`` instead of ``O(B^2 d)``: ``sum_j c_j (-s_jj + log sum_l c_l exp(s_jl)) / sum_j c_j``.
+    Computed by :class:`_InfoNCE` (one ``[n, n]`` buffer).
+    """
+    a, b = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    n = a.shape[0]
+    if counts is None:
+        beta, w = a.new_zeros(n), a.new_full((n,), 1.0 / n)
+    else:
+        c = counts.to(a.dtype)
+        beta, w = c.log(), c / c.sum()
+    return _InfoNCE.apply(a, b, beta, w, float(tau))
+
+
+def aal_terms(p_mm: Tensor, p_id: Tensor, p_mix: Tensor, tau: float,
+              counts: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Eq. 2: ``(InfoNCE(p_mm, p_id), InfoNCE(sg(p_mm), p_mix))``; the anchor is detached in the second
-    term only, so the unimodal mix moves toward the anchor and not the reverse."""
-    return info_nce(p_mm, p_id, tau), info_nce(p_mm.detach(), p_mix, tau)
+    term only, so the unimodal mix moves toward the anchor and not the reverse. ``counts``: row
+    multiplicities (see :func:`info_nce_counts`)."""
+    return info_nce_counts(p_mm, p_id, tau, counts), info_nce_counts(p_mm.detach(), p_mix, tau, counts)
 
 
 def mlp(d_in: int, d: int) -> nn.Sequential:
@@ -254,11 +319,13 @@ class AnchorRec(GraphRecommender):
         self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in raw.items()})        # P_m
         self.gate = nn.ModuleDict({m: nn.Linear(d, d) for m in self.refined})                   # G_m
         self.item_graphs = nn.ModuleDict({m: relation_adj(data, RELATION_PREFIX + m) for m in self.refined})
+        # graph smoothness on S_mm: the relation's own edges, through the same sparse matrix
         store = data["item", RELATION_PREFIX + ANCHOR, "item"]
-        weights = getattr(store, "edge_weight", None)
-        self.register_buffer("smooth_edges", store.edge_index, persistent=False)
-        self.register_buffer("smooth_weights", torch.ones(store.edge_index.shape[1]) if weights is None
-                             else weights.float(), persistent=False)
+        ei, w = store.edge_index, getattr(store, "edge_weight", None)
+        w = torch.ones(ei.shape[1]) if w is None else w.float()
+        degree = torch.zeros(self.n_items).index_add_(0, ei[0], w).index_add_(0, ei[1], w)
+        self.register_buffer("smooth_degree", degree, persistent=False)
+        self.n_smooth_edges = max(int(ei.shape[1]), 1)
         self.user_agg = self._user_aggregation(data)                                            # R_hat
         raw_in = cfg["projection_input"] == "raw"
         self.proj = nn.ModuleDict({ID: mlp(d, d), ANCHOR: mlp(d, d),
@@ -334,19 +401,23 @@ class AnchorRec(GraphRecommender):
 
     # ------------------------------------------------------------------ loss
     def aal(self, pos: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
-        """Eq. 2 on the batch's positive rows: ``(InfoNCE(p_mm, p_id), InfoNCE(sg(p_mm), p_mix))``."""
-        p_mm = self.project(ANCHOR, h[ANCHOR][pos])
-        p_id = self.project(ID, i_id[pos])
-        p_mix = sum(w * self.project(m, h[m][pos], pos) for m, w in self.mix.items() if w)
-        return aal_terms(p_mm, p_id, p_mix, self.tau)
+        """Eq. 2 over the batch's positive rows ``pos [B]`` (repeats kept, as released; computed on the
+        distinct items with their counts): ``(InfoNCE(p_mm, p_id), InfoNCE(sg(p_mm), p_mix))``."""
+        items, counts = torch.unique(pos, return_counts=True)
+        p_mm = self.project(ANCHOR, h[ANCHOR][items])
+        p_id = self.project(ID, i_id[items])
+        p_mix = sum(w * self.project(m, h[m][items], items) for m, w in self.mix.items() if w)
+        return aal_terms(p_mm, p_id, p_mix, self.tau, counts)
 
     def amp_term(self, pos: Tensor, h: Dict[str, Tensor]) -> Tensor:
-        """Eq. 3: ``sum_m lambda_m ||C(h_m) - C(f_m)||_F / B`` over the positive rows."""
+        """Eq. 3: ``sum_m lambda_m ||C(h_m) - C(f_m)||_F / B`` over the pairs of positive rows ``pos [B]``
+        (computed on the distinct items with their counts)."""
+        items, counts = torch.unique(pos, return_counts=True)
         sim = self.config["amp_similarity"]
         total = h[ANCHOR].new_zeros(())
         for m, lam in self.amp.items():
             if lam:
-                total = total + lam * amp_loss(h[m][pos], self.raw.raw(m, pos), sim)
+                total = total + lam * amp_loss(h[m][items], self.raw.raw(m, items), sim, counts=counts)
         return total
 
     def loss(self, batch: Batch) -> LossOutput:
@@ -365,8 +436,8 @@ class AnchorRec(GraphRecommender):
         if float(cfg["amp_weight"]):
             terms["amp"] = float(cfg["amp_weight"]) * self.amp_term(batch.pos, h)
         if float(cfg["smooth_weight"]):
-            terms["smooth"] = float(cfg["smooth_weight"]) * graph_smoothness(
-                h[ANCHOR], self.smooth_edges, self.smooth_weights)
+            terms["smooth"] = float(cfg["smooth_weight"]) * graph_smoothness_quadratic(
+                h[ANCHOR], self.item_graphs[ANCHOR], self.smooth_degree, self.n_smooth_edges)
         total = sum(terms.values())
         return LossOutput(total, terms, users, items, channels=self._step_channels(u_id, i_id, h))
 
