@@ -197,8 +197,10 @@ def test_channels_and_projection_spaces(small):
     for name in ("id", "mm", "image"):
         s = out.channel(name).score(batch.users, batch.pos)
         assert s.shape == (len(batch),) and s.requires_grad
+    users, items = model.forward()                 # the step's rows = the full tables' rows
     torch.testing.assert_close(out.channel().score(batch.users, batch.pos),
-                               (out.user_emb[batch.users] * out.item_emb[batch.pos]).sum(-1))
+                               (users[batch.users] * items[batch.pos]).sum(-1))
+    torch.testing.assert_close(out.channel().item_rows(batch.neg), items[batch.neg])
 
 
 def test_loss_switches_remove_their_terms(small):

@@ -82,8 +82,8 @@ def amp_loss(h: Tensor, f_normed: Tensor, similarity: str = "cosine", gram: Opti
 
     With ``a`` = the rows compared (``h`` normalised, or raw for ``dot``) and ``f`` = ``f_normed``,
     ``||a a^T - f f^T||_F^2 = ||a^T a||_F^2 - 2 ||a^T f||_F^2 + ||f^T f||_F^2``: ``O(n (d + d_m)^2)``
-    instead of ``O(n^2 (d + d_m))`` flops, evaluated in float64 (the three terms nearly cancel when
-    the structures agree).
+    instead of ``O(n^2 (d + d_m))`` flops; the terms with a gradient are evaluated in float64 (the three
+    terms nearly cancel when the structures agree).
     """
     a = F.normalize(h, dim=-1) if similarity == "cosine" else h
     f = f_normed.detach()
@@ -96,7 +96,9 @@ def amp_loss(h: Tensor, f_normed: Tensor, similarity: str = "cosine", gram: Opti
     if not gram:
         return torch.linalg.matrix_norm(a @ a.t() - f @ f.t()) / n
     a64, f64 = a.double(), f.double()
-    sq = (a64.t() @ a64).square().sum() - 2 * (a64.t() @ f64).square().sum() + (f64.t() @ f64).square().sum()
+    # the constant ||f^T f||^2 (no gradient) from a float32 product: its rounding only shifts the value
+    const = (f.t() @ f).double().square().sum()
+    sq = (a64.t() @ a64).square().sum() - 2 * (a64.t() @ f64).square().sum() + const
     return sq.clamp_min(1e-30).sqrt().to(h.dtype) / n
 
 
@@ -363,19 +365,31 @@ class AnchorRec(GraphRecommender):
             return self.proj[m](self.frozen.raw(m, items))
         return self.proj[m](x)
 
-    def fuse(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    def fuse(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor],
+             full_items: bool = True) -> Tuple[Tensor, Tensor]:
         """Scoring users ``[U, d]`` and items ``[I, d]``: sums over the scoring modalities plus the anchor
-        correction ``lambda_recon MLP(p_mm)`` on the items."""
+        correction ``lambda_recon MLP(p_mm)`` on the items. ``full_items=False``: the items without the
+        correction (:meth:`item_rows` adds it to the rows a step needs)."""
         users, items = None, None
         for m in self.scoring:
             u = u_id if m == ID else self.user_agg.matmul(h[m])
             i = i_id if m == ID else h[m]
             users = u if users is None else users + u
             items = i if items is None else items + i
-        lam = float(self.config["lambda_recon"])
-        if lam:
-            items = items + lam * self.recon(self.project(ANCHOR, h[ANCHOR]))
+        if full_items:
+            items = self.correct(items, h[ANCHOR])
         return users, items
+
+    def correct(self, items: Tensor, h_mm: Tensor) -> Tensor:
+        """``items + lambda_recon MLP(p_mm)`` for rows ``items, h_mm [n, d]`` of the same items."""
+        lam = float(self.config["lambda_recon"])
+        return items + lam * self.recon(self.project(ANCHOR, h_mm)) if lam else items
+
+    def item_rows(self, base: Tensor, h_mm: Tensor, ids: Tensor) -> Tensor:
+        """Final item rows ``[len(ids), d]`` from the uncorrected table ``base [I, d]``: the correction MLP
+        runs on the distinct ``ids`` only (the same values and gradients as on the whole table)."""
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        return self.correct(base[uniq], h_mm[uniq])[inv]
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self.fuse(*self.encode())
@@ -423,8 +437,10 @@ class AnchorRec(GraphRecommender):
     def loss(self, batch: Batch) -> LossOutput:
         cfg = self.config
         u_id, i_id, h = self.encode()
-        users, items = self.fuse(u_id, i_id, h)
-        eu, ep, en = users[batch.users], items[batch.pos], items[batch.neg]
+        users, base = self.fuse(u_id, i_id, h, full_items=False)
+        n_pos = batch.pos.shape[0]
+        rows = self.item_rows(base, h[ANCHOR], torch.cat([batch.pos, batch.neg]))
+        eu, ep, en = users[batch.users], rows[:n_pos], rows[n_pos:]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         terms = {"bpr": bpr, "reg": float(cfg["reg_weight"]) * l2_reg(eu, ep, en)}
         if float(cfg["ui_cosine_weight"]):
@@ -439,7 +455,8 @@ class AnchorRec(GraphRecommender):
             terms["smooth"] = float(cfg["smooth_weight"]) * graph_smoothness_quadratic(
                 h[ANCHOR], self.item_graphs[ANCHOR], self.smooth_degree, self.n_smooth_edges)
         total = sum(terms.values())
-        return LossOutput(total, terms, users, items, channels=self._step_channels(u_id, i_id, h))
+        return LossOutput(total, terms, users, item_rows=lambda ids: self.item_rows(base, h[ANCHOR], ids),
+                          channels=self._step_channels(u_id, i_id, h))
 
     def _step_channels(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Dict[str, Channel]:
         """This step's ``id`` and per-modality channels; a modality's users ``y_m`` are aggregated on
