@@ -65,7 +65,7 @@ def test_a_list_is_a_grid_axis_only_on_tunable_keys():
     ({"nosuch_key": 1}, "unknown setting 'nosuch_key'"),
     ({"reg_wieght": 1e-3}, "did you mean reg_weight"),
     ({"cross_alpha": 1.0}, "it belongs to plug-in cross"),
-    ({"knn_k": 5}, "it is a setting of cm3, "),   # cm3, freedom, lattice, ...: not of mf
+    ({"knn_k": 5}, "it is a setting of "),   # every method with an item kNN graph, not mf
     ({"learning_rate": "abc"}, "learning_rate: expected a number >= 0, got 'abc'"),
     ({"epochs": 0}, "epochs: expected an integer >= 1, got 0"),
     ({"epochs": 2.5}, "epochs: expected an integer >= 1, got 2.5"),

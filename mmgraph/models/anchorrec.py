@@ -1,0 +1,474 @@
+"""AnchorRec (Jeong, Kang & Lee): anchor-based indirect alignment in a lightweight projection domain.
+
+Follows the paper (eq. 1-3) and ``specs/anchorrec.md``; where the paper is silent the released code
+(github.com/hun9008/AnchorRec) decides, and where the two differ the paper's version is the default and
+the released one a switch. Modalities: ``id``, the anchor ``mm`` and the content modalities of the data
+(any set; the paper's ``t`` and ``v``):
+
+* **ID encoder**: LightGCN (``n_ui_layers``, mean readout) on the user-item graph -> ``h_id^u, h_id^i``;
+* **collaborative refinement** (items), for ``m`` in ``mm`` + content:
+  ``h~_m = e_id^i (.) sigmoid(G_m(P_m f_m))`` (``e_id^i`` the layer-0 item ID embedding, as released;
+  ``P_m = Linear(d_m -> d)``, ``G_m = Linear(d -> d)``), then ``h_m = S_m^L h~_m`` over the frozen
+  similarity-weighted kNN graph ``S_m`` of ``f_m`` (the run graph's ``anchorrec_<m>`` relation,
+  ``L = n_mm_layers``); users: ``y_m^u = sum_i R_hat_ui h_m^i`` (``R_hat`` the user-item block of the
+  symmetric-normalised interaction matrix);
+* **projection domain** (items only): ``p_m = MLP_m(h_m)`` (``d -> d -> d``) for ``m`` in ``id, mm`` +
+  content (``projection_input: raw``: content modalities project their raw ``f_m``, as released);
+* **fusion**: ``h^i = sum_{m in S} h_m^i + lambda_recon MLP(p_mm^i)``, ``h^u = sum_{m in S} y_m^u``
+  (``y_id = h_id^u``) over the scoring modalities ``S`` (default ``id, mm`` + ``text`` when present,
+  as released); ``score = h^u . h^i``.
+
+Loss (one step, batch of BPR triples; ``pos`` = the batch's positive items, repeats kept as released):
+``L = BPR + reg_weight L2 + ui_cosine_weight margin + aal_weight AAL + amp_weight AMP
++ smooth_weight smoothness`` with
+
+* ``L2 = (|u|^2 + |i+|^2 + |i-|^2) / 2 / B`` on the final rows; ``margin = mean relu(0.2 - cos(sg(u), i+)
+  + cos(sg(u), i-))`` (released code);
+* ``AAL = InfoNCE(p_mm, p_id) + InfoNCE(sg(p_mm), p_mix)`` (eq. 2), ``p_mix = sum_m w_m p_m`` over the
+  content modalities (paper: ``0.75 p_t + 0.25 p_v``), cosine logits / ``tau``;
+* ``AMP = sum_m lambda_m ||C(h_m) - C(f_m)||_F / B`` over the ``B x B`` pairs of positive rows (eq. 3;
+  ``C`` cosine, ``amp_similarity: dot`` = the released raw ``h h^T``; ``/ B`` is the released EmbLoss);
+* ``smoothness = mean over the edges (i, j) of S_mm of w_ij ||h_mm^i - h_mm^j||^2`` (released code).
+
+The anchor feature ``f_mm`` is the dataset's feature named ``anchor_modality`` (default ``mm``); when the
+data has no such feature and ``anchor_modality`` is ``mm``, it is the concatenation of the per-modality
+L2-normalised content features (logged).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmgraph.errors import ConfigError
+from mmgraph.graph.bipartite import sym_norm_weights
+from mmgraph.graph.hetero import INTERACTS
+from mmgraph.graph.relations import Relation, relation_adj
+from mmgraph.losses import bpr_loss, info_nce, l2_reg
+from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
+from mmgraph.models.registry import register
+from mmgraph.nn.conv import LightGCNEncoder
+from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.sparse import SparseAdj
+
+log = logging.getLogger(__name__)
+
+ID = "id"
+ANCHOR = "mm"
+TEXT = "text"
+RELATION_PREFIX = "anchorrec_"
+PROJECTION_INPUTS = ("refined", "raw")
+AMP_SIMILARITIES = ("cosine", "dot")
+#: AMP weights lambda_m (paper: mm 1, t 0.03, v 0.01); content modalities other than text get ``other``
+AMP_DEFAULTS = {ANCHOR: 1.0, TEXT: 0.03, "other": 0.01}
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def amp_loss(h: Tensor, f_normed: Tensor, similarity: str = "cosine", gram: Optional[bool] = None,
+             counts: Optional[Tensor] = None) -> Tensor:
+    """One modality's AMP term (eq. 3): ``||C(h) - C(f)||_F / n`` over all ``n x n`` pairs of rows.
+
+    Args:
+        h: ``[n, d]`` learned (refined) embeddings of the batch's positive items.
+        f_normed: ``[n, d_m]`` their raw features, L2-normalised (so ``f f^T`` is the raw cosine).
+        similarity: ``cosine`` (the paper's ``C``) or ``dot`` (the released code: raw ``h h^T``).
+        gram: compute through the small Gram matrices (below) instead of the ``[n, n]`` matrices;
+            ``None`` picks the cheaper way.
+        counts: ``[n]`` multiplicities: row ``j`` stands for ``counts[j]`` identical rows; the result is
+            exactly the term of the expanded batch (rows scaled by ``sqrt(c)``, ``n`` = ``sum(c)``).
+
+    With ``a`` = the rows compared (``h`` normalised, or raw for ``dot``) and ``f`` = ``f_normed``,
+    ``||a a^T - f f^T||_F^2 = ||a^T a||_F^2 - 2 ||a^T f||_F^2 + ||f^T f||_F^2``: ``O(n (d + d_m)^2)``
+    instead of ``O(n^2 (d + d_m))`` flops; the terms with a gradient are evaluated in float64 (the three
+    terms nearly cancel when the structures agree).
+    """
+    a = F.normalize(h, dim=-1) if similarity == "cosine" else h
+    f = f_normed.detach()
+    n, d, dm = a.shape[0], a.shape[1], f.shape[1]
+    if counts is not None:
+        root = counts.to(a.dtype).sqrt().unsqueeze(1)
+        a, f, n = a * root, f * root, float(counts.sum())
+    if gram is None:
+        gram = d * d + d * dm + dm * dm < n * (d + dm)
+    if not gram:
+        return torch.linalg.matrix_norm(a @ a.t() - f @ f.t()) / n
+    a64, f64 = a.double(), f.double()
+    # the constant ||f^T f||^2 (no gradient) from a float32 product: its rounding only shifts the value
+    const = (f.t() @ f).double().square().sum()
+    sq = (a64.t() @ a64).square().sum() - 2 * (a64.t() @ f64).square().sum() + const
+    return sq.clamp_min(1e-30).sqrt().to(h.dtype) / n
+
+
+def cosine_margin_loss(users: Tensor, pos: Tensor, neg: Tensor, margin: float = 0.2) -> Tensor:
+    """The released code's ``mean relu(margin - cos(sg(u), i+) + cos(sg(u), i-))`` (rows ``[B, d]``)."""
+    u = users.detach()
+    return F.relu(margin - F.cosine_similarity(u, pos, dim=-1) + F.cosine_similarity(u, neg, dim=-1)).mean()
+
+
+def graph_smoothness(h: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+    """``mean_e w_e ||h[src_e] - h[dst_e]||^2`` over the ``E`` edges ``edge_index [2, E]`` of a graph
+    (the reference form; the model uses :func:`graph_smoothness_quadratic`)."""
+    diff = h[edge_index[0]] - h[edge_index[1]]
+    return (diff.pow(2).sum(-1) * edge_weight).mean()
+
+
+def graph_smoothness_quadratic(h: Tensor, adj: SparseAdj, degree: Tensor, n_edges: int) -> Tensor:
+    """:func:`graph_smoothness` as a quadratic form, one sparse product instead of two ``[E, d]`` gathers:
+    ``sum_e w_e ||h_s - h_t||^2 = sum_i c_i ||h_i||^2 - 2 <h, A h>`` with ``A [I, I]`` the weighted graph
+    (``A[t, s] = w_e``) and ``c = `` out- plus in-weight sums ``[I]``; divided by ``n_edges``."""
+    return ((degree * h.pow(2).sum(-1)).sum() - 2.0 * (h * adj.matmul(h)).sum()) / n_edges
+
+
+class _InfoNCE(torch.autograd.Function):
+    """``sum_k w_k (log sum_l exp(a_k . b_l / tau + beta_l) - a_k . b_k / tau)`` for rows ``a, b [n, d]``,
+    column biases ``beta [n]`` and row weights ``w [n]``. The ``[n, n]`` logits become the softmax in
+    place; the backward reuses it (``dL/dlogits = w_k (P_kl - 1[k = l])``): one ``[n, n]`` buffer and
+    one matrix product per input that needs a gradient."""
+
+    @staticmethod
+    def forward(ctx, a, b, beta, w, tau):  # type: ignore[override]
+        logits = torch.addmm(beta.unsqueeze(0), a, b.t(), alpha=1.0 / tau)
+        pos = (a * b).sum(-1) / tau
+        top = logits.amax(1, keepdim=True)
+        probs = logits.sub_(top).exp_()
+        total = probs.sum(1, keepdim=True)
+        lse = total.log().add_(top).squeeze(1)
+        probs.div_(total)
+        ctx.save_for_backward(a, b, w, probs)
+        ctx.tau = tau
+        return (w * (lse - pos)).sum()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, b, w, probs = ctx.saved_tensors
+        scale = (w * grad).unsqueeze(1)
+        g = probs.mul_(scale)
+        g.diagonal().sub_(scale.squeeze(1))
+        ga = g @ b / ctx.tau if ctx.needs_input_grad[0] else None
+        gb = g.t() @ a / ctx.tau if ctx.needs_input_grad[1] else None
+        return ga, gb, None, None, None
+
+
+def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Optional[Tensor] = None) -> Tensor:
+    """In-batch InfoNCE (cosine logits / ``tau``) over rows that stand for ``counts [n]`` identical rows each.
+
+    Without ``counts`` it equals :func:`mmgraph.losses.info_nce` (``mean_k -log softmax_k(cos(a_k, b) /
+    tau)_k``). With them it equals ``info_nce`` of the expanded ``[sum(counts), d]`` batch exactly (a
+    repeated item is a negative of itself as often as it repeats, as in the released code), in
+    ``O(n^2 d)`` instead of ``O(B^2 d)``: ``sum_j c_j (-s_jj + log sum_l c_l exp(s_jl)) / sum_j c_j``.
+    Computed by :class:`_InfoNCE` (one ``[n, n]`` buffer).
+    """
+    a, b = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    n = a.shape[0]
+    if counts is None:
+        beta, w = a.new_zeros(n), a.new_full((n,), 1.0 / n)
+    else:
+        c = counts.to(a.dtype)
+        beta, w = c.log(), c / c.sum()
+    return _InfoNCE.apply(a, b, beta, w, float(tau))
+
+
+def aal_terms(p_mm: Tensor, p_id: Tensor, p_mix: Tensor, tau: float,
+              counts: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Eq. 2: ``(InfoNCE(p_mm, p_id), InfoNCE(sg(p_mm), p_mix))``; the anchor is detached in the second
+    term only, so the unimodal mix moves toward the anchor and not the reverse. ``counts``: row
+    multiplicities (see :func:`info_nce_counts`)."""
+    return info_nce_counts(p_mm, p_id, tau, counts), info_nce_counts(p_mm.detach(), p_mix, tau, counts)
+
+
+def mlp(d_in: int, d: int) -> nn.Sequential:
+    """The projection MLP ``Linear(d_in -> d), ReLU, Linear(d -> d)`` with Xavier-uniform weights."""
+    net = nn.Sequential(nn.Linear(d_in, d), nn.ReLU(), nn.Linear(d, d))
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+    return net
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def resolve_modalities(config: Mapping, modalities: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """``(anchor feature or None, content modalities)``.
+
+    The anchor is the feature named ``anchor_modality``; ``None`` means the documented default (the
+    data has no feature of that name and it is ``mm``): the concatenation of the L2-normalised content
+    features. The content modalities are the data's other features."""
+    anchor = str(config.get("anchor_modality", ANCHOR))
+    modalities = list(modalities)
+    if ID in modalities:
+        raise ConfigError("anchorrec: a feature named 'id' clashes with the ID modality; rename it")
+    if anchor != ANCHOR and ANCHOR in modalities:
+        raise ConfigError(f"anchorrec: the data's {ANCHOR!r} feature is the multimodal anchor; it cannot be a "
+                          f"content modality beside anchor_modality {anchor!r}")
+    if anchor in modalities:
+        feature: Optional[str] = anchor
+        content = [m for m in modalities if m != anchor]
+    elif anchor == ANCHOR:
+        feature, content = None, modalities
+    else:
+        raise ConfigError(f"anchorrec: anchor_modality {anchor!r} is not a feature of the data (it has "
+                          f"{', '.join(modalities) or 'none'}); name one, or 'mm' for the default anchor")
+    if not content:
+        raise ConfigError(f"anchorrec needs at least one content modality besides the anchor {anchor!r} "
+                          f"(features: {', '.join(modalities) or 'none'})")
+    return feature, content
+
+
+def mix_weights(config: Mapping, content: Sequence[str]) -> Dict[str, float]:
+    """Weights ``w_m`` of ``p_mix = sum_m w_m p_m``: explicit ``mix_weights``; else ``text`` gets
+    ``mix_alpha`` (0.75) and the other content modalities share ``1 - mix_alpha`` equally (the paper's
+    ``0.75 p_t + 0.25 p_v``); without text, or with text alone, equal weights."""
+    explicit = config.get("mix_weights")
+    if explicit:
+        unknown = [m for m in explicit if m not in content]
+        if unknown:
+            raise ConfigError(f"anchorrec mix_weights names {unknown}, not content modalities ({list(content)})")
+        out = {m: float(explicit.get(m, 0.0)) for m in content}
+        if not any(w > 0 for w in out.values()):
+            raise ConfigError(f"anchorrec mix_weights {dict(explicit)} gives p_mix no positive weight")
+        return out
+    if TEXT in content and len(content) > 1:
+        alpha = float(config.get("mix_alpha", 0.75))
+        rest = (1.0 - alpha) / (len(content) - 1)
+        return {m: alpha if m == TEXT else rest for m in content}
+    return {m: 1.0 / len(content) for m in content}
+
+
+def amp_weights(config: Mapping, content: Sequence[str]) -> Dict[str, float]:
+    """``lambda_m`` of AMP for ``mm`` and the content modalities: mm 1, text 0.03, others 0.01 (paper:
+    ``(1, 0.03, 0.01)`` for mm, t, v); ``amp_weights`` overrides the modalities it names."""
+    out = {ANCHOR: AMP_DEFAULTS[ANCHOR]}
+    out.update({m: AMP_DEFAULTS[TEXT] if m == TEXT else AMP_DEFAULTS["other"] for m in content})
+    explicit = dict(config.get("amp_weights") or {})
+    unknown = [m for m in explicit if m not in out]
+    if unknown:
+        raise ConfigError(f"anchorrec amp_weights names {unknown}; expected some of {list(out)}")
+    out.update({m: float(w) for m, w in explicit.items()})
+    return out
+
+
+def score_modalities(config: Mapping, content: Sequence[str]) -> List[str]:
+    """The modalities summed into the scoring representations (default ``id, mm`` + ``text``)."""
+    chosen = config.get("score_modalities")
+    if chosen is None:
+        return [ID, ANCHOR] + ([TEXT] if TEXT in content else [])
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    allowed = [ID, ANCHOR, *content]
+    unknown = [m for m in chosen if m not in allowed]
+    if unknown or not chosen:
+        raise ConfigError(f"anchorrec score_modalities {chosen} must be a non-empty subset of {allowed}")
+    return [m for m in allowed if m in chosen]
+
+
+# ---------------------------------------------------------------------------------------------- model
+@register("anchorrec")
+class AnchorRec(GraphRecommender):
+    """ID encoder + gated refinement over frozen kNN graphs + projection-domain AAL / AMP (module doc)."""
+
+    multimodal = True
+    defaults = {
+        "embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 1, "knn_k": 10,
+        "anchor_modality": ANCHOR, "score_modalities": None,
+        "reg_weight": 1e-3, "ui_cosine_weight": 0.01, "ui_cosine_margin": 0.2,
+        "aal_weight": 1e-2, "amp_weight": 1e-2, "smooth_weight": 0.1, "tau": 0.1,
+        "mix_alpha": 0.75, "mix_weights": None, "amp_weights": None, "amp_similarity": "cosine",
+        "lambda_recon": 5e-4, "projection_input": "refined", "finetune_features": False,
+    }
+
+    @classmethod
+    def relations(cls, config, modalities: Sequence[str]) -> List[Relation]:
+        cfg = {**cls.defaults, **config}
+        feature, content = resolve_modalities(cfg, modalities)
+        k = int(cfg["knn_k"])
+        rels = [Relation(RELATION_PREFIX + m, "anchorrec", {"feature": m, "k": k}) for m in content]
+        anchor = {"feature": feature, "k": k} if feature else {"feature": ANCHOR, "k": k, "modalities": content}
+        return rels + [Relation(RELATION_PREFIX + ANCHOR, "anchorrec", anchor)]
+
+    def __init__(self, data, config=None):
+        super().__init__(data, config)
+        cfg = self.config
+        self.tau = float(cfg["tau"])
+        if not self.tau > 0:
+            raise ConfigError(f"anchorrec tau must be > 0 (InfoNCE divides by it), got {cfg['tau']}")
+        for key, choices in (("projection_input", PROJECTION_INPUTS), ("amp_similarity", AMP_SIMILARITIES)):
+            if cfg[key] not in choices:
+                raise ConfigError(f"anchorrec {key} must be one of {list(choices)}, got {cfg[key]!r}")
+        feats = item_features(data)
+        anchor_feature, self.content = resolve_modalities(cfg, list(feats))
+        if anchor_feature is None:
+            log.info("anchorrec: no %r feature: the anchor is the concatenation of the L2-normalised %s "
+                     "features", ANCHOR, "+".join(self.content))
+            anchor = torch.cat([F.normalize(feats[m].float(), dim=-1) for m in self.content], 1)
+        else:
+            anchor = feats[anchor_feature]
+        self.anchor_feature = anchor_feature
+        self.refined = [ANCHOR, *self.content]          # modalities with a refined h_m
+        self.scoring = score_modalities(cfg, self.content)
+        self.mix = mix_weights(cfg, self.content)
+        self.amp = amp_weights(cfg, self.content)
+        raw = {ANCHOR: anchor, **{m: feats[m] for m in self.content}}
+        d = self.embedding_size
+
+        # frozen raw features (AMP targets, L2-normalised once) and the gate inputs (fine-tuned copies
+        # with finetune_features, as the released code)
+        self.raw = FeatureTables({m: F.normalize(x.float(), dim=-1) for m, x in raw.items()})
+        self.feats = FeatureTables(raw, trainable=bool(cfg["finetune_features"]))
+        # the unchanged features for projection_input: raw (the released code projects the originals)
+        self.frozen = FeatureTables(raw) if self.feats.trainable else self.feats
+        self.encoder = LightGCNEncoder(int(cfg["n_ui_layers"]), "mean")
+        self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in raw.items()})        # P_m
+        self.gate = nn.ModuleDict({m: nn.Linear(d, d) for m in self.refined})                   # G_m
+        self.item_graphs = nn.ModuleDict({m: relation_adj(data, RELATION_PREFIX + m) for m in self.refined})
+        # graph smoothness on S_mm: the relation's own edges, through the same sparse matrix
+        store = data["item", RELATION_PREFIX + ANCHOR, "item"]
+        ei, w = store.edge_index, getattr(store, "edge_weight", None)
+        w = torch.ones(ei.shape[1]) if w is None else w.float()
+        degree = torch.zeros(self.n_items).index_add_(0, ei[0], w).index_add_(0, ei[1], w)
+        self.register_buffer("smooth_degree", degree, persistent=False)
+        self.n_smooth_edges = max(int(ei.shape[1]), 1)
+        self.user_agg = self._user_aggregation(data)                                            # R_hat
+        raw_in = cfg["projection_input"] == "raw"
+        self.proj = nn.ModuleDict({ID: mlp(d, d), ANCHOR: mlp(d, d),
+                                   **{m: mlp(raw[m].shape[1] if raw_in else d, d) for m in self.content}})
+        self.recon = mlp(d, d)                                                                  # MLP(p_mm)
+        log.debug("AnchorRec anchor %s, content %s, scoring %s", anchor_feature or "concat", self.content,
+                  self.scoring)
+
+    def _user_aggregation(self, data) -> SparseAdj:
+        """``R_hat [U, I]``: the user-item block of ``D^-1/2 A D^-1/2`` (the interaction adjacency)."""
+        ui = data[INTERACTS].edge_index
+        n_users = self.n_users
+        both = torch.stack([torch.cat([ui[0], ui[1] + n_users]), torch.cat([ui[1] + n_users, ui[0]])])
+        w = sym_norm_weights(both, n_users + self.n_items)[: ui.shape[1]]
+        return SparseAdj(ui, w, (n_users, self.n_items))
+
+    # ------------------------------------------------------------------ representations
+    def refine(self, m: str) -> Tensor:
+        """``h_m = S_m^L (e_id (.) sigmoid(G_m(P_m f_m)))`` for all items ``[I, d]``."""
+        gate = torch.sigmoid(self.gate[m](self.trs[m](self.feats.table(m))))
+        h = self.item_emb.weight * gate
+        for _ in range(int(self.config["n_mm_layers"])):
+            h = self.item_graphs[m].matmul(h)
+        return h
+
+    def encode(self) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+        """``(h_id^u [U, d], h_id^i [I, d], {m: h_m [I, d]} for mm and the content modalities)``."""
+        u_id, i_id = self.propagate()
+        return u_id, i_id, {m: self.refine(m) for m in self.refined}
+
+    def project(self, m: str, x: Tensor, items: Optional[Tensor] = None) -> Tensor:
+        """``p_m`` of rows ``x`` (``h_m`` of those items); the raw feature instead for content modalities
+        with ``projection_input: raw`` (then ``items`` selects the rows)."""
+        if m not in (ID, ANCHOR) and self.config["projection_input"] == "raw":
+            return self.proj[m](self.frozen.raw(m, items))
+        return self.proj[m](x)
+
+    def fuse(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor],
+             full_items: bool = True) -> Tuple[Tensor, Tensor]:
+        """Scoring users ``[U, d]`` and items ``[I, d]``: sums over the scoring modalities plus the anchor
+        correction ``lambda_recon MLP(p_mm)`` on the items. ``full_items=False``: the items without the
+        correction (:meth:`item_rows` adds it to the rows a step needs)."""
+        users, items = None, None
+        for m in self.scoring:
+            u = u_id if m == ID else self.user_agg.matmul(h[m])
+            i = i_id if m == ID else h[m]
+            users = u if users is None else users + u
+            items = i if items is None else items + i
+        if full_items:
+            items = self.correct(items, h[ANCHOR])
+        return users, items
+
+    def correct(self, items: Tensor, h_mm: Tensor) -> Tensor:
+        """``items + lambda_recon MLP(p_mm)`` for rows ``items, h_mm [n, d]`` of the same items."""
+        lam = float(self.config["lambda_recon"])
+        return items + lam * self.recon(self.project(ANCHOR, h_mm)) if lam else items
+
+    def item_rows(self, base: Tensor, h_mm: Tensor, ids: Tensor) -> Tensor:
+        """Final item rows ``[len(ids), d]`` from the uncorrected table ``base [I, d]``: the correction MLP
+        runs on the distinct ``ids`` only (the same values and gradients as on the whole table)."""
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        return self.correct(base[uniq], h_mm[uniq])[inv]
+
+    def forward(self) -> Tuple[Tensor, Tensor]:
+        return self.fuse(*self.encode())
+
+    def item_spaces(self) -> Dict[str, Tensor]:
+        """The projection-domain item embeddings ``{proj_<m>: p_m [I, d]}`` (items only, no users)."""
+        with torch.no_grad():
+            was = self.training
+            self.eval()
+            try:
+                _, i_id, h = self.encode()
+                out = {f"proj_{ID}": self.project(ID, i_id)}
+                out.update({f"proj_{m}": self.project(m, h[m]) for m in self.refined})
+                return out
+            finally:
+                self.train(was)
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        u_id, i_id, h = self.encode()
+        out = {ID: (u_id, i_id)}
+        out.update({m: (self.user_agg.matmul(h[m]), h[m]) for m in self.refined})
+        return out
+
+    # ------------------------------------------------------------------ loss
+    def aal(self, pos: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """Eq. 2 over the batch's positive rows ``pos [B]`` (repeats kept, as released; computed on the
+        distinct items with their counts): ``(InfoNCE(p_mm, p_id), InfoNCE(sg(p_mm), p_mix))``."""
+        items, counts = torch.unique(pos, return_counts=True)
+        p_mm = self.project(ANCHOR, h[ANCHOR][items])
+        p_id = self.project(ID, i_id[items])
+        p_mix = sum(w * self.project(m, h[m][items], items) for m, w in self.mix.items() if w)
+        return aal_terms(p_mm, p_id, p_mix, self.tau, counts)
+
+    def amp_term(self, pos: Tensor, h: Dict[str, Tensor]) -> Tensor:
+        """Eq. 3: ``sum_m lambda_m ||C(h_m) - C(f_m)||_F / B`` over the pairs of positive rows ``pos [B]``
+        (computed on the distinct items with their counts)."""
+        items, counts = torch.unique(pos, return_counts=True)
+        sim = self.config["amp_similarity"]
+        total = h[ANCHOR].new_zeros(())
+        for m, lam in self.amp.items():
+            if lam:
+                total = total + lam * amp_loss(h[m][items], self.raw.raw(m, items), sim, counts=counts)
+        return total
+
+    def loss(self, batch: Batch) -> LossOutput:
+        cfg = self.config
+        u_id, i_id, h = self.encode()
+        users, base = self.fuse(u_id, i_id, h, full_items=False)
+        n_pos = batch.pos.shape[0]
+        rows = self.item_rows(base, h[ANCHOR], torch.cat([batch.pos, batch.neg]))
+        eu, ep, en = users[batch.users], rows[:n_pos], rows[n_pos:]
+        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
+        terms = {"bpr": bpr, "reg": float(cfg["reg_weight"]) * l2_reg(eu, ep, en)}
+        if float(cfg["ui_cosine_weight"]):
+            terms["ui_cosine"] = float(cfg["ui_cosine_weight"]) * cosine_margin_loss(
+                eu, ep, en, float(cfg["ui_cosine_margin"]))
+        if float(cfg["aal_weight"]):
+            aal_id, aal_mix = self.aal(batch.pos, i_id, h)
+            terms["aal"] = float(cfg["aal_weight"]) * (aal_id + aal_mix)
+        if float(cfg["amp_weight"]):
+            terms["amp"] = float(cfg["amp_weight"]) * self.amp_term(batch.pos, h)
+        if float(cfg["smooth_weight"]):
+            terms["smooth"] = float(cfg["smooth_weight"]) * graph_smoothness_quadratic(
+                h[ANCHOR], self.item_graphs[ANCHOR], self.smooth_degree, self.n_smooth_edges)
+        total = sum(terms.values())
+        return LossOutput(total, terms, users, item_rows=lambda ids: self.item_rows(base, h[ANCHOR], ids),
+                          channels=self._step_channels(u_id, i_id, h))
+
+    def _step_channels(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Dict[str, Channel]:
+        """This step's ``id`` and per-modality channels; a modality's users ``y_m`` are aggregated on
+        first use only."""
+        channels = {ID: Channel(users=u_id, items=i_id)}
+        for m in self.refined:
+            cache: Dict[str, Tensor] = {}
+
+            def user_fn(ids: Tensor, m: str = m, cache: Dict[str, Tensor] = cache) -> Tensor:
+                if "y" not in cache:
+                    cache["y"] = self.user_agg.matmul(h[m])
+                return cache["y"][ids]
+
+            channels[m] = Channel(items=h[m], user_fn=user_fn)
+        return channels
