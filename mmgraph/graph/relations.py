@@ -24,7 +24,9 @@ Relation kinds (:data:`RELATION_KINDS`; ``k`` = neighbours per node):
   ``feature`` (``'mm'`` = the anchor feature, see :func:`~mmgraph.graph.item_graphs.anchor_features`);
 * ``cooccurrence`` (items): top-k co-occurrence cosine over the training users;
 * ``user_cooccurrence`` (users): the same over the users' training items;
-* ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``).
+* ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``, ``norm``);
+* ``brmrs_user`` (users): BR-MRS's homogeneous user graph (the same parameters; users' item sets and
+  mean item features).
 """
 from __future__ import annotations
 
@@ -147,6 +149,18 @@ def _brmrs_item(ds, p, cache, use_gpu) -> ItemGraph:
                              cache=cache, use_gpu=use_gpu, **p)["brmrs_item"]
 
 
+def _brmrs_user(ds, p, cache, use_gpu) -> ItemGraph:
+    from mmgraph.graph.item_graphs import _features, _select, brmrs_user_graph
+    p = dict(p)
+    k, modalities = int(p.pop("k", 10)), p.pop("modalities", None)
+    allowed = {"alpha", "betas", "n_candidates", "norm"}
+    if set(p) - allowed:
+        raise ConfigError(f"unknown parameter(s) for relation kind 'brmrs_user': {sorted(set(p) - allowed)}")
+    feats = _select(_features(ds), modalities)
+    return brmrs_user_graph(feats, ds.train, k, n_users=ds.n_users, n_items=ds.n_items, use_gpu=use_gpu,
+                            cache=cache, **p)
+
+
 Builder = Callable[[Any, Dict[str, Any], Any, Optional[bool]], ItemGraph]
 #: kind -> (node type, builder(dataset, params, cache, use_gpu) -> ItemGraph over that node type)
 RELATION_KINDS: Dict[str, Tuple[str, Builder]] = {
@@ -156,6 +170,7 @@ RELATION_KINDS: Dict[str, Tuple[str, Builder]] = {
     "cooccurrence": ("item", _cooccurrence),
     "user_cooccurrence": ("user", _user_cooccurrence),
     "brmrs_item": ("item", _brmrs_item),
+    "brmrs_user": ("user", _brmrs_user),
 }
 
 
