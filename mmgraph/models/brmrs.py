@@ -115,6 +115,17 @@ def synergy_loss(delta_fused: Tensor, delta_modal: Tensor, theta: float) -> Tens
     return bpr_loss(delta_fused - float(theta), delta_modal.max(dim=0).values)
 
 
+def gather(rows: Tensor, ids: Tensor) -> Tensor:
+    """``rows[ids]`` for ``ids`` of any shape -> ``ids.shape + rows.shape[1:]`` via ``index_select`` (on CPU many times
+    faster than advanced indexing with a 2-d index, and its backward is an ``index_add_``)."""
+    return rows.index_select(0, ids.reshape(-1)).view(*ids.shape, *rows.shape[1:])
+
+
+def user_rows(channel: Channel, users: Tensor) -> Tensor:
+    """The channel's user rows ``[B, d]`` (a table is gathered with :func:`gather`)."""
+    return gather(channel.users, users) if channel.users is not None else channel.user_rows(users)
+
+
 def item_rows(channel: Channel, groups: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor]]:
     """``(rows [R, d], index tensors)`` with ``rows[index_g]`` = the channel's item rows of ``groups[g]`` (any
     shapes). A table channel returns its table and the ids themselves; a function channel computes each
@@ -180,11 +191,11 @@ class BRMRSObjective:
         s_pos, s_neg, cand_rows = [], [], []
         for name in self.modalities:
             c = modal[name]
-            u = c.user_rows(users)                                                      # [B, d]
+            u = user_rows(c, users)                                                     # [B, d]
             rows, idx = item_rows(c, groups)
-            s_pos.append((u * rows[idx[0]]).sum(-1))
+            s_pos.append((u * gather(rows, idx[0])).sum(-1))
             if use_neg:
-                s_neg.append((u * rows[idx[1]]).sum(-1))
+                s_neg.append((u * gather(rows, idx[1])).sum(-1))
             if cand is not None:
                 cand_rows.append((u, rows, idx[-1]))
         out: Dict[str, Tensor] = {}
@@ -193,20 +204,21 @@ class BRMRSObjective:
                 negatives = s_neg
             else:
                 with torch.no_grad():   # the selection: scores of the pool, no gradient
-                    scores = torch.stack([torch.einsum("bd,bnd->bn", u.detach(), rows.detach()[ix])
+                    scores = torch.stack([torch.einsum("bd,bnd->bn", u.detach(), gather(rows.detach(), ix))
                                           for u, rows, ix in cand_rows])                  # [M, B, n]
                     f_scores = None
                     if self.strategy == "fused":
                         f_rows, (f_ix,) = item_rows(fused, [cand])
-                        f_scores = torch.einsum("bd,bnd->bn", fused.user_rows(users).detach(), f_rows.detach()[f_ix])
+                        f_scores = torch.einsum("bd,bnd->bn", user_rows(fused, users).detach(),
+                                                 gather(f_rows.detach(), f_ix))
                     at = hard_positions(scores, self.strategy, self.modalities, f_scores)     # [M, B]
-                negatives = [(u * rows[ix.gather(1, at[k].unsqueeze(1)).squeeze(1)]).sum(-1)
+                negatives = [(u * gather(rows, ix.gather(1, at[k].unsqueeze(1)).squeeze(1))).sum(-1)
                              for k, (u, rows, ix) in enumerate(cand_rows)]
             out["chns"] = self.lambda_h * sum(bpr_loss(p, n) for p, n in zip(s_pos, negatives))
         if self.use_syn:
-            fu = fused.user_rows(users)
+            fu = user_rows(fused, users)
             f_rows, (f_pos, f_neg) = item_rows(fused, [pos, neg])
-            delta_f = (fu * f_rows[f_pos]).sum(-1) - (fu * f_rows[f_neg]).sum(-1)
+            delta_f = (fu * gather(f_rows, f_pos)).sum(-1) - (fu * gather(f_rows, f_neg)).sum(-1)
             delta_modal = torch.stack(s_pos) - torch.stack(s_neg)
             out["syn"] = self.lambda_s * synergy_loss(delta_f, delta_modal, self.theta)
         return out
@@ -307,12 +319,12 @@ class BRMRS(Recommender):
         fused = Channel(users=pf, items=qf)
         terms = self.objective.terms(batch, modal, fused)
         if self.fused_bpr:
-            eu = pf[batch.users]
-            terms["bpr"] = bpr_loss((eu * qf[batch.pos]).sum(-1), (eu * qf[batch.neg]).sum(-1))
+            eu = gather(pf, batch.users)
+            terms["bpr"] = bpr_loss((eu * gather(qf, batch.pos)).sum(-1), (eu * gather(qf, batch.neg)).sum(-1))
         if self.reg_weight > 0:
             items = torch.cat([batch.pos, batch.neg])
             x_i = torch.stack([self.items_in.project(m, items) for m in self.modalities], 1)
-            terms["reg"] = self.reg_weight * l2_reg(self.user_emb[batch.users], x_i, batch_size=len(batch))
+            terms["reg"] = self.reg_weight * l2_reg(gather(self.user_emb, batch.users), x_i, batch_size=len(batch))
         total = sum(terms.values())
         return LossOutput(total, terms, pf, qf, channels={**modal, FUSED: fused})
 
