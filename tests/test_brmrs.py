@@ -286,3 +286,16 @@ def test_plugin_refuses_backbones_without_modality_channels(small, method):
     with pytest.raises(ConfigError) as info:
         build_plugins(cfg, small, model)
     assert "\n" not in str(info.value) and ("per-modality" in str(info.value) or "already" in str(info.value))
+
+
+def test_plugin_default_weights_follow_the_backbones_user_side(small):
+    weights = {}
+    for method in ("freedom", "vbpr"):
+        cfg = _cfg(method, plugins=["brmrs"])
+        model = build_model(method, small, cfg, torch.device("cpu"))
+        obj = build_plugins(cfg, small, model)[0].objective
+        weights[method] = (obj.lambda_h, obj.lambda_s)
+    assert weights == {"freedom": (1e-2, 1e-2), "vbpr": (1.0, 1.0)}   # FREEDOM scores modalities with its final users
+    cfg = _cfg("freedom", plugins=["brmrs"], brmrs_lambda_h=0.5)
+    model = build_model("freedom", small, cfg, torch.device("cpu"))
+    assert build_plugins(cfg, small, model)[0].objective.lambda_h == 0.5

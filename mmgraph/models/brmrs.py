@@ -232,7 +232,7 @@ class BRMRS(Recommender):
 
     multimodal = True
     defaults = {"embedding_size": 64, "n_layers": 2, "brmrs_k": 10, "brmrs_alpha": 0.5,
-                "brmrs_graph_norm": "sym", "brmrs_item_graph": True, "brmrs_user_graph": True,
+                "brmrs_graph_norm": "sym", "brmrs_hop": "input", "brmrs_item_graph": True, "brmrs_user_graph": True,
                 "fusion": "mean", "reg_weight": 1e-4, "brmrs_fused_bpr": True, **OBJECTIVE_DEFAULTS}
 
     @classmethod
@@ -286,10 +286,11 @@ class BRMRS(Recommender):
         x_u, x_i = self.inputs()
         h = self.encoder(torch.cat([x_u, x_i], 0), self.adj)
         p, q = h[: self.n_users], h[self.n_users:]
+        src_u, src_i = (p, q) if self.config["brmrs_hop"] == "output" else (x_u, x_i)
         if self.item_graph is not None:
-            q = q + self.item_graph.matmul(x_i.reshape(self.n_items, -1)).view_as(q)
+            q = q + self.item_graph.matmul(src_i.reshape(self.n_items, -1)).view_as(q)
         if self.user_graph is not None:
-            p = p + self.user_graph.matmul(x_u.reshape(self.n_users, -1)).view_as(p)
+            p = p + self.user_graph.matmul(src_u.reshape(self.n_users, -1)).view_as(p)
         return p, q
 
     def fuse(self, x: Tensor) -> Tensor:
