@@ -1,7 +1,7 @@
 """BR-MRS: cross-modal hard negative sampling (CHNS) + synergy-aware BPR (paper 004, specs/brmrs.md).
 
 Representation (section 2.1, spec): per modality ``m`` a channel with item input ``Linear_m(x^m)`` (frozen
-raw features) and a free user embedding; LightGCN (``n_layers``, mean over layers) on the user-item graph,
+features, L2-normalised per item unless ``brmrs_feature_norm: none``) and a free user embedding; LightGCN (``n_layers``, mean over layers) on the user-item graph,
 all channels in one sparse product; plus one hop on the homogeneous item graph ``G_ii`` (items) and user
 graph ``G_uu`` (users) of the channel INPUTS, added residually (FREEDOM-style:
 ``q^m = LightGCN(h^m)_items + G_ii h^m_items``, users likewise; the spec leaves the hop's input open).
@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError, DataError
@@ -232,7 +233,7 @@ class BRMRS(Recommender):
 
     multimodal = True
     defaults = {"embedding_size": 64, "n_layers": 2, "brmrs_k": 10, "brmrs_alpha": 0.5,
-                "brmrs_graph_norm": "sym", "brmrs_hop": "input", "brmrs_item_graph": True, "brmrs_user_graph": True,
+                "brmrs_graph_norm": "sym", "brmrs_feature_norm": "l2", "brmrs_hop": "input", "brmrs_item_graph": True, "brmrs_user_graph": True,
                 "fusion": "mean", "reg_weight": 1e-4, "brmrs_fused_bpr": True, **OBJECTIVE_DEFAULTS}
 
     @classmethod
@@ -258,6 +259,8 @@ class BRMRS(Recommender):
         if cfg["fusion"] not in FUSIONS:
             raise ConfigError(f"fusion: expected one of {', '.join(FUSIONS)}, got {cfg['fusion']!r}")
         m, d = len(self.modalities), self.embedding_size
+        if cfg["brmrs_feature_norm"] == "l2":   # raw features can be large and off-centre (TikTok image: norm ~33)
+            feats = {k: F.normalize(v.float(), dim=1) for k, v in feats.items()}
         self.items_in = ModalityEncoder(feats, d, trainable=False, init="xavier_normal")
         self.user_emb = nn.Parameter(torch.empty(self.n_users, m, d))
         for k in range(m):   # Xavier per channel table [U, d]
