@@ -11,7 +11,8 @@ from mmgraph.graph.cache import cache_key, cached, default_cache_dir, load_objec
 from mmgraph.graph.cooccurrence import cooccurrence_graph, cooccurrence_topk, item_overlap
 from mmgraph.graph.hetero import build_hetero_data, item_graph_from_hetero
 from mmgraph.graph.item_graphs import (FREEDOM_IMAGE_WEIGHT, anchor_features, anchorrec_graph,
-                                       anchorrec_graphs, brmrs_item_graph, build_item_graphs,
+                                       anchorrec_graphs, brmrs_item_graph, brmrs_user_graph,
+                                       build_item_graphs, user_mean_features,
                                        freedom_graph, freedom_modality_graph, freedom_weights)
 from mmgraph.graph.knn import knn_graph, knn_item_graph, l2_normalize
 from mmgraph.graph.relations import (RELATION_KINDS, Relation, attach_features, bipartite_adj, build_graph,
@@ -24,7 +25,8 @@ __all__ = [
     "ItemGraph", "KNNResult", "combine_graphs", "normalize_graph",
     "knn_graph", "knn_item_graph", "l2_normalize",
     "freedom_graph", "freedom_modality_graph", "freedom_weights", "FREEDOM_IMAGE_WEIGHT",
-    "anchorrec_graph", "anchorrec_graphs", "anchor_features", "brmrs_item_graph", "build_item_graphs",
+    "anchorrec_graph", "anchorrec_graphs", "anchor_features", "brmrs_item_graph", "brmrs_user_graph",
+    "user_mean_features", "build_item_graphs",
     "cooccurrence_graph", "cooccurrence_topk", "item_overlap",
     "build_hetero_data", "item_graph_from_hetero",
     "Relation", "RELATION_KINDS", "register_relation_kind", "build_relation", "build_graph", "check_graph",

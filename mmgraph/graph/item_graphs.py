@@ -294,6 +294,67 @@ def brmrs_item_graph(features, interactions, k: int = 10, alpha: float = 0.5,
     return cached("brmrs_item", params, arrays, build, _cache_dir(cache))
 
 
+def user_mean_features(features, interactions, n_users: int, chunk: int = 1 << 20) -> Dict[str, np.ndarray]:
+    """``{modality: [U, d_m] float32}``: each user's mean of the raw features of its TRAINING items
+    (duplicates counted once); users without training items get zero rows.
+
+    Args:
+        features: ``{modality: [I, d_m]}``.
+        interactions: ``[N, 2]`` training (user, item) pairs.
+    """
+    pairs = np.unique(np.asarray(interactions, dtype=np.int64).reshape(-1, 2), axis=0)
+    counts = np.bincount(pairs[:, 0], minlength=n_users).astype(np.float64)
+    out = {}
+    for m, f in _features(features).items():
+        f = np.asarray(f)
+        sums = np.zeros((n_users, f.shape[1]), dtype=np.float64)
+        for s in range(0, len(pairs), chunk):   # bounded [chunk, d_m] gathers
+            blk = pairs[s:s + chunk]
+            np.add.at(sums, blk[:, 0], np.asarray(f[blk[:, 1]], dtype=np.float64))
+        out[m] = (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
+    return out
+
+
+def brmrs_user_graph(features, interactions, k: int = 10, alpha: float = 0.5,
+                     betas: Optional[Mapping[str, float]] = None, n_candidates: Optional[int] = None,
+                     n_users: Optional[int] = None, n_items: Optional[int] = None, norm: str = "none",
+                     use_gpu: Optional[bool] = None, batch_size: int = 4096, backend: str = "faiss",
+                     cache: Cache = False) -> ItemGraph:
+    """BR-MRS's homogeneous USER graph (brmrs.md 2.1), built "symmetrically" to :func:`brmrs_item_graph`:
+
+    ``e_uv = alpha * jaccard(I_u, I_v) + (1 - alpha) * sum_m beta_m cos(xbar_u^m, xbar_v^m)``, with
+    ``I_u`` the user's training items and ``xbar_u^m`` the mean of their modality-``m`` features
+    (:func:`user_mean_features`); top-``k`` ``v != u`` per user from the same candidate union (cosine kNN
+    per modality + co-occurrence neighbours, ``n_candidates`` each, default ``2k``), no ``U x U`` matrix.
+    Returns an :class:`ItemGraph` over the ``U`` users.
+    """
+    if interactions is None:
+        if not (hasattr(features, "train") and hasattr(features, "n_users")):
+            raise ConfigError("brmrs_user_graph needs interactions (or a RecDataset as features)")
+        interactions = features
+    feats = _features(features)
+    if hasattr(interactions, "train"):
+        n_users = interactions.n_users if n_users is None else n_users
+        n_items = interactions.n_items if n_items is None else n_items
+        interactions = interactions.train
+    pairs = np.unique(np.asarray(interactions, dtype=np.int64).reshape(-1, 2), axis=0)
+    n_items = next(iter(feats.values())).shape[0] if n_items is None else int(n_items)
+    n_users = (int(pairs[:, 0].max()) + 1 if len(pairs) else 0) if n_users is None else int(n_users)
+    c = int(n_candidates) if n_candidates else 2 * int(k)
+    params = {"k": int(k), "alpha": float(alpha), "betas": None if betas is None else dict(betas),
+              "n_candidates": c, "norm": norm, "n_users": n_users, "n_items": n_items, "backend": backend}
+    arrays = {f"feat_{m}": f for m, f in feats.items()}
+    arrays["train"] = pairs
+
+    def build():
+        user_feats = user_mean_features(feats, pairs, n_users)
+        flipped = np.ascontiguousarray(pairs[:, ::-1])   # (item, user): users play the items' role
+        return brmrs_item_graph(user_feats, flipped, k, alpha, betas, c, n_users=n_items, n_items=n_users,
+                                norm=norm, use_gpu=use_gpu, batch_size=batch_size, backend=backend)
+
+    return cached("brmrs_user", params, arrays, build, _cache_dir(cache))
+
+
 # --------------------------------------------------------------------------- dispatcher
 def build_item_graphs(dataset, kind: str, k: Optional[int] = None, modalities: Optional[Sequence[str]] = None,
                       cache: Cache = False, use_gpu: Optional[bool] = None, **params) -> Dict[str, ItemGraph]:

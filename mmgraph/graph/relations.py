@@ -25,7 +25,9 @@ Relation kinds (:data:`RELATION_KINDS`; ``k`` = neighbours per node):
 * ``cooccurrence`` (items): top-k co-occurrence cosine over the training users (``measure: count``:
   ranked by and weighted with the number of shared users; ``min_count``: at least that many);
 * ``user_cooccurrence`` (users): the same over the users' training items;
-* ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``);
+* ``brmrs_item`` (items): BR-MRS's homogeneous item graph (``alpha``, ``betas``, ``n_candidates``, ``norm``);
+* ``brmrs_user`` (users): BR-MRS's homogeneous user graph (the same parameters; users' item sets and
+  mean item features).
 * ``damrs`` (items): DA-MRS's denoised kNN graph of one ``modality`` over the pairs above the mean
   similarity in every modality (``k``, ``modalities``; :mod:`mmgraph.graph.denoised`).
 """
@@ -170,6 +172,18 @@ def _brmrs_item(ds, p, cache, use_gpu) -> ItemGraph:
                              cache=cache, use_gpu=use_gpu, **p)["brmrs_item"]
 
 
+def _brmrs_user(ds, p, cache, use_gpu) -> ItemGraph:
+    from mmgraph.graph.item_graphs import _features, _select, brmrs_user_graph
+    p = dict(p)
+    k, modalities = int(p.pop("k", 10)), p.pop("modalities", None)
+    allowed = {"alpha", "betas", "n_candidates", "norm"}
+    if set(p) - allowed:
+        raise ConfigError(f"unknown parameter(s) for relation kind 'brmrs_user': {sorted(set(p) - allowed)}")
+    feats = _select(_features(ds), modalities)
+    return brmrs_user_graph(feats, ds.train, k, n_users=ds.n_users, n_items=ds.n_items, use_gpu=use_gpu,
+                            cache=cache, **p)
+
+
 Builder = Callable[[Any, Dict[str, Any], Any, Optional[bool]], ItemGraph]
 #: kind -> (node type, builder(dataset, params, cache, use_gpu) -> ItemGraph over that node type)
 RELATION_KINDS: Dict[str, Tuple[str, Builder]] = {
@@ -180,6 +194,7 @@ RELATION_KINDS: Dict[str, Tuple[str, Builder]] = {
     "user_cooccurrence": ("user", _user_cooccurrence),
     "brmrs_item": ("item", _brmrs_item),
     "damrs": ("item", _damrs),
+    "brmrs_user": ("user", _brmrs_user),
 }
 
 

@@ -74,14 +74,19 @@ def variant_config(method: str, variant: Dict[str, Any], overrides: Optional[Dic
     settings = BACKBONE_SETTINGS if settings is None else settings
     cfg = {**settings.get(method, {}), **(overrides or {}), **variant, **(extra or {})}
     if not cfg.get("plugins"):
-        cfg = {k: v for k, v in cfg.items() if k not in _plugin_keys()}
+        cfg = {k: v for k, v in cfg.items() if k not in _plugin_keys(method)}
     return cfg
 
 
-def _plugin_keys() -> set:
+def _plugin_keys(method: Optional[str] = None) -> set:
+    """Keys only plug-ins declare (a key the method itself reads, e.g. brmrs's ``brmrs_*``, is kept)."""
     from mmgraph.plugins import available_plugins
 
-    return {k for cls in available_plugins().values() for k in getattr(cls, "defaults", {})}
+    keys = {k for cls in available_plugins().values() for k in getattr(cls, "defaults", {})}
+    if method is not None:
+        from mmgraph.models.registry import get_model_class
+        keys -= set(getattr(get_model_class(method), "defaults", {}))
+    return keys
 
 
 def _slug(text: str) -> str:

@@ -1,0 +1,343 @@
+"""BR-MRS: cross-modal hard negative sampling (CHNS) + synergy-aware BPR (paper 004, specs/brmrs.md).
+
+Representation (section 2.1, spec): per modality ``m`` a channel with item input ``Linear_m(x^m)`` (frozen
+features, L2-normalised per item unless ``brmrs_feature_norm: none``) and a free user embedding; LightGCN (``n_layers``, mean over layers) on the user-item graph,
+all channels in one sparse product; plus one hop on the homogeneous item graph ``G_ii`` (items) and user
+graph ``G_uu`` (users) of the channel INPUTS, added residually (FREEDOM-style:
+``q^m = LightGCN(h^m)_items + G_ii h^m_items``, users likewise; the spec leaves the hop's input open).
+Fused ``q^f = phi(q^1..q^M)``, ``p^f`` likewise (``fusion``: mean | sum | concat = one Linear(M d -> d)
+shared by users and items). Scores ``s_m(u, i) = <p_u^m, q_i^m>``; ranking uses ``s_f``.
+
+Objective (eq. 2-5; every term a mean over the batch rows, the paper writes sums):
+
+* ``L_h`` (``brmrs_chns``, weight ``brmrs_lambda_h``): ``sum_m BPR(s_m(u, i+), s_m(u, n_m))`` where the
+  negative ``n_m`` of modality ``m`` comes from the row's candidate pool (``batch.extras["candidates"]``,
+  drawn by the sampler) by ``brmrs_negatives``: ``cross`` (CHNS, eq. 2: the argmax over the pool of the
+  OTHER modalities' summed scores -- for two modalities exactly the paper's cross assignment
+  ``i_t^- -> v``, ``i_v^- -> t``), ``self`` (each modality's own hardest), ``fused`` (the hardest under
+  ``s_f``), a modality name (the hardest under that modality, for every branch) or ``uniform`` (the
+  batch's uniform negative, no pool). The selection runs without gradient; the losses backpropagate;
+* ``L_syn`` (``brmrs_syn``, weight ``brmrs_lambda_s``, eq. 3-4): ``-log sigmoid(D_f - max_m D_m - theta)``
+  with ``D_c = s_c(u, i+) - s_c(u, i-)`` for the uniform negative ``i-`` (gradients reach every margin,
+  the max included, as the equation is written);
+* ``L_bpr`` (``brmrs_fused_bpr``, weight 1): plain BPR on ``s_f`` (the paper's Algorithm 1 omits it, the
+  spec keeps it on by default);
+* ``reg_weight * l2`` of the batch's layer-0 rows (user embeddings, projected item inputs).
+
+The objective is a separate object (:class:`BRMRSObjective`) over named :class:`Channel` s, so the same
+code adds CHNS + Syn-BPR to any backbone that exposes per-modality channels (``plugins: [brmrs]``,
+:mod:`mmgraph.plugins.brmrs`).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmgraph.errors import ConfigError, DataError
+from mmgraph.graph.relations import Relation, interaction_adj, relation_adj
+from mmgraph.losses import bpr_loss, l2_reg
+from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
+from mmgraph.models.registry import register
+from mmgraph.nn.conv import LightGCNEncoder
+from mmgraph.nn.features import ModalityEncoder
+from mmgraph.nn.sparse import SparseAdj
+
+ITEM_GRAPH = "brmrs_item"
+USER_GRAPH = "brmrs_user"
+FUSED = "fused"
+FIXED_STRATEGIES = ("cross", "self", "fused", "uniform")
+FUSIONS = ("mean", "sum", "concat")
+
+#: the objective's keys, shared by the method (configs/methods/brmrs.yaml) and the plug-in
+OBJECTIVE_DEFAULTS: Dict[str, Any] = {
+    "brmrs_lambda_h": 1.0,        # weight of L_chns
+    "brmrs_lambda_s": 1.0,        # weight of L_syn
+    "brmrs_theta": 0.1,           # synergy margin theta
+    "brmrs_n_candidates": 16,     # candidate pool per positive
+    "brmrs_chns": True,           # the unimodal hard-negative term (Table 3)
+    "brmrs_syn": True,            # the synergy-aware BPR (Table 3)
+    "brmrs_negatives": "cross",   # cross | self | fused | uniform | <modality>
+}
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def hardest(scores: Tensor) -> Tensor:
+    """Index of the highest score per row: ``scores [B, n]`` -> ``[B]`` (ties: lowest index)."""
+    return scores.argmax(dim=1)
+
+
+def selection_keys(scores: Tensor, strategy: str, modalities: Sequence[str],
+                   fused: Optional[Tensor] = None) -> Tensor:
+    """The score each modality's negative is the argmax of: ``[M, B, n]``.
+
+    Args:
+        scores: ``[M, B, n]`` per-modality scores of the candidate pool.
+        strategy: ``cross``: modality ``m`` gets ``sum_{m' != m} scores[m']`` (CHNS; for two modalities
+            each branch gets the other's hardest); ``self``: ``scores[m]``; ``fused``: ``fused [B, n]`` for
+            every branch; a modality name: that modality's scores for every branch.
+    """
+    m = scores.shape[0]
+    if strategy == "cross":
+        if m < 2:
+            raise ConfigError("brmrs_negatives: cross needs at least two modality channels")
+        return torch.stack([torch.cat([scores[:k], scores[k + 1:]]).sum(0) for k in range(m)])
+    if strategy == "self":
+        return scores
+    if strategy == "fused":
+        if fused is None:
+            raise ValueError("the fused strategy needs the fused candidate scores")
+        return fused.unsqueeze(0).expand(m, -1, -1)
+    if strategy in modalities:
+        return scores[list(modalities).index(strategy)].unsqueeze(0).expand(m, -1, -1)
+    raise ConfigError(f"brmrs_negatives: expected one of {', '.join(FIXED_STRATEGIES)} or a modality "
+                      f"({', '.join(modalities)}), got {strategy!r}")
+
+
+def hard_positions(scores: Tensor, strategy: str, modalities: Sequence[str],
+                   fused: Optional[Tensor] = None) -> Tensor:
+    """Pool position ``[M, B]`` of each modality's hard negative (argmax of :func:`selection_keys`; no gradient)."""
+    with torch.no_grad():
+        keys = selection_keys(scores.detach(), strategy, modalities, None if fused is None else fused.detach())
+        return hardest(keys.reshape(-1, keys.shape[-1])).view(keys.shape[0], -1)
+
+
+def chns_negatives(scores: Tensor, candidates: Tensor, strategy: str, modalities: Sequence[str],
+                   fused: Optional[Tensor] = None) -> Tensor:
+    """Item ids ``[M, B]`` of each modality's hard negative from ``candidates [B, n]`` (no gradient)."""
+    idx = hard_positions(scores, strategy, modalities, fused)
+    return candidates.gather(1, idx.t()).t()
+
+
+def synergy_loss(delta_fused: Tensor, delta_modal: Tensor, theta: float) -> Tensor:
+    """Eq. 4: ``mean -log sigmoid(D_f - max_m D_m - theta)``; ``delta_fused [B]``, ``delta_modal [M, B]``."""
+    return bpr_loss(delta_fused - float(theta), delta_modal.max(dim=0).values)
+
+
+def gather(rows: Tensor, ids: Tensor) -> Tensor:
+    """``rows[ids]`` for ``ids`` of any shape -> ``ids.shape + rows.shape[1:]`` via ``index_select`` (on CPU many times
+    faster than advanced indexing with a 2-d index, and its backward is an ``index_add_``)."""
+    return rows.index_select(0, ids.reshape(-1)).view(*ids.shape, *rows.shape[1:])
+
+
+def user_rows(channel: Channel, users: Tensor) -> Tensor:
+    """The channel's user rows ``[B, d]`` (a table is gathered with :func:`gather`)."""
+    return gather(channel.users, users) if channel.users is not None else channel.user_rows(users)
+
+
+def item_rows(channel: Channel, groups: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+    """``(rows [R, d], index tensors)`` with ``rows[index_g]`` = the channel's item rows of ``groups[g]`` (any
+    shapes). A table channel returns its table and the ids themselves; a function channel computes each
+    distinct id of all groups once (one call, so shared ids cost nothing and the backward runs once)."""
+    if channel.items is not None:
+        return channel.items, list(groups)
+    flat = torch.cat([g.reshape(-1) for g in groups])
+    uniq, inv = torch.unique(flat, return_inverse=True)
+    rows = channel.item_rows(uniq, distinct=True)
+    sizes = [g.numel() for g in groups]
+    return rows, [i.view(g.shape) for i, g in zip(torch.split(inv, sizes), groups)]
+
+
+class BRMRSObjective:
+    """CHNS + Syn-BPR over named channels: ``terms(batch, modal, fused)`` -> ``{name: weighted scalar}``.
+
+    Args:
+        config: the ``brmrs_*`` keys (:data:`OBJECTIVE_DEFAULTS`).
+        modalities: the per-modality channel names, in order.
+    """
+
+    def __init__(self, config: Mapping[str, Any], modalities: Sequence[str]):
+        cfg = {**OBJECTIVE_DEFAULTS, **{k: config[k] for k in OBJECTIVE_DEFAULTS if k in config}}
+        self.modalities = list(modalities)
+        self.lambda_h, self.lambda_s = float(cfg["brmrs_lambda_h"]), float(cfg["brmrs_lambda_s"])
+        self.theta = float(cfg["brmrs_theta"])
+        self.n_candidates = int(cfg["brmrs_n_candidates"])
+        self.use_chns = bool(cfg["brmrs_chns"]) and self.lambda_h > 0
+        self.use_syn = bool(cfg["brmrs_syn"]) and self.lambda_s > 0
+        self.strategy = str(cfg["brmrs_negatives"])
+        if not self.modalities:
+            raise ConfigError("BR-MRS needs at least one per-modality channel")
+        if self.strategy not in FIXED_STRATEGIES and self.strategy not in self.modalities:
+            raise ConfigError(f"brmrs_negatives: expected one of {', '.join(FIXED_STRATEGIES)} or a modality "
+                              f"({', '.join(self.modalities)}), got {self.strategy!r}")
+        if self.strategy == "cross" and len(self.modalities) < 2:
+            raise ConfigError(f"brmrs_negatives: cross (CHNS) needs at least two modality channels, got "
+                              f"{self.modalities}; use self, fused or uniform")
+        if self.needs_pool and self.n_candidates < 1:
+            raise ConfigError(f"brmrs_n_candidates must be >= 1 for brmrs_negatives: {self.strategy}")
+
+    @property
+    def needs_pool(self) -> bool:
+        """Whether the sampler must draw candidate pools (the hard-negative term with a pool strategy)."""
+        return self.use_chns and self.strategy != "uniform"
+
+    def sampler_options(self) -> Dict[str, Any]:
+        return {"n_candidates": self.n_candidates} if self.needs_pool else {}
+
+    def terms(self, batch: Batch, modal: Mapping[str, Channel], fused: Channel) -> Dict[str, Tensor]:
+        """The weighted terms ``chns`` and ``syn`` (those switched on) for one batch."""
+        if not (self.use_chns or self.use_syn):
+            return {}
+        users, pos, neg = batch.users, batch.pos, batch.neg
+        cand = None
+        if self.needs_pool:
+            cand = batch.extras.get("candidates")
+            if cand is None:
+                raise ConfigError("BR-MRS: the batch has no candidate pools (batch.extras['candidates']); the "
+                                  "sampler must be built with n_candidates")
+        use_neg = self.use_syn or cand is None        # the uniform negative: Syn-BPR, or the uniform strategy
+        groups = [pos] + ([neg] if use_neg else []) + ([cand] if cand is not None else [])
+        s_pos, s_neg, cand_rows = [], [], []
+        for name in self.modalities:
+            c = modal[name]
+            u = user_rows(c, users)                                                     # [B, d]
+            rows, idx = item_rows(c, groups)
+            s_pos.append((u * gather(rows, idx[0])).sum(-1))
+            if use_neg:
+                s_neg.append((u * gather(rows, idx[1])).sum(-1))
+            if cand is not None:
+                cand_rows.append((u, rows, idx[-1]))
+        out: Dict[str, Tensor] = {}
+        if self.use_chns:
+            if cand is None:
+                negatives = s_neg
+            else:
+                with torch.no_grad():   # the selection: scores of the pool, no gradient
+                    scores = torch.stack([torch.einsum("bd,bnd->bn", u.detach(), gather(rows.detach(), ix))
+                                          for u, rows, ix in cand_rows])                  # [M, B, n]
+                    f_scores = None
+                    if self.strategy == "fused":
+                        f_rows, (f_ix,) = item_rows(fused, [cand])
+                        f_scores = torch.einsum("bd,bnd->bn", user_rows(fused, users).detach(),
+                                                 gather(f_rows.detach(), f_ix))
+                    at = hard_positions(scores, self.strategy, self.modalities, f_scores)     # [M, B]
+                negatives = [(u * gather(rows, ix.gather(1, at[k].unsqueeze(1)).squeeze(1))).sum(-1)
+                             for k, (u, rows, ix) in enumerate(cand_rows)]
+            out["chns"] = self.lambda_h * sum(bpr_loss(p, n) for p, n in zip(s_pos, negatives))
+        if self.use_syn:
+            fu = user_rows(fused, users)
+            f_rows, (f_pos, f_neg) = item_rows(fused, [pos, neg])
+            delta_f = (fu * gather(f_rows, f_pos)).sum(-1) - (fu * gather(f_rows, f_neg)).sum(-1)
+            delta_modal = torch.stack(s_pos) - torch.stack(s_neg)
+            out["syn"] = self.lambda_s * synergy_loss(delta_f, delta_modal, self.theta)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- model
+@register("brmrs")
+class BRMRS(Recommender):
+    """Per-modality LightGCN channels with homogeneous item / user hops, fused scoring, CHNS + Syn-BPR
+    (see the module docstring). Channels: one per modality and ``fused`` (= the scoring space)."""
+
+    multimodal = True
+    defaults = {"embedding_size": 64, "n_layers": 2, "brmrs_k": 10, "brmrs_alpha": 0.5,
+                "brmrs_graph_norm": "sym", "brmrs_feature_norm": "l2", "brmrs_hop": "input", "brmrs_item_graph": True, "brmrs_user_graph": True,
+                "fusion": "mean", "reg_weight": 1e-4, "brmrs_fused_bpr": True, **OBJECTIVE_DEFAULTS}
+
+    @classmethod
+    def relations(cls, config, modalities: Sequence[str]) -> List[Relation]:
+        cfg = {**cls.defaults, **config}
+        params = {"k": int(cfg["brmrs_k"]), "alpha": float(cfg["brmrs_alpha"]), "norm": str(cfg["brmrs_graph_norm"])}
+        out = []
+        if cfg["brmrs_item_graph"]:
+            out.append(Relation(ITEM_GRAPH, "brmrs_item", dict(params)))
+        if cfg["brmrs_user_graph"]:
+            out.append(Relation(USER_GRAPH, "brmrs_user", dict(params)))
+        return out
+
+    def __init__(self, data, config=None):
+        super().__init__(data, config)
+        cfg = self.config
+        feats = item_features(data)
+        if len(feats) < 1:
+            raise DataError("brmrs needs item modality features, but the graph has none")
+        self.modalities: List[str] = list(feats)
+        if FUSED in self.modalities:
+            raise ConfigError(f"a feature modality may not be called {FUSED!r}")
+        if cfg["fusion"] not in FUSIONS:
+            raise ConfigError(f"fusion: expected one of {', '.join(FUSIONS)}, got {cfg['fusion']!r}")
+        m, d = len(self.modalities), self.embedding_size
+        if cfg["brmrs_feature_norm"] == "l2":   # raw features can be large and off-centre (TikTok image: norm ~33)
+            feats = {k: F.normalize(v.float(), dim=1) for k, v in feats.items()}
+        self.items_in = ModalityEncoder(feats, d, trainable=False, init="xavier_normal")
+        self.user_emb = nn.Parameter(torch.empty(self.n_users, m, d))
+        for k in range(m):   # Xavier per channel table [U, d]
+            nn.init.xavier_uniform_(self.user_emb.data[:, k])
+        self.adj = interaction_adj(data)
+        self.encoder = LightGCNEncoder(int(cfg["n_layers"]), "mean")
+        self.item_graph: Optional[SparseAdj] = relation_adj(data, ITEM_GRAPH) if cfg["brmrs_item_graph"] else None
+        self.user_graph: Optional[SparseAdj] = (relation_adj(data, USER_GRAPH, node="user")
+                                                if cfg["brmrs_user_graph"] else None)
+        self.fuse_linear = nn.Linear(m * d, d) if cfg["fusion"] == "concat" else None
+        self.objective = BRMRSObjective(cfg, self.modalities)
+        self.fused_bpr = bool(cfg["brmrs_fused_bpr"])
+        self.reg_weight = float(cfg["reg_weight"])
+        o = self.objective
+        if not (o.use_chns or o.use_syn or self.fused_bpr or self.reg_weight > 0):
+            raise ConfigError("brmrs: every loss term is switched off (brmrs_chns, brmrs_syn, brmrs_fused_bpr)")
+
+    # ------------------------------------------------------------------ representations
+    def inputs(self) -> Tuple[Tensor, Tensor]:
+        """Layer-0 channel inputs: users ``[U, M, d]`` (free embeddings), items ``[I, M, d]`` (Linear_m(x^m))."""
+        items = torch.stack([self.items_in.project(m) for m in self.modalities], 1)
+        return self.user_emb, items
+
+    def encode(self) -> Tuple[Tensor, Tensor]:
+        """Per-modality representations: users ``p [U, M, d]``, items ``q [I, M, d]``."""
+        x_u, x_i = self.inputs()
+        h = self.encoder(torch.cat([x_u, x_i], 0), self.adj)
+        p, q = h[: self.n_users], h[self.n_users:]
+        src_u, src_i = (p, q) if self.config["brmrs_hop"] == "output" else (x_u, x_i)
+        if self.item_graph is not None:
+            q = q + self.item_graph.matmul(src_i.reshape(self.n_items, -1)).view_as(q)
+        if self.user_graph is not None:
+            p = p + self.user_graph.matmul(src_u.reshape(self.n_users, -1)).view_as(p)
+        return p, q
+
+    def fuse(self, x: Tensor) -> Tensor:
+        """``phi``: ``[N, M, d]`` -> ``[N, d]``."""
+        fusion = self.config["fusion"]
+        if fusion == "mean":
+            return x.mean(1)
+        if fusion == "sum":
+            return x.sum(1)
+        return self.fuse_linear(x.reshape(x.shape[0], -1))
+
+    def forward(self) -> Tuple[Tensor, Tensor]:
+        p, q = self.encode()
+        return self.fuse(p), self.fuse(q)
+
+    def make_sampler(self, dataset, batch_size: int, seed: int, **options):
+        own = self.objective.sampler_options()
+        if "n_candidates" in own:
+            options["n_candidates"] = max(int(options.get("n_candidates", 0)), own["n_candidates"])
+        return super().make_sampler(dataset, batch_size, seed, **options)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: Batch) -> LossOutput:
+        p, q = self.encode()
+        pf, qf = self.fuse(p), self.fuse(q)
+        modal = {m: Channel(users=p[:, k], items=q[:, k]) for k, m in enumerate(self.modalities)}
+        fused = Channel(users=pf, items=qf)
+        terms = self.objective.terms(batch, modal, fused)
+        if self.fused_bpr:
+            eu = gather(pf, batch.users)
+            terms["bpr"] = bpr_loss((eu * gather(qf, batch.pos)).sum(-1), (eu * gather(qf, batch.neg)).sum(-1))
+        if self.reg_weight > 0:
+            items = torch.cat([batch.pos, batch.neg])
+            x_i = torch.stack([self.items_in.project(m, items) for m in self.modalities], 1)
+            terms["reg"] = self.reg_weight * l2_reg(gather(self.user_emb, batch.users), x_i, batch_size=len(batch))
+        total = sum(terms.values())
+        return LossOutput(total, terms, pf, qf, channels={**modal, FUSED: fused})
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        p, q = self.encode()
+        out = {m: (p[:, k], q[:, k]) for k, m in enumerate(self.modalities)}
+        out[FUSED] = (self.fuse(p), self.fuse(q))
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, modalities={self.modalities}, fusion={self.config['fusion']}, "
+                f"negatives={self.objective.strategy}")
