@@ -8,3 +8,17 @@ from mmgraph.models.pop import popularity_embeddings
 def popularity_recall(dataset, split="test", k=20) -> float:
     users, items = popularity_embeddings(dataset)
     return Evaluator(dataset, split, ks=[k]).evaluate(users, items)[f"recall@{k}"]
+
+
+#: training settings of the baseline "learns" tests (synthetic data, 30 epochs)
+BASELINE_TRAIN = {"epochs": 30, "patience": 5, "seed": 1, "learning_rate": 5e-3, "batch_size": 256,
+                  "log_geometry": False, "graph_cache": False}
+
+
+def random_batch(ds, n: int = 40, seed: int = 0):
+    """A :class:`~mmgraph.models.base.Batch` of ``n`` random training pairs with uniform negatives."""
+    import torch
+    from mmgraph.models.base import Batch
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.from_numpy(ds.train)[torch.randint(0, len(ds.train), (n,), generator=g)]
+    return Batch(rows[:, 0], rows[:, 1], torch.randint(0, ds.n_items, (n,), generator=g))

@@ -11,11 +11,9 @@ from mmgraph.graph.denoised import denoised_knn_graphs, mean_cosine
 from mmgraph.models.base import Batch
 from mmgraph.models.damrs import (SESSION, feedback_weights, neighbour_discrimination, pseudo_labels)
 from mmgraph.train import build_model, load_config, train
-from tests.helpers import popularity_recall
+from tests.helpers import BASELINE_TRAIN as TRAIN, popularity_recall, random_batch as _batch
 from tests.test_baselines_dualgnn import brute_cocount_topk
 
-TRAIN = {"epochs": 30, "patience": 5, "seed": 1, "learning_rate": 5e-3, "batch_size": 256, "log_geometry": False,
-         "graph_cache": False}
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +29,6 @@ def tiny():
     return ds
 
 
-def _batch(ds, n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.from_numpy(ds.train)[torch.randint(0, len(ds.train), (n,), generator=g)]
-    return Batch(rows[:, 0], rows[:, 1], torch.randint(0, ds.n_items, (n,), generator=g))
 
 
 def _mmrec_denoised(v, t, k):

@@ -7,10 +7,8 @@ from mmgraph.data import make_synthetic
 from mmgraph.models.base import Batch
 from mmgraph.models.grcn import edge_attention
 from mmgraph.train import build_model, load_config, train
-from tests.helpers import popularity_recall
+from tests.helpers import BASELINE_TRAIN as TRAIN, popularity_recall, random_batch as _batch
 
-TRAIN = {"epochs": 30, "patience": 5, "seed": 1, "learning_rate": 5e-3, "batch_size": 256, "log_geometry": False,
-         "graph_cache": False}
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +21,6 @@ def tiny():
     return make_synthetic(n_users=30, n_items=25, modalities={"image": 6, "text": 5}, seed=3)
 
 
-def _batch(ds, n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.from_numpy(ds.train)[torch.randint(0, len(ds.train), (n,), generator=g)]
-    return Batch(rows[:, 0], rows[:, 1], torch.randint(0, ds.n_items, (n,), generator=g))
 
 
 def test_grcn_beats_popularity_and_mf(synth):
