@@ -304,3 +304,70 @@ def test_cross_attaches_to_anchorrec(small):
     result, trainer = train("anchorrec", small, _cfg(plugins=["cross"], epochs=2), progress=False)
     assert np.isfinite(result["test"]["recall@20"])
     assert any(k.startswith("train_cross_") for k in trainer.history[-1])
+
+
+# ------------------------------------------------------------------------------------------ fast path
+def _reference_loss(model, batch):
+    """The whole AnchorRec loss written out plainly: dense matrices, the repeated batch rows, ``[B, B]``
+    AMP matrices and the library's autograd InfoNCE -- what the optimised ``model.loss`` must equal."""
+    from mmgraph.losses import bpr_loss, info_nce, l2_reg
+    cfg = model.config
+    n_users = model.n_users
+    adj = _dense(model.adj)
+    x = torch.cat([model.user_emb.weight, model.item_emb.weight])
+    layers = [x]
+    for _ in range(int(cfg["n_ui_layers"])):
+        layers.append(adj @ layers[-1])
+    ego = torch.stack(layers).mean(0)
+    u_id, i_id = ego[:n_users], ego[n_users:]
+    h = {}
+    for m in model.refined:
+        gate = torch.sigmoid(model.gate[m](model.trs[m](model.feats.table(m))))
+        hm = model.item_emb.weight * gate
+        for _ in range(int(cfg["n_mm_layers"])):
+            hm = _dense(model.item_graphs[m]) @ hm
+        h[m] = hm
+    r_hat = _dense(model.user_agg)
+    users = sum(u_id if m == "id" else r_hat @ h[m] for m in model.scoring)
+    items = sum(i_id if m == "id" else h[m] for m in model.scoring)
+    items = items + float(cfg["lambda_recon"]) * model.recon(model.proj["mm"](h["mm"]))
+    eu, ep, en = users[batch.users], items[batch.pos], items[batch.neg]
+    loss = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1)) + float(cfg["reg_weight"]) * l2_reg(eu, ep, en)
+    loss = loss + float(cfg["ui_cosine_weight"]) * cosine_margin_loss(eu, ep, en, float(cfg["ui_cosine_margin"]))
+    pos = batch.pos
+    p_mm = model.proj["mm"](h["mm"][pos])
+    p_mix = sum(w * model.proj[m](h[m][pos]) for m, w in model.mix.items() if w)
+    aal = info_nce(p_mm, model.proj["id"](i_id[pos]), model.tau) + info_nce(p_mm.detach(), p_mix, model.tau)
+    amp = 0.0
+    for m, lam in model.amp.items():
+        a = F.normalize(h[m][pos], dim=-1)
+        f = model.raw.raw(m)[pos]                            # L2-normalised once at build time
+        amp = amp + lam * torch.linalg.matrix_norm(a @ a.t() - f @ f.t()) / len(pos)
+    g = model.item_graphs["mm"]
+    smooth = graph_smoothness(h["mm"], g.edge_index(), g.edge_weight())
+    return (loss + float(cfg["aal_weight"]) * aal + float(cfg["amp_weight"]) * amp
+            + float(cfg["smooth_weight"]) * smooth)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_mm_layers": 2, "lambda_recon": 0.1, "amp_weight": 0.5,
+                                            "aal_weight": 0.3, "tau": 0.05}])
+def test_the_optimised_loss_equals_the_plain_reference(small, overrides):
+    """The step's loss (distinct items with counts, fused InfoNCE / AMP Grams, shared gathers) equals the
+    plain formula on the repeated batch, in value and in every parameter's gradient (float64)."""
+    torch.manual_seed(4)
+    model = build_model("anchorrec", small, _cfg(**overrides)).double()
+    g = torch.Generator().manual_seed(5)
+    pairs = torch.as_tensor(small.train)[torch.randint(0, len(small.train), (40,), generator=g)]
+    pos = torch.cat([pairs[:, 1], pairs[:8, 1]])          # repeated positives, as in real batches
+    users = torch.cat([pairs[:, 0], pairs[:8, 0]])
+    batch = Batch(users, pos, torch.randint(0, small.n_items, (48,), generator=g))
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = model.loss(batch).loss
+    ref = _reference_loss(model, batch)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    for x, y in zip(torch.autograd.grad(got, params, allow_unused=True),
+                    torch.autograd.grad(ref, params, allow_unused=True)):
+        if x is None or y is None:
+            assert (x is None or not x.any()) and (y is None or not y.any())
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)

@@ -52,7 +52,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, unique_rows
 
 log = logging.getLogger(__name__)
 
@@ -78,28 +78,60 @@ def amp_loss(h: Tensor, f_normed: Tensor, similarity: str = "cosine", gram: Opti
         gram: compute through the small Gram matrices (below) instead of the ``[n, n]`` matrices;
             ``None`` picks the cheaper way.
         counts: ``[n]`` multiplicities: row ``j`` stands for ``counts[j]`` identical rows; the result is
-            exactly the term of the expanded batch (rows scaled by ``sqrt(c)``, ``n`` = ``sum(c)``).
+            exactly the term of the expanded batch (``n`` = ``sum(c)``).
 
-    With ``a`` = the rows compared (``h`` normalised, or raw for ``dot``) and ``f`` = ``f_normed``,
-    ``||a a^T - f f^T||_F^2 = ||a^T a||_F^2 - 2 ||a^T f||_F^2 + ||f^T f||_F^2``: ``O(n (d + d_m)^2)``
-    instead of ``O(n^2 (d + d_m))`` flops; the terms with a gradient are evaluated in float64 (the three
-    terms nearly cancel when the structures agree).
+    With ``a`` = the rows compared (``h`` normalised, or raw for ``dot``), ``f`` = ``f_normed`` and
+    ``C = diag(counts)``, ``||a a^T - f f^T||_F^2 = ||a^T C a||_F^2 - 2 ||a^T C f||_F^2 + ||f^T C f||_F^2``:
+    ``O(n (d + d_m)^2)`` instead of ``O(n^2 (d + d_m))`` flops; the terms with a gradient are evaluated in
+    float64 (the three terms nearly cancel when the structures agree), with a hand-written backward
+    (:class:`_AMPGram`: one float64 product per Gram matrix each way).
     """
     a = F.normalize(h, dim=-1) if similarity == "cosine" else h
     f = f_normed.detach()
     n, d, dm = a.shape[0], a.shape[1], f.shape[1]
+    if gram is None:
+        gram = d * d + d * dm + dm * dm < n * (d + dm)
+    if gram:
+        return _AMPGram.apply(a, f, counts)
     if counts is not None:
         root = counts.to(a.dtype).sqrt().unsqueeze(1)
         a, f, n = a * root, f * root, float(counts.sum())
-    if gram is None:
-        gram = d * d + d * dm + dm * dm < n * (d + dm)
-    if not gram:
-        return torch.linalg.matrix_norm(a @ a.t() - f @ f.t()) / n
-    a64, f64 = a.double(), f.double()
-    # the constant ||f^T f||^2 (no gradient) from a float32 product: its rounding only shifts the value
-    const = (f.t() @ f).double().square().sum()
-    sq = (a64.t() @ a64).square().sum() - 2 * (a64.t() @ f64).square().sum() + const
-    return sq.clamp_min(1e-30).sqrt().to(h.dtype) / n
+    return torch.linalg.matrix_norm(a @ a.t() - f @ f.t()) / n
+
+
+class _AMPGram(torch.autograd.Function):
+    """``sqrt(||a^T C a||^2 - 2 ||a^T C f||^2 + ||f^T C f||^2) / sum(C)`` for rows ``a [n, d]`` (with a
+    gradient), ``f [n, d_m]`` (constant) and multiplicities ``C = diag(counts)`` (``None``: ones).
+
+    The Grams with a gradient in float64; the constant ``||f^T C f||^2`` from a float32 product (its
+    rounding only shifts the value). Backward: ``d sq / d a = 4 C (a G_aa - f G_af^T)`` with
+    ``G_aa = a^T C a``, ``G_af = a^T C f``."""
+
+    @staticmethod
+    def forward(ctx, a, f, counts):  # type: ignore[override]
+        a64, f64 = a.double(), f.double()
+        if counts is None:
+            ac, fc, total = a64, f, float(a.shape[0])
+        else:
+            c = counts.to(a.dtype).unsqueeze(1)
+            ac, fc, total = a64 * c.double(), f * c, float(counts.sum())
+        g_aa, g_af = ac.t() @ a64, ac.t() @ f64
+        const = (fc.t() @ f).double().square().sum()
+        sq = (g_aa.square().sum() - 2 * g_af.square().sum() + const).clamp_min(1e-30)
+        ctx.save_for_backward(ac, f64, g_aa, g_af, sq, None if counts is None else counts)
+        ctx.total = total
+        return (sq.sqrt() / total).to(a.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        ac, f64, g_aa, g_af, sq, counts = ctx.saved_tensors
+        if not ctx.needs_input_grad[0] or float(sq) <= 1e-30:
+            return (torch.zeros_like(ac, dtype=grad.dtype) if ctx.needs_input_grad[0] else None), None, None
+        fc = f64 if counts is None else f64 * counts.double().unsqueeze(1)
+        # d out / d sq = 1 / (2 sqrt(sq) total);  d sq / d a = 4 (C a G_aa - C f G_af^T)
+        coef = grad.double() * 2.0 / (sq.sqrt() * ctx.total)
+        ga = torch.addmm(ac @ g_aa, fc, g_af.t(), alpha=-1.0).mul_(coef)
+        return ga.to(grad.dtype), None, None
 
 
 def cosine_margin_loss(users: Tensor, pos: Tensor, neg: Tensor, margin: float = 0.2) -> Tensor:
@@ -123,60 +155,71 @@ def graph_smoothness_quadratic(h: Tensor, adj: SparseAdj, degree: Tensor, n_edge
 
 
 class _InfoNCE(torch.autograd.Function):
-    """``sum_k w_k (log sum_l exp(a_k . b_l / tau + beta_l) - a_k . b_k / tau)`` for rows ``a, b [n, d]``,
-    column biases ``beta [n]`` and row weights ``w [n]``. The ``[n, n]`` logits become the softmax in
-    place; the backward reuses it (``dL/dlogits = w_k (P_kl - 1[k = l])``): one ``[n, n]`` buffer and
-    one matrix product per input that needs a gradient."""
+    """``sum_k w_k (log sum_l c_l exp(a_k . b_l / tau) - a_k . b_k / tau)`` for rows ``a, b [n, d]``,
+    column multiplicities ``c [n]`` and row weights ``w [n]``.
+
+    One ``[n, n]`` buffer, touched by the product, the row maximum, the in-place ``exp`` and one
+    matrix-vector product; the backward never writes it: with ``E = exp(logits - max)`` and ``s = E c``,
+    ``dL/dlogits_kl = w_k (c_l E_kl / s_k - 1[k = l])`` gives ``da = (r (.) E (c (.) b) - w (.) b) / tau``
+    and ``db = (c (.) E^T (r (.) a) - w (.) a) / tau`` with ``r = w / s`` (one matrix product per input
+    that needs a gradient)."""
 
     @staticmethod
-    def forward(ctx, a, b, beta, w, tau):  # type: ignore[override]
-        logits = torch.addmm(beta.unsqueeze(0), a, b.t(), alpha=1.0 / tau)
-        pos = (a * b).sum(-1) / tau
-        top = logits.amax(1, keepdim=True)
-        probs = logits.sub_(top).exp_()
-        total = probs.sum(1, keepdim=True)
-        lse = total.log().add_(top).squeeze(1)
-        probs.div_(total)
-        ctx.save_for_backward(a, b, w, probs)
+    def forward(ctx, a, b, c, w, tau):  # type: ignore[override]
+        scaled = a * (1.0 / tau)
+        e = scaled @ b.t()
+        pos = (scaled * b).sum(-1)
+        top = e.amax(1, keepdim=True)
+        e.sub_(top).exp_()
+        total = e @ c
+        lse = total.log().add_(top.squeeze(1))
+        ctx.save_for_backward(a, b, c, w, e, total)
         ctx.tau = tau
         return (w * (lse - pos)).sum()
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        a, b, w, probs = ctx.saved_tensors
-        scale = (w * grad).unsqueeze(1)
-        g = probs.mul_(scale)
-        g.diagonal().sub_(scale.squeeze(1))
-        ga = g @ b / ctx.tau if ctx.needs_input_grad[0] else None
-        gb = g.t() @ a / ctx.tau if ctx.needs_input_grad[1] else None
+        a, b, c, w, e, total = ctx.saved_tensors
+        gw = (w * grad).unsqueeze(1)
+        r = gw / total.unsqueeze(1)
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = (r * (e @ (b * c.unsqueeze(1))) - gw * b) / ctx.tau
+        if ctx.needs_input_grad[1]:
+            gb = (c.unsqueeze(1) * (e.t() @ (r * a)) - gw * a) / ctx.tau
         return ga, gb, None, None, None
 
 
-def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Optional[Tensor] = None) -> Tensor:
+def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Optional[Tensor] = None,
+                    normalized: bool = False) -> Tensor:
     """In-batch InfoNCE (cosine logits / ``tau``) over rows that stand for ``counts [n]`` identical rows each.
 
     Without ``counts`` it equals :func:`mmgraph.losses.info_nce` (``mean_k -log softmax_k(cos(a_k, b) /
     tau)_k``). With them it equals ``info_nce`` of the expanded ``[sum(counts), d]`` batch exactly (a
     repeated item is a negative of itself as often as it repeats, as in the released code), in
     ``O(n^2 d)`` instead of ``O(B^2 d)``: ``sum_j c_j (-s_jj + log sum_l c_l exp(s_jl)) / sum_j c_j``.
-    Computed by :class:`_InfoNCE` (one ``[n, n]`` buffer).
+    Computed by :class:`_InfoNCE` (one ``[n, n]`` buffer). ``normalized``: the rows are already
+    L2-normalised.
     """
-    a, b = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    a, b = (anchor, positive) if normalized else (F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1))
     n = a.shape[0]
     if counts is None:
-        beta, w = a.new_zeros(n), a.new_full((n,), 1.0 / n)
+        c, w = a.new_ones(n), a.new_full((n,), 1.0 / n)
     else:
         c = counts.to(a.dtype)
-        beta, w = c.log(), c / c.sum()
-    return _InfoNCE.apply(a, b, beta, w, float(tau))
+        w = c / c.sum()
+    return _InfoNCE.apply(a, b, c, w, float(tau))
 
 
 def aal_terms(p_mm: Tensor, p_id: Tensor, p_mix: Tensor, tau: float,
               counts: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Eq. 2: ``(InfoNCE(p_mm, p_id), InfoNCE(sg(p_mm), p_mix))``; the anchor is detached in the second
     term only, so the unimodal mix moves toward the anchor and not the reverse. ``counts``: row
-    multiplicities (see :func:`info_nce_counts`)."""
-    return info_nce_counts(p_mm, p_id, tau, counts), info_nce_counts(p_mm.detach(), p_mix, tau, counts)
+    multiplicities (see :func:`info_nce_counts`). The anchor rows are normalised once for both terms."""
+    a = F.normalize(p_mm, dim=-1)
+    b_id, b_mix = F.normalize(p_id, dim=-1), F.normalize(p_mix, dim=-1)
+    return (info_nce_counts(a, b_id, tau, counts, normalized=True),
+            info_nce_counts(a.detach(), b_mix, tau, counts, normalized=True))
 
 
 def mlp(d_in: int, d: int) -> nn.Sequential:
@@ -389,7 +432,7 @@ class AnchorRec(GraphRecommender):
         """Final item rows ``[len(ids), d]`` from the uncorrected table ``base [I, d]``: the correction MLP
         runs on the distinct ``ids`` only (the same values and gradients as on the whole table)."""
         uniq, inv = torch.unique(ids, return_inverse=True)
-        return self.correct(base[uniq], h_mm[uniq])[inv]
+        return self.correct(unique_rows(base, uniq), unique_rows(h_mm, uniq))[inv]
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self.fuse(*self.encode())
@@ -414,25 +457,38 @@ class AnchorRec(GraphRecommender):
         return out
 
     # ------------------------------------------------------------------ loss
-    def aal(self, pos: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    def _positives(self, pos: Tensor, i_id: Tensor, h: Dict[str, Tensor]):
+        """The batch's distinct positive items with their counts and their rows of ``i_id`` and each
+        ``h_m``, gathered once for AAL and AMP (``unique_rows``: a scatter-free backward)."""
+        items, counts = torch.unique(pos, return_counts=True)
+        rows = {m: unique_rows(x, items) for m, x in h.items()}
+        rows[ID] = unique_rows(i_id, items)
+        return items, counts, rows
+
+    def aal(self, pos: Tensor, i_id: Tensor, h: Dict[str, Tensor], positives=None) -> Tuple[Tensor, Tensor]:
         """Eq. 2 over the batch's positive rows ``pos [B]`` (repeats kept, as released; computed on the
         distinct items with their counts): ``(InfoNCE(p_mm, p_id), InfoNCE(sg(p_mm), p_mix))``."""
-        items, counts = torch.unique(pos, return_counts=True)
-        p_mm = self.project(ANCHOR, h[ANCHOR][items])
-        p_id = self.project(ID, i_id[items])
-        p_mix = sum(w * self.project(m, h[m][items], items) for m, w in self.mix.items() if w)
+        items, counts, rows = positives if positives is not None else self._positives(pos, i_id, h)
+        p_mm = self.project(ANCHOR, rows[ANCHOR])
+        p_id = self.project(ID, rows[ID])
+        p_mix = sum(w * self.project(m, rows[m], items) for m, w in self.mix.items() if w)
         return aal_terms(p_mm, p_id, p_mix, self.tau, counts)
 
-    def amp_term(self, pos: Tensor, h: Dict[str, Tensor]) -> Tensor:
+    def amp_term(self, pos: Tensor, h: Dict[str, Tensor], positives=None) -> Tensor:
         """Eq. 3: ``sum_m lambda_m ||C(h_m) - C(f_m)||_F / B`` over the pairs of positive rows ``pos [B]``
         (computed on the distinct items with their counts)."""
-        items, counts = torch.unique(pos, return_counts=True)
+        if positives is None:
+            items, counts = torch.unique(pos, return_counts=True)
+            rows = {m: x[items] for m, x in h.items()}
+        else:
+            items, counts, rows = positives
         sim = self.config["amp_similarity"]
-        total = h[ANCHOR].new_zeros(())
+        total = None
         for m, lam in self.amp.items():
             if lam:
-                total = total + lam * amp_loss(h[m][items], self.raw.raw(m, items), sim, counts=counts)
-        return total
+                term = lam * amp_loss(rows[m], self.raw.raw(m, items), sim, counts=counts)
+                total = term if total is None else total + term
+        return h[ANCHOR].new_zeros(()) if total is None else total
 
     def loss(self, batch: Batch) -> LossOutput:
         cfg = self.config
@@ -446,11 +502,14 @@ class AnchorRec(GraphRecommender):
         if float(cfg["ui_cosine_weight"]):
             terms["ui_cosine"] = float(cfg["ui_cosine_weight"]) * cosine_margin_loss(
                 eu, ep, en, float(cfg["ui_cosine_margin"]))
+        positives = None
+        if float(cfg["aal_weight"]) or float(cfg["amp_weight"]):
+            positives = self._positives(batch.pos, i_id, h)
         if float(cfg["aal_weight"]):
-            aal_id, aal_mix = self.aal(batch.pos, i_id, h)
+            aal_id, aal_mix = self.aal(batch.pos, i_id, h, positives)
             terms["aal"] = float(cfg["aal_weight"]) * (aal_id + aal_mix)
         if float(cfg["amp_weight"]):
-            terms["amp"] = float(cfg["amp_weight"]) * self.amp_term(batch.pos, h)
+            terms["amp"] = float(cfg["amp_weight"]) * self.amp_term(batch.pos, h, positives)
         if float(cfg["smooth_weight"]):
             terms["smooth"] = float(cfg["smooth_weight"]) * graph_smoothness_quadratic(
                 h[ANCHOR], self.item_graphs[ANCHOR], self.smooth_degree, self.n_smooth_edges)
