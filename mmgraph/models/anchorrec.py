@@ -154,12 +154,16 @@ def graph_smoothness_quadratic(h: Tensor, adj: SparseAdj, degree: Tensor, n_edge
     return ((degree * h.pow(2).sum(-1)).sum() - 2.0 * (h * adj.matmul(h)).sum()) / n_edges
 
 
+#: rows of logits per block in :class:`_InfoNCE`'s forward (a block of ``[128, n]`` float32 stays in cache)
+_NCE_BLOCK = 128
+
+
 class _InfoNCE(torch.autograd.Function):
     """``sum_k w_k (log sum_l c_l exp(a_k . b_l / tau) - a_k . b_k / tau)`` for rows ``a, b [n, d]``,
     column multiplicities ``c [n]`` and row weights ``w [n]``.
 
-    One ``[n, n]`` buffer, touched by the product, the row maximum, the in-place ``exp`` and one
-    matrix-vector product; the backward never writes it: with ``E = exp(logits - max)`` and ``s = E c``,
+    One ``[n, n]`` buffer, filled by blocks of rows (product, row maximum, in-place ``exp``, row sums
+    while the block is in cache); the backward never writes it: with ``E = exp(logits - max)`` and ``s = E c``,
     ``dL/dlogits_kl = w_k (c_l E_kl / s_k - 1[k = l])`` gives ``da = (r (.) E (c (.) b) - w (.) b) / tau``
     and ``db = (c (.) E^T (r (.) a) - w (.) a) / tau`` with ``r = w / s`` (one matrix product per input
     that needs a gradient)."""
@@ -167,11 +171,18 @@ class _InfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, c, w, tau):  # type: ignore[override]
         scaled = a * (1.0 / tau)
-        e = scaled @ b.t()
         pos = (scaled * b).sum(-1)
-        top = e.amax(1, keepdim=True)
-        e.sub_(top).exp_()
-        total = e @ c
+        n = a.shape[0]
+        e, top, total = a.new_empty(n, b.shape[0]), a.new_empty(n, 1), a.new_empty(n)
+        bt = b.t()
+        # by blocks of rows, so each block of logits stays in cache from the product to its row sums
+        for lo in range(0, n, _NCE_BLOCK):
+            hi = min(lo + _NCE_BLOCK, n)
+            blk = e[lo:hi]
+            torch.mm(scaled[lo:hi], bt, out=blk)
+            torch.amax(blk, 1, keepdim=True, out=top[lo:hi])
+            blk.sub_(top[lo:hi]).exp_()
+            torch.mv(blk, c, out=total[lo:hi])
         lse = total.log().add_(top.squeeze(1))
         ctx.save_for_backward(a, b, c, w, e, total)
         ctx.tau = tau
@@ -408,31 +419,42 @@ class AnchorRec(GraphRecommender):
             return self.proj[m](self.frozen.raw(m, items))
         return self.proj[m](x)
 
-    def fuse(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor],
-             full_items: bool = True) -> Tuple[Tensor, Tensor]:
+    def fuse(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
         """Scoring users ``[U, d]`` and items ``[I, d]``: sums over the scoring modalities plus the anchor
-        correction ``lambda_recon MLP(p_mm)`` on the items. ``full_items=False``: the items without the
-        correction (:meth:`item_rows` adds it to the rows a step needs)."""
+        correction ``lambda_recon MLP(p_mm)`` on the items (a training step builds only its rows:
+        :meth:`user_rows`, :meth:`item_rows`)."""
         users, items = None, None
         for m in self.scoring:
             u = u_id if m == ID else self.user_agg.matmul(h[m])
             i = i_id if m == ID else h[m]
             users = u if users is None else users + u
             items = i if items is None else items + i
-        if full_items:
-            items = self.correct(items, h[ANCHOR])
-        return users, items
+        return users, self.correct(items, h[ANCHOR])
 
     def correct(self, items: Tensor, h_mm: Tensor) -> Tensor:
         """``items + lambda_recon MLP(p_mm)`` for rows ``items, h_mm [n, d]`` of the same items."""
         lam = float(self.config["lambda_recon"])
         return items + lam * self.recon(self.project(ANCHOR, h_mm)) if lam else items
 
-    def item_rows(self, base: Tensor, h_mm: Tensor, ids: Tensor) -> Tensor:
-        """Final item rows ``[len(ids), d]`` from the uncorrected table ``base [I, d]``: the correction MLP
-        runs on the distinct ``ids`` only (the same values and gradients as on the whole table)."""
+    def item_rows(self, i_id: Tensor, h: Dict[str, Tensor], ids: Tensor) -> Tensor:
+        """Final item rows ``[len(ids), d]`` (as :meth:`fuse`'s table) built on the distinct ``ids`` only:
+        the scoring sum and the correction MLP on those rows (the same values and gradients)."""
         uniq, inv = torch.unique(ids, return_inverse=True)
-        return self.correct(unique_rows(base, uniq), unique_rows(h_mm, uniq))[inv]
+        rows = None
+        for m in self.scoring:
+            r = unique_rows(i_id if m == ID else h[m], uniq)
+            rows = r if rows is None else rows + r
+        return self.correct(rows, unique_rows(h[ANCHOR], uniq))[inv]
+
+    def user_rows(self, u_id: Tensor, h: Dict[str, Tensor], ids: Tensor) -> Tensor:
+        """Final user rows ``[len(ids), d]`` (as :meth:`fuse`'s table): ``y_m = R_hat h_m`` on the rows of
+        the distinct ``ids`` only (a batch holds a small part of the users)."""
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        rows = None
+        for m in self.scoring:
+            r = unique_rows(u_id, uniq) if m == ID else self.user_agg.rows_matmul(h[m], uniq)
+            rows = r if rows is None else rows + r
+        return rows[inv]
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self.fuse(*self.encode())
@@ -493,10 +515,9 @@ class AnchorRec(GraphRecommender):
     def loss(self, batch: Batch) -> LossOutput:
         cfg = self.config
         u_id, i_id, h = self.encode()
-        users, base = self.fuse(u_id, i_id, h, full_items=False)
         n_pos = batch.pos.shape[0]
-        rows = self.item_rows(base, h[ANCHOR], torch.cat([batch.pos, batch.neg]))
-        eu, ep, en = users[batch.users], rows[:n_pos], rows[n_pos:]
+        rows = self.item_rows(i_id, h, torch.cat([batch.pos, batch.neg]))
+        eu, ep, en = self.user_rows(u_id, h, batch.users), rows[:n_pos], rows[n_pos:]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         terms = {"bpr": bpr, "reg": float(cfg["reg_weight"]) * l2_reg(eu, ep, en)}
         if float(cfg["ui_cosine_weight"]):
@@ -514,7 +535,8 @@ class AnchorRec(GraphRecommender):
             terms["smooth"] = float(cfg["smooth_weight"]) * graph_smoothness_quadratic(
                 h[ANCHOR], self.item_graphs[ANCHOR], self.smooth_degree, self.n_smooth_edges)
         total = sum(terms.values())
-        return LossOutput(total, terms, users, item_rows=lambda ids: self.item_rows(base, h[ANCHOR], ids),
+        return LossOutput(total, terms, user_rows=lambda ids: self.user_rows(u_id, h, ids),
+                          item_rows=lambda ids: self.item_rows(i_id, h, ids),
                           channels=self._step_channels(u_id, i_id, h))
 
     def _step_channels(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Dict[str, Channel]:
