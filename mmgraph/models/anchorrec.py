@@ -400,8 +400,15 @@ class AnchorRec(GraphRecommender):
 
     # ------------------------------------------------------------------ representations
     def refine(self, m: str) -> Tensor:
-        """``h_m = S_m^L (e_id (.) sigmoid(G_m(P_m f_m)))`` for all items ``[I, d]``."""
-        gate = torch.sigmoid(self.gate[m](self.trs[m](self.feats.table(m))))
+        """``h_m = S_m^L (e_id (.) sigmoid(G_m(P_m f_m)))`` for all items ``[I, d]``.
+
+        The two linear maps are applied as one: ``G_m(P_m f) = f (G_m P_m)^T + (G_m b_P + b_G)`` -- the
+        ``d x d_m`` product is formed once (``d^2 d_m`` flops) instead of a ``[I, d] x [d, d]`` product
+        each way per item table; the same function of the same parameters (only the rounding order differs)."""
+        trs, gate = self.trs[m], self.gate[m]
+        weight = gate.weight @ trs.weight
+        bias = torch.addmv(gate.bias, gate.weight, trs.bias)
+        gate = torch.sigmoid(F.linear(self.feats.table(m), weight, bias))
         h = self.item_emb.weight * gate
         for _ in range(int(self.config["n_mm_layers"])):
             h = self.item_graphs[m].matmul(h)
@@ -422,14 +429,12 @@ class AnchorRec(GraphRecommender):
     def fuse(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
         """Scoring users ``[U, d]`` and items ``[I, d]``: sums over the scoring modalities plus the anchor
         correction ``lambda_recon MLP(p_mm)`` on the items (a training step builds only its rows:
-        :meth:`user_rows`, :meth:`item_rows`)."""
-        users, items = None, None
+        :meth:`item_rows`)."""
+        items = None
         for m in self.scoring:
-            u = u_id if m == ID else self.user_agg.matmul(h[m])
             i = i_id if m == ID else h[m]
-            users = u if users is None else users + u
             items = i if items is None else items + i
-        return users, self.correct(items, h[ANCHOR])
+        return self.user_table(u_id, h), self.correct(items, h[ANCHOR])
 
     def correct(self, items: Tensor, h_mm: Tensor) -> Tensor:
         """``items + lambda_recon MLP(p_mm)`` for rows ``items, h_mm [n, d]`` of the same items."""
@@ -446,15 +451,14 @@ class AnchorRec(GraphRecommender):
             rows = r if rows is None else rows + r
         return self.correct(rows, unique_rows(h[ANCHOR], uniq))[inv]
 
-    def user_rows(self, u_id: Tensor, h: Dict[str, Tensor], ids: Tensor) -> Tensor:
-        """Final user rows ``[len(ids), d]`` (as :meth:`fuse`'s table): ``y_m = R_hat h_m`` on the rows of
-        the distinct ``ids`` only (a batch holds a small part of the users)."""
-        uniq, inv = torch.unique(ids, return_inverse=True)
-        rows = None
+    def user_table(self, u_id: Tensor, h: Dict[str, Tensor]) -> Tensor:
+        """The scoring users ``[U, d]`` (as :meth:`fuse`): one sparse product per content modality (cheaper
+        than gathering the ``R_hat`` rows of a batch's users)."""
+        users = None
         for m in self.scoring:
-            r = unique_rows(u_id, uniq) if m == ID else self.user_agg.rows_matmul(h[m], uniq)
-            rows = r if rows is None else rows + r
-        return rows[inv]
+            u = u_id if m == ID else self.user_agg.matmul(h[m])
+            users = u if users is None else users + u
+        return users
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self.fuse(*self.encode())
@@ -517,7 +521,8 @@ class AnchorRec(GraphRecommender):
         u_id, i_id, h = self.encode()
         n_pos = batch.pos.shape[0]
         rows = self.item_rows(i_id, h, torch.cat([batch.pos, batch.neg]))
-        eu, ep, en = self.user_rows(u_id, h, batch.users), rows[:n_pos], rows[n_pos:]
+        users = self.user_table(u_id, h)
+        eu, ep, en = users[batch.users], rows[:n_pos], rows[n_pos:]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         terms = {"bpr": bpr, "reg": float(cfg["reg_weight"]) * l2_reg(eu, ep, en)}
         if float(cfg["ui_cosine_weight"]):
@@ -535,8 +540,7 @@ class AnchorRec(GraphRecommender):
             terms["smooth"] = float(cfg["smooth_weight"]) * graph_smoothness_quadratic(
                 h[ANCHOR], self.item_graphs[ANCHOR], self.smooth_degree, self.n_smooth_edges)
         total = sum(terms.values())
-        return LossOutput(total, terms, user_rows=lambda ids: self.user_rows(u_id, h, ids),
-                          item_rows=lambda ids: self.item_rows(i_id, h, ids),
+        return LossOutput(total, terms, users, item_rows=lambda ids: self.item_rows(i_id, h, ids),
                           channels=self._step_channels(u_id, i_id, h))
 
     def _step_channels(self, u_id: Tensor, i_id: Tensor, h: Dict[str, Tensor]) -> Dict[str, Channel]:
