@@ -154,7 +154,7 @@ def graph_smoothness_quadratic(h: Tensor, adj: SparseAdj, degree: Tensor, n_edge
     return ((degree * h.pow(2).sum(-1)).sum() - 2.0 * (h * adj.matmul(h)).sum()) / n_edges
 
 
-#: rows of logits per block in :class:`_InfoNCE`'s forward (a block of ``[128, n]`` float32 stays in cache)
+#: rows of logits per block in :class:`_InfoNCE` (a ``[128, n]`` float32 block stays in cache)
 _NCE_BLOCK = 128
 
 
@@ -162,42 +162,57 @@ class _InfoNCE(torch.autograd.Function):
     """``sum_k w_k (log sum_l c_l exp(a_k . b_l / tau) - a_k . b_k / tau)`` for rows ``a, b [n, d]``,
     column multiplicities ``c [n]`` and row weights ``w [n]``.
 
-    One ``[n, n]`` buffer, filled by blocks of rows (product, row maximum, in-place ``exp``, row sums
-    while the block is in cache); the backward never writes it: with ``E = exp(logits - max)`` and ``s = E c``,
-    ``dL/dlogits_kl = w_k (c_l E_kl / s_k - 1[k = l])`` gives ``da = (r (.) E (c (.) b) - w (.) b) / tau``
-    and ``db = (c (.) E^T (r (.) a) - w (.) a) / tau`` with ``r = w / s`` (one matrix product per input
-    that needs a gradient)."""
+    With ``E = exp(logits - rowmax)`` and ``s = E c``, ``dL/dlogits_kl = w_k (c_l E_kl / s_k - 1[k = l])``
+    (times the incoming scalar gradient ``g``), so ``da = g (q (.) E (c (.) b) - w (.) b) / tau`` and
+    ``db = g (c (.) E^T (q (.) a) - w (.) a) / tau`` with ``q = w / s``: everything but the factor ``g`` is
+    known in the forward. The forward therefore runs by blocks of rows -- logits, row maximum, ``exp``,
+    row sums and the two gradient products while the block is in cache -- and never materialises the
+    ``[n, n]`` matrix; the backward only scales. The same products (``O(n^2 d)``) as the plain autograd
+    form, without its ``[n, n]`` buffers."""
 
     @staticmethod
     def forward(ctx, a, b, c, w, tau):  # type: ignore[override]
+        need_a, need_b = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
         scaled = a * (1.0 / tau)
         pos = (scaled * b).sum(-1)
-        n = a.shape[0]
-        e, top, total = a.new_empty(n, b.shape[0]), a.new_empty(n, 1), a.new_empty(n)
+        n, d = a.shape
         bt = b.t()
-        # by blocks of rows, so each block of logits stays in cache from the product to its row sums
+        # right-hand side of the row sums (and of da): [c (.) b | c]
+        rhs = torch.cat([b * c.unsqueeze(1), c.unsqueeze(1)], 1) if need_a else c
+        lse = a.new_empty(n)
+        da = a.new_empty(n, d) if need_a else None
+        db = a.new_zeros(b.shape[0], d) if need_b else None
+        buf = a.new_empty(min(_NCE_BLOCK, n), b.shape[0])
         for lo in range(0, n, _NCE_BLOCK):
             hi = min(lo + _NCE_BLOCK, n)
-            blk = e[lo:hi]
+            blk = buf[: hi - lo]
             torch.mm(scaled[lo:hi], bt, out=blk)
-            torch.amax(blk, 1, keepdim=True, out=top[lo:hi])
-            blk.sub_(top[lo:hi]).exp_()
-            torch.mv(blk, c, out=total[lo:hi])
-        lse = total.log().add_(top.squeeze(1))
-        ctx.save_for_backward(a, b, c, w, e, total)
+            top = blk.amax(1)
+            blk.sub_(top.unsqueeze(1)).exp_()
+            if need_a:
+                prod = blk @ rhs
+                total = prod[:, d]
+            else:
+                total = blk @ c
+            lse[lo:hi] = total.log() + top
+            q = (w[lo:hi] / total).unsqueeze(1)
+            if need_a:
+                da[lo:hi] = q * prod[:, :d]
+            if need_b:
+                db.addmm_(blk.t(), q * a[lo:hi])
+        ctx.save_for_backward(a, b, c, w, da, db)
         ctx.tau = tau
         return (w * (lse - pos)).sum()
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        a, b, c, w, e, total = ctx.saved_tensors
-        gw = (w * grad).unsqueeze(1)
-        r = gw / total.unsqueeze(1)
+        a, b, c, w, da, db = ctx.saved_tensors
+        gw = w.unsqueeze(1)
         ga = gb = None
         if ctx.needs_input_grad[0]:
-            ga = (r * (e @ (b * c.unsqueeze(1))) - gw * b) / ctx.tau
+            ga = (da - gw * b) * (grad / ctx.tau)
         if ctx.needs_input_grad[1]:
-            gb = (c.unsqueeze(1) * (e.t() @ (r * a)) - gw * a) / ctx.tau
+            gb = (c.unsqueeze(1) * db - gw * a) * (grad / ctx.tau)
         return ga, gb, None, None, None
 
 
@@ -209,7 +224,7 @@ def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Option
     tau)_k``). With them it equals ``info_nce`` of the expanded ``[sum(counts), d]`` batch exactly (a
     repeated item is a negative of itself as often as it repeats, as in the released code), in
     ``O(n^2 d)`` instead of ``O(B^2 d)``: ``sum_j c_j (-s_jj + log sum_l c_l exp(s_jl)) / sum_j c_j``.
-    Computed by :class:`_InfoNCE` (one ``[n, n]`` buffer). ``normalized``: the rows are already
+    Computed by :class:`_InfoNCE` (by blocks of rows, no ``[n, n]`` buffer). ``normalized``: the rows are already
     L2-normalised.
     """
     a, b = (anchor, positive) if normalized else (F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1))
