@@ -330,17 +330,20 @@ def _reference_loss(model, batch):
     r_hat = _dense(model.user_agg)
     users = sum(u_id if m == "id" else r_hat @ h[m] for m in model.scoring)
     items = sum(i_id if m == "id" else h[m] for m in model.scoring)
-    items = items + float(cfg["lambda_recon"]) * model.recon(model.proj["mm"](h["mm"]))
+    if float(cfg["lambda_recon"]):
+        items = items + float(cfg["lambda_recon"]) * model.recon(model.proj["mm"](h["mm"]))
     eu, ep, en = users[batch.users], items[batch.pos], items[batch.neg]
     loss = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1)) + float(cfg["reg_weight"]) * l2_reg(eu, ep, en)
     loss = loss + float(cfg["ui_cosine_weight"]) * cosine_margin_loss(eu, ep, en, float(cfg["ui_cosine_margin"]))
     pos = batch.pos
     p_mm = model.proj["mm"](h["mm"][pos])
-    p_mix = sum(w * model.proj[m](h[m][pos]) for m, w in model.mix.items() if w)
+    raw_in = cfg["projection_input"] == "raw"
+    p_mix = sum(w * model.proj[m](model.frozen.raw(m)[pos] if raw_in else h[m][pos])
+                for m, w in model.mix.items() if w)
     aal = info_nce(p_mm, model.proj["id"](i_id[pos]), model.tau) + info_nce(p_mm.detach(), p_mix, model.tau)
     amp = 0.0
     for m, lam in model.amp.items():
-        a = F.normalize(h[m][pos], dim=-1)
+        a = F.normalize(h[m][pos], dim=-1) if cfg["amp_similarity"] == "cosine" else h[m][pos]
         f = model.raw.raw(m)[pos]                            # L2-normalised once at build time
         amp = amp + lam * torch.linalg.matrix_norm(a @ a.t() - f @ f.t()) / len(pos)
     g = model.item_graphs["mm"]
@@ -350,7 +353,10 @@ def _reference_loss(model, batch):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"n_mm_layers": 2, "lambda_recon": 0.1, "amp_weight": 0.5,
-                                            "aal_weight": 0.3, "tau": 0.05}])
+                                            "aal_weight": 0.3, "tau": 0.05},
+                                       {"score_modalities": ["image"], "lambda_recon": 0.0},
+                                       {"projection_input": "raw", "amp_similarity": "dot", "finetune_features": True},
+                                       {"aal_weight": 0.0, "smooth_weight": 0.0}])
 def test_the_optimised_loss_equals_the_plain_reference(small, overrides):
     """The step's loss (distinct items with counts, fused InfoNCE / AMP Grams, shared gathers) equals the
     plain formula on the repeated batch, in value and in every parameter's gradient (float64)."""

@@ -125,11 +125,11 @@ class _AMPGram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         ac, f64, g_aa, g_af, sq, counts = ctx.saved_tensors
-        if not ctx.needs_input_grad[0] or float(sq) <= 1e-30:
-            return (torch.zeros_like(ac, dtype=grad.dtype) if ctx.needs_input_grad[0] else None), None, None
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
         fc = f64 if counts is None else f64 * counts.double().unsqueeze(1)
-        # d out / d sq = 1 / (2 sqrt(sq) total);  d sq / d a = 4 (C a G_aa - C f G_af^T)
-        coef = grad.double() * 2.0 / (sq.sqrt() * ctx.total)
+        # d out / d sq = 1 / (2 sqrt(sq) total) (0 where the clamp holds);  d sq / d a = 4 C (a G_aa - f G_af^T)
+        coef = torch.where(sq > 1e-30, grad.double() * 2.0 / (sq.sqrt() * ctx.total), 0.0)
         ga = torch.addmm(ac @ g_aa, fc, g_af.t(), alpha=-1.0).mul_(coef)
         return ga.to(grad.dtype), None, None
 
@@ -224,8 +224,8 @@ def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Option
     tau)_k``). With them it equals ``info_nce`` of the expanded ``[sum(counts), d]`` batch exactly (a
     repeated item is a negative of itself as often as it repeats, as in the released code), in
     ``O(n^2 d)`` instead of ``O(B^2 d)``: ``sum_j c_j (-s_jj + log sum_l c_l exp(s_jl)) / sum_j c_j``.
-    Computed by :class:`_InfoNCE` (by blocks of rows, no ``[n, n]`` buffer). ``normalized``: the rows are already
-    L2-normalised.
+    Computed by :class:`_InfoNCE` (by blocks of rows, no ``[n, n]`` buffer). ``normalized``: the rows
+    are already L2-normalised.
     """
     a, b = (anchor, positive) if normalized else (F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1))
     n = a.shape[0]
@@ -510,7 +510,7 @@ class AnchorRec(GraphRecommender):
         """Eq. 2 over the batch's positive rows ``pos [B]`` (repeats kept, as released; computed on the
         distinct items with their counts): ``(InfoNCE(p_mm, p_id), InfoNCE(sg(p_mm), p_mix))``."""
         items, counts, rows = positives if positives is not None else self._positives(pos, i_id, h)
-        p_mm = self.project(ANCHOR, rows[ANCHOR])
+        p_mm = rows["p_mm"] if "p_mm" in rows else self.project(ANCHOR, rows[ANCHOR])
         p_id = self.project(ID, rows[ID])
         p_mix = sum(w * self.project(m, rows[m], items) for m, w in self.mix.items() if w)
         return aal_terms(p_mm, p_id, p_mix, self.tau, counts)
@@ -535,7 +535,17 @@ class AnchorRec(GraphRecommender):
         cfg = self.config
         u_id, i_id, h = self.encode()
         n_pos = batch.pos.shape[0]
-        rows = self.item_rows(i_id, h, torch.cat([batch.pos, batch.neg]))
+        lam = float(cfg["lambda_recon"])
+        need_pos = bool(float(cfg["aal_weight"]) or float(cfg["amp_weight"]))
+        # the batch's distinct items (positives and negatives): their rows of i_id, h_mm (and the other
+        # scoring modalities) gathered once, p_mm = MLP(h_mm) once for the correction and AAL
+        uniq, inv = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
+        got = {m: unique_rows(i_id if m == ID else h[m], uniq) for m in dict.fromkeys([*self.scoring, ANCHOR])}
+        p_mm = self.project(ANCHOR, got[ANCHOR]) if lam or float(cfg["aal_weight"]) else None
+        base = None
+        for m in self.scoring:
+            base = got[m] if base is None else base + got[m]
+        rows = (base + lam * self.recon(p_mm) if lam else base)[inv]
         users = self.user_table(u_id, h)
         eu, ep, en = users[batch.users], rows[:n_pos], rows[n_pos:]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
@@ -544,8 +554,17 @@ class AnchorRec(GraphRecommender):
             terms["ui_cosine"] = float(cfg["ui_cosine_weight"]) * cosine_margin_loss(
                 eu, ep, en, float(cfg["ui_cosine_margin"]))
         positives = None
-        if float(cfg["aal_weight"]) or float(cfg["amp_weight"]):
-            positives = self._positives(batch.pos, i_id, h)
+        if need_pos:
+            # the distinct positives = the distinct items with a positive count (the same order as
+            # torch.unique(pos)); their rows taken from the gathered ones where there are
+            counts = torch.bincount(inv[:n_pos], minlength=uniq.shape[0])
+            sel = counts.nonzero().squeeze(1)
+            items, counts = uniq[sel], counts[sel]
+            prow = {m: unique_rows(got[m], sel) if m in got else unique_rows(i_id if m == ID else h[m], items)
+                    for m in [ID, *self.refined]}
+            if p_mm is not None:
+                prow["p_mm"] = unique_rows(p_mm, sel)
+            positives = (items, counts, prow)
         if float(cfg["aal_weight"]):
             aal_id, aal_mix = self.aal(batch.pos, i_id, h, positives)
             terms["aal"] = float(cfg["aal_weight"]) * (aal_id + aal_mix)
