@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="dataset folder (MMRec atomic) or synthetic[:...]")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides applied to every variant")
-    p.add_argument("--base", nargs="+", default=["released"], choices=sorted(VARIANTS),
-                   help="variant preset(s) the ablations start from (default: released, the library default)")
+    p.add_argument("--base", nargs="+", default=["default"], choices=sorted(VARIANTS),
+                   help="variant preset(s) the ablations start from (default: default, the library default)")
     p.add_argument("--variants", default="wo_f,lf,stdu,full",
                    help="comma-separated subset of wo_f,lf,stdu,full (default: all four, Table 4)")
     p.add_argument("--modalities", action="store_true", help="also drop each modality in turn (Table 5)")

@@ -175,6 +175,20 @@ def test_registry_and_config():
         assert key in cfg, key
 
 
+def test_default_variant_is_the_released_code_with_a_detached_similarity():
+    """Issue 18: the shipped default keeps every released switch but ``detach_sim``; ``variant=released``
+    still means the released code, whatever the default."""
+    from mmgraph.models.cm3 import SWITCHES, VARIANTS
+    from mmgraph.train import load_config
+    resolved = CM3.resolve_config(load_config("cm3"))
+    assert {k: resolved[k] for k in SWITCHES} == {**VARIANTS["released"], "detach_sim": True}
+    assert CM3.resolve_config({})["detach_sim"] is True  # the Python API without a config: the same default
+    released = CM3.resolve_config(load_config("cm3", overrides={"variant": "released"}))
+    assert {k: released[k] for k in SWITCHES} == VARIANTS["released"]
+    paper = CM3.resolve_config(load_config("cm3", overrides={"variant": "paper"}))
+    assert {k: paper[k] for k in SWITCHES} == VARIANTS["paper"]
+
+
 def test_shapes_channels_and_unit_inputs(model, synth):
     d = model.embedding_size
     assert model.n_channels == 3
