@@ -117,6 +117,17 @@ def test_finished_run_is_never_overwritten_without_flag(data, finished, capsys):
     assert json.loads((finished / "meta.json").read_text())["method"] == "lightgcn"
 
 
+def test_overwrite_removes_the_temp_files_of_a_killed_writer(data, finished):
+    # a writer killed inside atomic_write leaves its temporary file; --overwrite clears it with the run
+    stale = [finished / ".history.json.k1ll3d.tmp", finished / ".best.pt.x9y8z7.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    (finished / "notes.txt").write_text("mine")
+    assert _train(data, finished, "--overwrite") == 0
+    assert not any(path.exists() for path in stale)
+    assert (finished / "notes.txt").read_text() == "mine"       # files a run does not write are kept
+
+
 def test_interrupted_run_needs_resume_or_overwrite(data, finished, capsys):
     (finished / "final_metrics.json").unlink()
     assert _train(data, finished) == 2
@@ -199,12 +210,39 @@ def test_truncated_checkpoint_is_one_line_naming_the_file(data, finished, tmp_pa
                      ["export", str(finished), "--k", "5", "--output", str(tmp_path / "x.csv")]):
             assert main(argv) == 2
             err = _err(capsys)
-            assert "best.pt" in err and "truncated or corrupt" in err
+            assert "best.pt" in err and "truncated or corrupt" in err and "internal miniz" not in err
     else:
         (finished / "final_metrics.json").unlink()
         assert main(["train", "--resume", "--out", str(finished)]) == 2
         err = _err(capsys)
         assert "last.pt" in err and "truncated or corrupt" in err
+
+
+def _zip_without_data(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.txt", "a")
+
+
+@pytest.mark.parametrize("name,write", [
+    ("text", lambda p: p.write_text("hello")),
+    ("empty", lambda p: p.write_bytes(b"")),
+    ("zip", _zip_without_data),
+    ("plain pickle", lambda p: p.write_bytes(__import__("pickle").dumps({"a": 1}, protocol=4))),
+])
+def test_foreign_checkpoint_is_one_readable_line(finished, capsys, name, write):
+    import warnings
+
+    write(finished / "best.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["evaluate", str(finished)]) == 2
+    err = _err(capsys)
+    assert "best.pt" in err and ("unreadable checkpoint" in err or "refused" in err), err
+    # torch's own text is cut to its first sentence: no C++ location, no advice, no trailing fragment
+    assert not any(s in err for s in ("weights_only", "enforce fail", "internal miniz", ": 101)")), err
+    assert not [w for w in caught if "torch" in str(w.filename)], [str(w.message) for w in caught]
 
 
 def test_pickled_checkpoint_is_refused_without_advice_to_unpickle(finished, capsys):
@@ -252,6 +290,13 @@ def test_list_valued_keys_are_values_and_run_one_training(data, tmp_path, capsys
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["plugins"] == ["cross"] and cfg["topk"] == [10, 20]
     assert not list(run.glob("point_*")) and (run / "final_metrics.json").exists()
+
+
+def test_metrics_print_the_cut_offs_the_run_computed(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "k", "--set", "topk=[5]", "valid_metric=ndcg@7", epochs=1) == 0
+    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines() if ":" in line}
+    for split in ("valid", "test"):
+        assert "recall@5 " in lines[split] and "ndcg@7 " in lines[split], lines
 
 
 # ------------------------------------------------------------------------------------------ one-line errors

@@ -61,7 +61,13 @@ def register(sub) -> None:
 
 
 def _print_metrics(result: dict, ks=(10, 20, 50)) -> None:
+    """The valid and test metrics at ``ks``, or at every cut-off the run computed when that is not all of
+    ``ks`` (``--set topk=[5,100]``)."""
     names = ["recall", "ndcg", "precision", "map"]
+    computed = sorted({int(k) for name, _, k in (key.partition("@") for key in result["valid"])
+                       if name in names and k.isdigit()})
+    if not set(ks) <= set(computed):
+        ks = computed
     for split in ("valid", "test"):
         metrics = result[split]
         cells = [f"{n}@{k} {metrics[f'{n}@{k}']:.4f}" for n in names for k in ks if f"{n}@{k}" in metrics]

@@ -22,6 +22,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
@@ -256,9 +257,13 @@ def check_fresh_folder(folder, overwrite: bool, grid: bool = False) -> None:
 
 
 def clear_run_files(folder) -> None:
+    """Remove the files a run or a grid writes, and the temporary files of writes a killed run left
+    unfinished (``.history.json.<random>.tmp``, see :func:`mmgraph.utils.io.atomic_write`)."""
     folder = Path(folder)
     for name in set(RUN_FILES) | set(GRID_FILES):
         (folder / name).unlink(missing_ok=True)
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     for sub in folder.iterdir():
         if sub.is_dir() and POINT_DIR.match(sub.name):
             shutil.rmtree(sub)
@@ -337,15 +342,16 @@ def load_checkpoint(path, map_location=None, resume: bool = False) -> Dict[str, 
     if not path.exists():
         raise ConfigError(f"{path} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():   # torch's notes on a foreign pickle protocol: the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc):
             raise DataError(f"{path}: refused: it holds pickled Python objects, not a plain state dict of "
                             "tensors (mmgraph never unpickles checkpoints)") from None
         raise DataError(f"{path}: unreadable checkpoint (truncated or corrupt)") from None
     except Exception as exc:  # zip / EOF / storage errors from a truncated or foreign file
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: unreadable checkpoint (truncated or corrupt: {first})") from None
+        raise DataError(f"{path}: unreadable checkpoint (truncated or corrupt{_load_error_detail(exc)})") from None
     if resume:
         need = ("state", "optimizer", "scheduler", "sampler", "rng", "epoch", "best_score", "best_epoch",
                 "bad_epochs", "history")
@@ -355,6 +361,17 @@ def load_checkpoint(path, map_location=None, resume: bool = False) -> Dict[str, 
     if not _is_state_dict(obj):
         raise DataError(f"{path}: refused: not a plain state dict of tensors")
     return obj
+
+
+def _load_error_detail(exc: Exception) -> str:
+    """``": <the first sentence of torch's message>"`` (its C++ location and advice dropped), or the
+    exception's type when the message says nothing readable."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)
+    text = re.split(r"(?<=\w)\.\s", text, maxsplit=1)[0][:160]
+    if "weights_only" in text or "unpickl" in text.lower():
+        return ""
+    return f": {text}" if re.search(r"[A-Za-z]{3}", text) else f": {type(exc).__name__}"
 
 
 def _is_state_dict(obj: Any) -> bool:
