@@ -1,8 +1,9 @@
 """Every ``mmgraph ...`` command and every Python example of README.md runs, on tiny synthetic data.
 
 The commands are taken from the README's ```bash blocks (continuation lines joined, comments dropped,
-``a && b`` split) and run in order in one temporary folder, so a command may use what an earlier one wrote
-(``train --out runs/lgcn`` before ``evaluate runs/lgcn``). Data paths are replaced by tiny datasets and
+``a && b`` split) and from its prose where a ```mmgraph ...``` quote is a complete command, and run in
+order in one temporary folder, so a command may use what an earlier one wrote (``train --out runs/lgcn``
+before ``evaluate runs/lgcn``). Data paths are replaced by tiny datasets and
 training is capped at a few epochs. ``python scripts/...`` lines are left to the scripts' own tests.
 
 To extend: a new data path in the README goes into :data:`SUBSTITUTIONS` (or :func:`datasets`), a
@@ -46,22 +47,49 @@ def readme_blocks(text: str) -> List[Tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)]
 
 
-def readme_commands(text: str) -> List[str]:
-    """Every ``mmgraph ...`` command of the README's bash blocks."""
+def _block_commands(body: str) -> List[str]:
     commands = []
-    for lang, body in readme_blocks(text):
-        if lang not in ("bash", "sh", "console", ""):
-            continue
-        for line in body.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            part: List[str] = []
-            for word in words + ["&&"]:
-                if word in ("&&", ";", "||"):
-                    if part and part[0] == "mmgraph":
-                        commands.append(shlex.join(part))
-                    part = []
-                else:
-                    part.append(word)
+    for line in body.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        part: List[str] = []
+        for word in words + ["&&"]:
+            if word in ("&&", ";", "||"):
+                if part and part[0] == "mmgraph":
+                    commands.append(shlex.join(part))
+                part = []
+            else:
+                part.append(word)
+    return commands
+
+
+def is_complete_command(span: str) -> bool:
+    """An inline ```mmgraph ...``` of the prose that is a command to run: no placeholders (``DIR``,
+    ``RUN [RUN ...]``) and arguments the parser accepts (``mmgraph evaluate --channel`` names an option)."""
+    from mmgraph.cli.main import build_parser
+
+    words = shlex.split(span)
+    if words[:1] != ["mmgraph"] or any(re.fullmatch(r"[A-Z][A-Z_]+", w) or "..." in w for w in words):
+        return False
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(words[1:])
+    except SystemExit:
+        return False
+    return True
+
+
+def readme_commands(text: str) -> List[str]:
+    """Every ``mmgraph ...`` command of the README in document order: those of its bash blocks and the
+    complete ones quoted inline in the prose (``mmgraph train --resume --out runs/lgcn_ddp --nproc 2``)."""
+    commands = []
+    blocks = list(re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M))
+    for prose, block in zip([text[a.end() if a else 0:b.start() if b else len(text)]
+                             for a, b in zip([None] + blocks, blocks + [None])], blocks + [None]):
+        for span in re.findall(r"`(mmgraph [^`]+)`", prose):
+            if is_complete_command(span):
+                commands.append(shlex.join(shlex.split(span)))
+        if block is not None and block.group(1) in ("bash", "sh", "console", ""):
+            commands += _block_commands(block.group(2))
     return commands
 
 
@@ -120,6 +148,10 @@ def test_readme_lists_commands():
     commands = readme_commands(README.read_text())
     assert len(commands) >= 20 and all(c.startswith("mmgraph ") for c in commands)
     assert "mmgraph train --method freedom --data ../shared/data/tiktok --set 'plugins=[cross]'" in commands
+    # complete commands quoted in the prose run too; placeholders and option names do not
+    assert "mmgraph train --resume --out runs/lgcn_ddp --nproc 2" in commands
+    assert not any(c.startswith(("mmgraph evaluate --channel", "mmgraph train --resume --out DIR")) for c in commands)
+    assert not is_complete_command("mmgraph analyze subsets RUN [RUN ...]")
 
 
 def test_every_readme_command_and_example_runs(datasets, fake_text, tmp_path, monkeypatch, capsys):
