@@ -320,10 +320,19 @@ def test_empty_inter_file_is_one_line(tmp_path, capsys):
     (["train", "--method", "mf", "--data", "synthetic", "--epochs", "0"], "epochs: expected an integer >= 1"),
     (["train", "--method", "mf", "--data", "synthetic", "--epochs", "abc"], "invalid int value"),
     (["train", "--resume"], "--resume needs --out"),
+    (["train", "--method", "lightgcm", "--data", "synthetic"], "unknown method 'lightgcm'; available: "),
+    (["train", "--method", "lightgcm", "--data", "synthetic"], "; did you mean lightgcn?"),
 ])
 def test_bad_arguments_are_one_line_exit_2(argv, needle, capsys):
     assert main(argv) == 2
     assert needle in _err(capsys)
+
+
+def test_a_config_file_grid_needs_grid(data, tmp_path, capsys):
+    config = tmp_path / "axes.yaml"
+    config.write_text("grid:\n  n_layers: [1, 2]\n")
+    assert _train(data, tmp_path / "x", "--config", str(config), method="lightgcn") == 2
+    assert f"the grid: block of {config} defines a grid; add --grid to run it" in _err(capsys)
 
 
 def test_cuda_on_a_cpu_only_torch_is_one_line(data, tmp_path, capsys):

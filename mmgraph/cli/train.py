@@ -148,7 +148,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if user_axes or _config_file_grid(args):
         axes = ", ".join(f"{k}={config['grid'][k]}" for k in user_axes) or f"the grid: block of {args.config}"
         what = "asks for one run per seed" if user_axes == ["seed"] else "is a grid axis" if len(user_axes) == 1 \
-            else "define a grid"
+            else "define a grid" if user_axes else "defines a grid"
         raise ConfigError(f"{axes} {what}; add --grid to run it, or give one value")
     result, _ = train(args.method, dataset, {**config, "grid": {}}, args.out, progress=progress,
                       data_spec=args.data, graph=args.graph, overwrite=args.overwrite)
