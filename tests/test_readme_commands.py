@@ -166,6 +166,8 @@ def test_every_readme_command_and_example_runs(datasets, fake_text, tmp_path, mo
         captured = capsys.readouterr()
         if code != 0:
             failures.append(f"{command}\n    -> exit {code}: {captured.err.strip()[-300:]}")
+        elif argv[0] == "train" and "--out" not in argv and "--resume" not in argv:
+            assert "no run folder written" in captured.out, command   # the quick start writes nothing: say so
     assert not failures, "README commands that fail:\n" + "\n".join(failures)
 
     namespace: Dict[str, object] = {}
@@ -191,3 +193,22 @@ def test_the_readme_plugin_command_runs_one_training(datasets, tmp_path, monkeyp
     assert main(argv) == 0
     assert (tmp_path / "one" / "final_metrics.json").exists() and not list((tmp_path / "one").glob("point_*"))
     assert "point " not in capsys.readouterr().out
+
+
+def test_readme_states_what_a_new_user_needs():
+    """The quick start's facts hold: the default run length is the configs' one, every config path the
+    README names exists (an optional one is called optional), and a train command without --out says that
+    it wrote nothing (checked in :func:`test_every_readme_command_and_example_runs`)."""
+    from mmgraph.train.config import load_config
+
+    text = " ".join(README.read_text().split())
+    defaults = load_config("lightgcn")
+    assert f"up to {defaults['epochs']} epochs" in text and f"patience: {defaults['patience']}" in text
+    root = README.parent
+    for path in sorted(set(re.findall(r"configs/[\w/.<>-]+", text))):
+        folder = root / path.split("<")[0]
+        if "<" in path:
+            assert folder.is_dir() or f"{path}` (optional" in text, f"README names {path}, absent and not optional"
+        else:
+            assert (root / path.rstrip(".")).exists(), f"README names {path}, which does not exist"
+
