@@ -211,4 +211,3 @@ def test_readme_states_what_a_new_user_needs():
             assert folder.is_dir() or f"{path}` (optional" in text, f"README names {path}, absent and not optional"
         else:
             assert (root / path.rstrip(".")).exists(), f"README names {path}, which does not exist"
-
