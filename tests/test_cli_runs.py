@@ -62,6 +62,23 @@ def test_second_writer_fails_at_once_naming_the_holder(data, tmp_path, capsys):
     assert _train(data, run) == 0                      # released: the folder is usable again
 
 
+def test_busy_or_occupied_folder_fails_before_the_data_is_loaded(data, finished, tmp_path, capsys, monkeypatch):
+    import mmgraph.train.run as run_module
+    from mmgraph.train.rundir import RunLock
+
+    def slow_load(*args, **kwargs):
+        raise AssertionError("the data was loaded before the run folder was checked")
+
+    monkeypatch.setattr(run_module, "load_dataset", slow_load)
+    with RunLock(tmp_path / "busy"):
+        assert _train(data, tmp_path / "busy") == 2
+        assert f"pid {os.getpid()}" in _err(capsys)
+    assert _train(data, finished) == 2
+    assert "holds a finished run" in _err(capsys)
+    assert _train(data, finished, "--set", "reg_weight=[0.1,0.2]", "--grid") == 2
+    assert "holds a finished run" in _err(capsys)
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over(data, tmp_path, caplog):
     run = tmp_path / "stale"
     run.mkdir()
@@ -70,6 +87,20 @@ def test_stale_lock_of_a_dead_process_is_taken_over(data, tmp_path, caplog):
     (run / ".lock").write_text(json.dumps({"pid": dead.pid, "started": "earlier"}))
     assert _train(data, run) == 0
     assert "taking over the lock left by pid" in caplog.text and not (run / ".lock").exists()
+
+
+def test_a_taken_over_lock_names_its_new_holder(tmp_path):
+    from mmgraph.train.rundir import RunLock
+
+    run = tmp_path / "stale"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / ".lock").write_text(json.dumps({"pid": dead.pid, "started": "earlier", "command": "x" * 200}))
+    with RunLock(run):
+        assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(Exception, match=f"pid {os.getpid()}"):
+            RunLock(run).acquire()
 
 
 def _cli(*args: str) -> list:

@@ -100,16 +100,18 @@ def run_train(args: argparse.Namespace) -> int:
     ctx = distributed.init_from_env(args.device or "auto")
     try:
         if ctx.is_main:
-            return _run_train(args)
+            return _run_train(args, writer=True)
         args.no_progress = True  # every rank trains; rank 0 alone reports
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            return _run_train(args)
+            return _run_train(args, writer=False)
     finally:
         distributed.shutdown(ctx)
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace, writer: bool = True) -> int:
+    """``writer``: this process writes ``--out`` (rank 0 under torchrun)."""
     from mmgraph.train.config import load_config
+    from mmgraph.train.rundir import preflight
     from mmgraph.train.run import grid_search, load_dataset, resume_run, train
 
     progress = False if args.no_progress else None
@@ -133,6 +135,8 @@ def _run_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag} is required (unless --resume continues a run from its --out folder)")
     if args.method_grid and not args.grid:
         raise ConfigError("--method-grid only applies with --grid")
+    if args.out and writer:
+        preflight(args.out, args.overwrite)   # a busy or occupied folder fails before the data is loaded
     dataset = load_dataset(args.data)
     config = load_config(args.method, dataset.name, args.config, overrides,
                          method_grid=True if args.method_grid else None)

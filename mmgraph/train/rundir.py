@@ -1,7 +1,7 @@
 """Run folders: one writer at a time, no silent overwrite, and files that provably belong together.
 
 * :class:`RunLock` -- ``DIR/.lock`` held with ``flock`` while a process writes ``DIR``; a second writer fails
-  at once naming the holder's pid. The kernel drops the lock when its process dies, so a lock left by a
+  at once naming the holder's pid (:func:`preflight` checks before the data is loaded). The kernel drops the lock when its process dies, so a lock left by a
   dead process is simply taken over.
 * :func:`folder_state` / :func:`clear_run_files` -- what a folder holds (a finished or interrupted run, a
   grid) and the removal of exactly the files a run writes (``--overwrite``).
@@ -114,6 +114,7 @@ class RunLock:
             log.warning("%s: taking over the lock left by pid %s, which is no longer running", self.folder,
                         previous.get("pid"))
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)   # reading the previous holder moved the offset: write from the start
         os.write(fd, json.dumps(self._holder()).encode())
         os.fsync(fd)
         self._fd = fd
@@ -160,6 +161,33 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def fail_if_busy(folder) -> None:
+    """Raise :class:`RunLock`'s "being written by another mmgraph process (pid N)" error when a live process
+    holds ``folder``'s lock; otherwise do nothing (reads only, creates nothing). A writer calls this before
+    its slow work (loading the data) to fail at once; :class:`RunLock` still decides, later."""
+    path = Path(folder) / LOCK_NAME
+    if not path.is_file():
+        return
+    holder = _read_holder(path)
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return   # no holder yet, or the lock of a process that died: RunLock takes it over
+    try:
+        import fcntl
+    except ImportError:   # pid-file locks (Windows): a live pid holds it
+        raise RunLock(folder)._busy(holder) from None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:   # the pid may have been reused by another program: the flock says whether the lock is held
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        raise RunLock(folder)._busy(holder) from None
+    finally:
+        os.close(fd)
 
 
 def _read_holder_fd(fd: int) -> Dict[str, Any]:
@@ -254,6 +282,18 @@ def check_fresh_folder(folder, overwrite: bool, grid: bool = False) -> None:
                           "pass --overwrite to start over")
     raise ConfigError(f"{folder} holds an interrupted run{what}; continue it with --resume, or pass "
                       "--overwrite to start over")
+
+
+def preflight(folder, overwrite: bool = False) -> None:
+    """What a new run (or grid) in ``folder`` is checked for under its lock -- another writer, a run already
+    there without ``overwrite`` -- checked before any slow work, so that these errors come at once. Reads
+    only; the writer repeats the checks under :class:`RunLock`."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    fail_if_busy(folder)
+    if not overwrite:
+        check_fresh_folder(folder, overwrite=False)
 
 
 def clear_run_files(folder) -> None:
