@@ -178,6 +178,21 @@ def test_resume_takes_everything_from_the_folder(data, tmp_path, capsys):
     assert len(json.loads((run / "history.json").read_text())) == 4
 
 
+def test_a_run_on_a_relative_data_path_resumes_and_evaluates_from_anywhere(data, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "rel"
+    monkeypatch.chdir(data.parent)
+    assert _train(data.name, run) == 0                  # --data toy, relative to this folder
+    assert json.loads((run / "meta.json").read_text())["data"] == str(data.resolve())
+    (run / "final_metrics.json").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+    assert main(["evaluate", str(run)]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--data", str(data), "--no-progress"]) == 0
+
+
 @pytest.mark.parametrize("flags,needle", [
     (["--method", "mf"], "--method mf conflicts"),
     (["--data", "synthetic:users=50,items=40"], "--data synthetic:users=50,items=40 conflicts"),
