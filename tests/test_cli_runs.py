@@ -62,6 +62,23 @@ def test_second_writer_fails_at_once_naming_the_holder(data, tmp_path, capsys):
     assert _train(data, run) == 0                      # released: the folder is usable again
 
 
+def test_busy_or_occupied_folder_fails_before_the_data_is_loaded(data, finished, tmp_path, capsys, monkeypatch):
+    import mmgraph.train.run as run_module
+    from mmgraph.train.rundir import RunLock
+
+    def slow_load(*args, **kwargs):
+        raise AssertionError("the data was loaded before the run folder was checked")
+
+    monkeypatch.setattr(run_module, "load_dataset", slow_load)
+    with RunLock(tmp_path / "busy"):
+        assert _train(data, tmp_path / "busy") == 2
+        assert f"pid {os.getpid()}" in _err(capsys)
+    assert _train(data, finished) == 2
+    assert "holds a finished run" in _err(capsys)
+    assert _train(data, finished, "--set", "reg_weight=[0.1,0.2]", "--grid") == 2
+    assert "holds a finished run" in _err(capsys)
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over(data, tmp_path, caplog):
     run = tmp_path / "stale"
     run.mkdir()
@@ -70,6 +87,20 @@ def test_stale_lock_of_a_dead_process_is_taken_over(data, tmp_path, caplog):
     (run / ".lock").write_text(json.dumps({"pid": dead.pid, "started": "earlier"}))
     assert _train(data, run) == 0
     assert "taking over the lock left by pid" in caplog.text and not (run / ".lock").exists()
+
+
+def test_a_taken_over_lock_names_its_new_holder(tmp_path):
+    from mmgraph.train.rundir import RunLock
+
+    run = tmp_path / "stale"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / ".lock").write_text(json.dumps({"pid": dead.pid, "started": "earlier", "command": "x" * 200}))
+    with RunLock(run):
+        assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(Exception, match=f"pid {os.getpid()}"):
+            RunLock(run).acquire()
 
 
 def _cli(*args: str) -> list:
@@ -117,6 +148,17 @@ def test_finished_run_is_never_overwritten_without_flag(data, finished, capsys):
     assert json.loads((finished / "meta.json").read_text())["method"] == "lightgcn"
 
 
+def test_overwrite_removes_the_temp_files_of_a_killed_writer(data, finished):
+    # a writer killed inside atomic_write leaves its temporary file; --overwrite clears it with the run
+    stale = [finished / ".history.json.k1ll3d.tmp", finished / ".best.pt.x9y8z7.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    (finished / "notes.txt").write_text("mine")
+    assert _train(data, finished, "--overwrite") == 0
+    assert not any(path.exists() for path in stale)
+    assert (finished / "notes.txt").read_text() == "mine"       # files a run does not write are kept
+
+
 def test_interrupted_run_needs_resume_or_overwrite(data, finished, capsys):
     (finished / "final_metrics.json").unlink()
     assert _train(data, finished) == 2
@@ -134,6 +176,21 @@ def test_resume_takes_everything_from_the_folder(data, tmp_path, capsys):
     assert (cfg["method"], cfg["n_layers"], cfg["seed"], cfg["epochs"]) == ("lightgcn", 1, 7, 4)
     assert json.loads((run / "final_metrics.json").read_text())["epochs_run"] == 4
     assert len(json.loads((run / "history.json").read_text())) == 4
+
+
+def test_a_run_on_a_relative_data_path_resumes_and_evaluates_from_anywhere(data, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "rel"
+    monkeypatch.chdir(data.parent)
+    assert _train(data.name, run) == 0                  # --data toy, relative to this folder
+    assert json.loads((run / "meta.json").read_text())["data"] == str(data.resolve())
+    (run / "final_metrics.json").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+    assert main(["evaluate", str(run)]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--data", str(data), "--no-progress"]) == 0
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -199,12 +256,39 @@ def test_truncated_checkpoint_is_one_line_naming_the_file(data, finished, tmp_pa
                      ["export", str(finished), "--k", "5", "--output", str(tmp_path / "x.csv")]):
             assert main(argv) == 2
             err = _err(capsys)
-            assert "best.pt" in err and "truncated or corrupt" in err
+            assert "best.pt" in err and "truncated or corrupt" in err and "internal miniz" not in err
     else:
         (finished / "final_metrics.json").unlink()
         assert main(["train", "--resume", "--out", str(finished)]) == 2
         err = _err(capsys)
         assert "last.pt" in err and "truncated or corrupt" in err
+
+
+def _zip_without_data(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.txt", "a")
+
+
+@pytest.mark.parametrize("name,write", [
+    ("text", lambda p: p.write_text("hello")),
+    ("empty", lambda p: p.write_bytes(b"")),
+    ("zip", _zip_without_data),
+    ("plain pickle", lambda p: p.write_bytes(__import__("pickle").dumps({"a": 1}, protocol=4))),
+])
+def test_foreign_checkpoint_is_one_readable_line(finished, capsys, name, write):
+    import warnings
+
+    write(finished / "best.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["evaluate", str(finished)]) == 2
+    err = _err(capsys)
+    assert "best.pt" in err and ("unreadable checkpoint" in err or "refused" in err), err
+    # torch's own text is cut to its first sentence: no C++ location, no advice, no trailing fragment
+    assert not any(s in err for s in ("weights_only", "enforce fail", "internal miniz", ": 101)")), err
+    assert not [w for w in caught if "torch" in str(w.filename)], [str(w.message) for w in caught]
 
 
 def test_pickled_checkpoint_is_refused_without_advice_to_unpickle(finished, capsys):
@@ -254,6 +338,13 @@ def test_list_valued_keys_are_values_and_run_one_training(data, tmp_path, capsys
     assert not list(run.glob("point_*")) and (run / "final_metrics.json").exists()
 
 
+def test_metrics_print_the_cut_offs_the_run_computed(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "k", "--set", "topk=[5]", "valid_metric=ndcg@7", epochs=1) == 0
+    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines() if ":" in line}
+    for split in ("valid", "test"):
+        assert "recall@5 " in lines[split] and "ndcg@7 " in lines[split], lines
+
+
 # ------------------------------------------------------------------------------------------ one-line errors
 def test_empty_inter_file_is_one_line(tmp_path, capsys):
     folder = tmp_path / "empty"
@@ -275,10 +366,19 @@ def test_empty_inter_file_is_one_line(tmp_path, capsys):
     (["train", "--method", "mf", "--data", "synthetic", "--epochs", "0"], "epochs: expected an integer >= 1"),
     (["train", "--method", "mf", "--data", "synthetic", "--epochs", "abc"], "invalid int value"),
     (["train", "--resume"], "--resume needs --out"),
+    (["train", "--method", "lightgcm", "--data", "synthetic"], "unknown method 'lightgcm'; available: "),
+    (["train", "--method", "lightgcm", "--data", "synthetic"], "; did you mean lightgcn?"),
 ])
 def test_bad_arguments_are_one_line_exit_2(argv, needle, capsys):
     assert main(argv) == 2
     assert needle in _err(capsys)
+
+
+def test_a_config_file_grid_needs_grid(data, tmp_path, capsys):
+    config = tmp_path / "axes.yaml"
+    config.write_text("grid:\n  n_layers: [1, 2]\n")
+    assert _train(data, tmp_path / "x", "--config", str(config), method="lightgcn") == 2
+    assert f"the grid: block of {config} defines a grid; add --grid to run it" in _err(capsys)
 
 
 def test_cuda_on_a_cpu_only_torch_is_one_line(data, tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Every ``mmgraph ...`` command and every Python example of README.md runs, on tiny synthetic data.
 
 The commands are taken from the README's ```bash blocks (continuation lines joined, comments dropped,
-``a && b`` split) and run in order in one temporary folder, so a command may use what an earlier one wrote
-(``train --out runs/lgcn`` before ``evaluate runs/lgcn``). Data paths are replaced by tiny datasets and
+``a && b`` split) and from its prose where a ```mmgraph ...``` quote is a complete command, and run in
+order in one temporary folder, so a command may use what an earlier one wrote (``train --out runs/lgcn``
+before ``evaluate runs/lgcn``). Data paths are replaced by tiny datasets and
 training is capped at a few epochs. ``python scripts/...`` lines are left to the scripts' own tests.
 
 To extend: a new data path in the README goes into :data:`SUBSTITUTIONS` (or :func:`datasets`), a
@@ -46,22 +47,49 @@ def readme_blocks(text: str) -> List[Tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)]
 
 
-def readme_commands(text: str) -> List[str]:
-    """Every ``mmgraph ...`` command of the README's bash blocks."""
+def _block_commands(body: str) -> List[str]:
     commands = []
-    for lang, body in readme_blocks(text):
-        if lang not in ("bash", "sh", "console", ""):
-            continue
-        for line in body.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            part: List[str] = []
-            for word in words + ["&&"]:
-                if word in ("&&", ";", "||"):
-                    if part and part[0] == "mmgraph":
-                        commands.append(shlex.join(part))
-                    part = []
-                else:
-                    part.append(word)
+    for line in body.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        part: List[str] = []
+        for word in words + ["&&"]:
+            if word in ("&&", ";", "||"):
+                if part and part[0] == "mmgraph":
+                    commands.append(shlex.join(part))
+                part = []
+            else:
+                part.append(word)
+    return commands
+
+
+def is_complete_command(span: str) -> bool:
+    """An inline ```mmgraph ...``` of the prose that is a command to run: no placeholders (``DIR``,
+    ``RUN [RUN ...]``) and arguments the parser accepts (``mmgraph evaluate --channel`` names an option)."""
+    from mmgraph.cli.main import build_parser
+
+    words = shlex.split(span)
+    if words[:1] != ["mmgraph"] or any(re.fullmatch(r"[A-Z][A-Z_]+", w) or "..." in w for w in words):
+        return False
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(words[1:])
+    except SystemExit:
+        return False
+    return True
+
+
+def readme_commands(text: str) -> List[str]:
+    """Every ``mmgraph ...`` command of the README in document order: those of its bash blocks and the
+    complete ones quoted inline in the prose (``mmgraph train --resume --out runs/lgcn_ddp --nproc 2``)."""
+    commands = []
+    blocks = list(re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M))
+    for prose, block in zip([text[a.end() if a else 0:b.start() if b else len(text)]
+                             for a, b in zip([None] + blocks, blocks + [None])], blocks + [None]):
+        for span in re.findall(r"`(mmgraph [^`]+)`", prose):
+            if is_complete_command(span):
+                commands.append(shlex.join(shlex.split(span)))
+        if block is not None and block.group(1) in ("bash", "sh", "console", ""):
+            commands += _block_commands(block.group(2))
     return commands
 
 
@@ -120,6 +148,10 @@ def test_readme_lists_commands():
     commands = readme_commands(README.read_text())
     assert len(commands) >= 20 and all(c.startswith("mmgraph ") for c in commands)
     assert "mmgraph train --method freedom --data ../shared/data/tiktok --set 'plugins=[cross]'" in commands
+    # complete commands quoted in the prose run too; placeholders and option names do not
+    assert "mmgraph train --resume --out runs/lgcn_ddp --nproc 2" in commands
+    assert not any(c.startswith(("mmgraph evaluate --channel", "mmgraph train --resume --out DIR")) for c in commands)
+    assert not is_complete_command("mmgraph analyze subsets RUN [RUN ...]")
 
 
 def test_every_readme_command_and_example_runs(datasets, fake_text, tmp_path, monkeypatch, capsys):
@@ -134,6 +166,8 @@ def test_every_readme_command_and_example_runs(datasets, fake_text, tmp_path, mo
         captured = capsys.readouterr()
         if code != 0:
             failures.append(f"{command}\n    -> exit {code}: {captured.err.strip()[-300:]}")
+        elif argv[0] == "train" and "--out" not in argv and "--resume" not in argv:
+            assert "no run folder written" in captured.out, command   # the quick start writes nothing: say so
     assert not failures, "README commands that fail:\n" + "\n".join(failures)
 
     namespace: Dict[str, object] = {}
@@ -159,3 +193,21 @@ def test_the_readme_plugin_command_runs_one_training(datasets, tmp_path, monkeyp
     assert main(argv) == 0
     assert (tmp_path / "one" / "final_metrics.json").exists() and not list((tmp_path / "one").glob("point_*"))
     assert "point " not in capsys.readouterr().out
+
+
+def test_readme_states_what_a_new_user_needs():
+    """The quick start's facts hold: the default run length is the configs' one, every config path the
+    README names exists (an optional one is called optional), and a train command without --out says that
+    it wrote nothing (checked in :func:`test_every_readme_command_and_example_runs`)."""
+    from mmgraph.train.config import load_config
+
+    text = " ".join(README.read_text().split())
+    defaults = load_config("lightgcn")
+    assert f"up to {defaults['epochs']} epochs" in text and f"patience: {defaults['patience']}" in text
+    root = README.parent
+    for path in sorted(set(re.findall(r"configs/[\w/.<>-]+", text))):
+        folder = root / path.split("<")[0]
+        if "<" in path:
+            assert folder.is_dir() or f"{path}` (optional" in text, f"README names {path}, absent and not optional"
+        else:
+            assert (root / path.rstrip(".")).exists(), f"README names {path}, which does not exist"

@@ -61,7 +61,13 @@ def register(sub) -> None:
 
 
 def _print_metrics(result: dict, ks=(10, 20, 50)) -> None:
+    """The valid and test metrics at ``ks``, or at every cut-off the run computed when that is not all of
+    ``ks`` (``--set topk=[5,100]``)."""
     names = ["recall", "ndcg", "precision", "map"]
+    computed = sorted({int(k) for name, _, k in (key.partition("@") for key in result["valid"])
+                       if name in names and k.isdigit()})
+    if not set(ks) <= set(computed):
+        ks = computed
     for split in ("valid", "test"):
         metrics = result[split]
         cells = [f"{n}@{k} {metrics[f'{n}@{k}']:.4f}" for n in names for k in ks if f"{n}@{k}" in metrics]
@@ -94,16 +100,18 @@ def run_train(args: argparse.Namespace) -> int:
     ctx = distributed.init_from_env(args.device or "auto")
     try:
         if ctx.is_main:
-            return _run_train(args)
+            return _run_train(args, writer=True)
         args.no_progress = True  # every rank trains; rank 0 alone reports
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            return _run_train(args)
+            return _run_train(args, writer=False)
     finally:
         distributed.shutdown(ctx)
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace, writer: bool = True) -> int:
+    """``writer``: this process writes ``--out`` (rank 0 under torchrun)."""
     from mmgraph.train.config import load_config
+    from mmgraph.train.rundir import preflight
     from mmgraph.train.run import grid_search, load_dataset, resume_run, train
 
     progress = False if args.no_progress else None
@@ -127,6 +135,8 @@ def _run_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag} is required (unless --resume continues a run from its --out folder)")
     if args.method_grid and not args.grid:
         raise ConfigError("--method-grid only applies with --grid")
+    if args.out and writer:
+        preflight(args.out, args.overwrite)   # a busy or occupied folder fails before the data is loaded
     dataset = load_dataset(args.data)
     config = load_config(args.method, dataset.name, args.config, overrides,
                          method_grid=True if args.method_grid else None)
@@ -142,7 +152,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if user_axes or _config_file_grid(args):
         axes = ", ".join(f"{k}={config['grid'][k]}" for k in user_axes) or f"the grid: block of {args.config}"
         what = "asks for one run per seed" if user_axes == ["seed"] else "is a grid axis" if len(user_axes) == 1 \
-            else "define a grid"
+            else "define a grid" if user_axes else "defines a grid"
         raise ConfigError(f"{axes} {what}; add --grid to run it, or give one value")
     result, _ = train(args.method, dataset, {**config, "grid": {}}, args.out, progress=progress,
                       data_spec=args.data, graph=args.graph, overwrite=args.overwrite)

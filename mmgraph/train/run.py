@@ -305,7 +305,7 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             meta = {
-                "method": method, "data": data_spec or _data_spec(data, dataset), "dataset": repr(dataset),
+                "method": method, "data": _data_spec(data_spec or data, dataset), "dataset": repr(dataset),
                 "dataset_name": dataset.name, "data_hash": data_hash, "config_hash": fingerprint["config_hash"],
                 "seed": seed, "device": str(device), "versions": library_versions(),
                 "graph": str(Path(graph).resolve()) if isinstance(graph, (str, Path)) else None,
@@ -352,6 +352,8 @@ def _spec_text(data) -> str:
 
 
 def _data_spec(data, dataset: RecDataset) -> str:
+    """The dataset as ``meta.json`` records it: ``synthetic[:...]`` as given, a folder as an absolute path (so
+    that ``--resume``, ``evaluate`` and ``export`` find it from any working directory)."""
     if not isinstance(data, RecDataset):
         text = str(data)
         if text == SYNTHETIC_PREFIX or text.startswith(SYNTHETIC_PREFIX + ":"):
@@ -485,7 +487,7 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
     ctx = distributed.init_from_env(config.get("device", "auto"))
     with (RunLock(out) if out is not None and ctx.is_main else contextlib.nullcontext()):
         dataset = load_dataset(data, config.get("modalities"))
-        spec = data_spec or _data_spec(data, dataset)
+        spec = _data_spec(data_spec or data, dataset)
         metric = str(base.get("valid_metric", "recall@20")).lower()
         if out is not None:
             if resume:

@@ -1,7 +1,7 @@
 """Run folders: one writer at a time, no silent overwrite, and files that provably belong together.
 
 * :class:`RunLock` -- ``DIR/.lock`` held with ``flock`` while a process writes ``DIR``; a second writer fails
-  at once naming the holder's pid. The kernel drops the lock when its process dies, so a lock left by a
+  at once naming the holder's pid (:func:`preflight` checks before the data is loaded). The kernel drops the lock when its process dies, so a lock left by a
   dead process is simply taken over.
 * :func:`folder_state` / :func:`clear_run_files` -- what a folder holds (a finished or interrupted run, a
   grid) and the removal of exactly the files a run writes (``--overwrite``).
@@ -22,6 +22,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
@@ -113,6 +114,7 @@ class RunLock:
             log.warning("%s: taking over the lock left by pid %s, which is no longer running", self.folder,
                         previous.get("pid"))
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)   # reading the previous holder moved the offset: write from the start
         os.write(fd, json.dumps(self._holder()).encode())
         os.fsync(fd)
         self._fd = fd
@@ -159,6 +161,33 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def fail_if_busy(folder) -> None:
+    """Raise :class:`RunLock`'s "being written by another mmgraph process (pid N)" error when a live process
+    holds ``folder``'s lock; otherwise do nothing (reads only, creates nothing). A writer calls this before
+    its slow work (loading the data) to fail at once; :class:`RunLock` still decides, later."""
+    path = Path(folder) / LOCK_NAME
+    if not path.is_file():
+        return
+    holder = _read_holder(path)
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return   # no holder yet, or the lock of a process that died: RunLock takes it over
+    try:
+        import fcntl
+    except ImportError:   # pid-file locks (Windows): a live pid holds it
+        raise RunLock(folder)._busy(holder) from None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:   # the pid may have been reused by another program: the flock says whether the lock is held
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        raise RunLock(folder)._busy(holder) from None
+    finally:
+        os.close(fd)
 
 
 def _read_holder_fd(fd: int) -> Dict[str, Any]:
@@ -255,10 +284,26 @@ def check_fresh_folder(folder, overwrite: bool, grid: bool = False) -> None:
                       "--overwrite to start over")
 
 
+def preflight(folder, overwrite: bool = False) -> None:
+    """What a new run (or grid) in ``folder`` is checked for under its lock -- another writer, a run already
+    there without ``overwrite`` -- checked before any slow work, so that these errors come at once. Reads
+    only; the writer repeats the checks under :class:`RunLock`."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    fail_if_busy(folder)
+    if not overwrite:
+        check_fresh_folder(folder, overwrite=False)
+
+
 def clear_run_files(folder) -> None:
+    """Remove the files a run or a grid writes, and the temporary files of writes a killed run left
+    unfinished (``.history.json.<random>.tmp``, see :func:`mmgraph.utils.io.atomic_write`)."""
     folder = Path(folder)
     for name in set(RUN_FILES) | set(GRID_FILES):
         (folder / name).unlink(missing_ok=True)
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     for sub in folder.iterdir():
         if sub.is_dir() and POINT_DIR.match(sub.name):
             shutil.rmtree(sub)
@@ -337,15 +382,16 @@ def load_checkpoint(path, map_location=None, resume: bool = False) -> Dict[str, 
     if not path.exists():
         raise ConfigError(f"{path} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():   # torch's notes on a foreign pickle protocol: the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc):
             raise DataError(f"{path}: refused: it holds pickled Python objects, not a plain state dict of "
                             "tensors (mmgraph never unpickles checkpoints)") from None
         raise DataError(f"{path}: unreadable checkpoint (truncated or corrupt)") from None
     except Exception as exc:  # zip / EOF / storage errors from a truncated or foreign file
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: unreadable checkpoint (truncated or corrupt: {first})") from None
+        raise DataError(f"{path}: unreadable checkpoint (truncated or corrupt{_load_error_detail(exc)})") from None
     if resume:
         need = ("state", "optimizer", "scheduler", "sampler", "rng", "epoch", "best_score", "best_epoch",
                 "bad_epochs", "history")
@@ -355,6 +401,17 @@ def load_checkpoint(path, map_location=None, resume: bool = False) -> Dict[str, 
     if not _is_state_dict(obj):
         raise DataError(f"{path}: refused: not a plain state dict of tensors")
     return obj
+
+
+def _load_error_detail(exc: Exception) -> str:
+    """``": <the first sentence of torch's message>"`` (its C++ location and advice dropped), or the
+    exception's type when the message says nothing readable."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)
+    text = re.split(r"(?<=\w)\.\s", text, maxsplit=1)[0][:160]
+    if "weights_only" in text or "unpickl" in text.lower():
+        return ""
+    return f": {text}" if re.search(r"[A-Za-z]{3}", text) else f": {type(exc).__name__}"
 
 
 def _is_state_dict(obj: Any) -> bool:

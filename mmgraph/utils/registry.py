@@ -53,7 +53,11 @@ class Registry:
         self._load_builtins()
         key = str(name).lower()
         if key not in self._classes:
-            raise ConfigError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._classes))}")
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(self._classes), n=3, cutoff=0.6)
+            raise ConfigError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._classes))}"
+                              + (f"; did you mean {', '.join(close)}?" if close else ""))
         return self._classes[key]
 
     def available(self) -> Dict[str, Type]:
