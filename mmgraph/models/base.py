@@ -97,6 +97,8 @@ class LossOutput:
             loss only builds the rows it needs (CM3 users, VBPR items).
         channels: named per-channel representations of this step (e.g. ``image``, ``text``, ``fused``);
             the final scoring space is :meth:`channel` ``("final")``.
+        scores: ``(pos [B], neg [B])``: the batch triples' scores in the final space, when the loss computed
+            them (a BPR backbone), for plug-ins that need the same scores (BR-MRS's synergy term).
     """
 
     loss: Tensor
@@ -106,6 +108,7 @@ class LossOutput:
     user_rows: Optional[RowFn] = None
     item_rows: Optional[RowFn] = None
     channels: Dict[str, Channel] = field(default_factory=dict)
+    scores: Optional[Tuple[Tensor, Tensor]] = None
 
     def channel(self, name: str = FINAL) -> Channel:
         """The channel ``name``; ``"final"`` is the scoring space (``user_emb`` / ``item_emb``)."""

@@ -176,8 +176,17 @@ class BRMRSObjective:
     def sampler_options(self) -> Dict[str, Any]:
         return {"n_candidates": self.n_candidates} if self.needs_pool else {}
 
-    def terms(self, batch: Batch, modal: Mapping[str, Channel], fused: Channel) -> Dict[str, Tensor]:
-        """The weighted terms ``chns`` and ``syn`` (those switched on) for one batch."""
+    def terms(self, batch: Batch, modal: Mapping[str, Channel], fused: Channel,
+              fused_scores: Optional[Tuple[Tensor, Tensor]] = None) -> Dict[str, Tensor]:
+        """The weighted terms ``chns`` and ``syn`` (those switched on) for one batch.
+
+        ``fused_scores``: ``(s_f(u, i+), s_f(u, i-))`` of the batch rows when the caller has them already
+        (a backbone's own BPR scores), so the synergy term reuses them instead of recomputing.
+
+        Every distinct representation source is used once per call: channels that share a user table or
+        function (FREEDOM's final users, BM3's predictor) share one gather, and the function channels'
+        items are computed on the distinct ids of ``pos, neg, candidates`` found once for all of them.
+        """
         if not (self.use_chns or self.use_syn):
             return {}
         users, pos, neg = batch.users, batch.pos, batch.neg
@@ -189,11 +198,12 @@ class BRMRSObjective:
                                   "sampler must be built with n_candidates")
         use_neg = self.use_syn or cand is None        # the uniform negative: Syn-BPR, or the uniform strategy
         groups = [pos] + ([neg] if use_neg else []) + ([cand] if cand is not None else [])
+        rows_of = _RowCache(users, groups)
         s_pos, s_neg, cand_rows = [], [], []
         for name in self.modalities:
             c = modal[name]
-            u = user_rows(c, users)                                                     # [B, d]
-            rows, idx = item_rows(c, groups)
+            u = rows_of.users(c)                                                        # [B, d]
+            rows, idx = rows_of.items(c)
             s_pos.append((u * gather(rows, idx[0])).sum(-1))
             if use_neg:
                 s_neg.append((u * gather(rows, idx[1])).sum(-1))
@@ -205,24 +215,87 @@ class BRMRSObjective:
                 negatives = s_neg
             else:
                 with torch.no_grad():   # the selection: scores of the pool, no gradient
-                    scores = torch.stack([torch.einsum("bd,bnd->bn", u.detach(), gather(rows.detach(), ix))
-                                          for u, rows, ix in cand_rows])                  # [M, B, n]
+                    scores = pool_scores(cand_rows)                                           # [M, B, n]
                     f_scores = None
                     if self.strategy == "fused":
                         f_rows, (f_ix,) = item_rows(fused, [cand])
-                        f_scores = torch.einsum("bd,bnd->bn", user_rows(fused, users).detach(),
+                        f_scores = torch.einsum("bd,bnd->bn", rows_of.users(fused).detach(),
                                                  gather(f_rows.detach(), f_ix))
                     at = hard_positions(scores, self.strategy, self.modalities, f_scores)     # [M, B]
                 negatives = [(u * gather(rows, ix.gather(1, at[k].unsqueeze(1)).squeeze(1))).sum(-1)
                              for k, (u, rows, ix) in enumerate(cand_rows)]
             out["chns"] = self.lambda_h * sum(bpr_loss(p, n) for p, n in zip(s_pos, negatives))
         if self.use_syn:
-            fu = user_rows(fused, users)
-            f_rows, (f_pos, f_neg) = item_rows(fused, [pos, neg])
-            delta_f = (fu * gather(f_rows, f_pos)).sum(-1) - (fu * gather(f_rows, f_neg)).sum(-1)
+            if fused_scores is None:
+                fu = rows_of.users(fused)
+                f_rows, (f_pos, f_neg) = item_rows(fused, [pos, neg])
+                fused_scores = ((fu * gather(f_rows, f_pos)).sum(-1), (fu * gather(f_rows, f_neg)).sum(-1))
+            delta_f = fused_scores[0] - fused_scores[1]
             delta_modal = torch.stack(s_pos) - torch.stack(s_neg)
             out["syn"] = self.lambda_s * synergy_loss(delta_f, delta_modal, self.theta)
         return out
+
+
+def pool_scores(cand_rows: Sequence[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """``[M, B, n]`` scores ``<u_b, rows[ix[b, j]]>`` of each ``(u [B, d], rows [R, d], ix [B, n])`` (no
+    gradient). Channels that index the same rows with the same ``ix`` (the function channels' shared distinct
+    ids) are gathered in one ``index_select`` of their concatenated rows."""
+    out: List[Optional[Tensor]] = [None] * len(cand_rows)
+    by_index: Dict[int, List[int]] = {}
+    for k, (_, rows, ix) in enumerate(cand_rows):
+        by_index.setdefault(id(ix), []).append(k)
+    for ks in by_index.values():
+        ix = cand_rows[ks[0]][2]
+        b, n = ix.shape
+        if len(ks) == 1 or len({cand_rows[k][1].shape[1] for k in ks}) > 1:
+            for k in ks:
+                u, rows, _ = cand_rows[k]
+                out[k] = torch.bmm(gather(rows.detach(), ix), u.detach().unsqueeze(2)).squeeze(2)
+            continue
+        d = cand_rows[ks[0]][1].shape[1]
+        rows = torch.cat([cand_rows[k][1].detach() for k in ks], 1)                  # [R, K d]
+        u = torch.stack([cand_rows[k][0].detach() for k in ks], 1)                    # [B, K, d]
+        g = gather(rows, ix).view(b, n, len(ks), d)                                    # [B, n, K, d]
+        s = torch.einsum("bnkd,bkd->kbn", g, u)
+        for j, k in enumerate(ks):
+            out[k] = s[j]
+    return torch.stack(out)
+
+
+class _RowCache:
+    """The user rows ``[B, d]`` and item rows of one :meth:`BRMRSObjective.terms` call, each distinct source
+    (a table tensor or a row function, by identity) computed once; the function channels' item rows are
+    computed on the distinct ids of ``groups``, found once for all of them."""
+
+    def __init__(self, users: Tensor, groups: Sequence[Tensor]):
+        self.ids, self.groups = users, list(groups)
+        self._users: Dict[int, Tensor] = {}
+        self._items: Dict[int, Tuple[Tensor, List[Tensor]]] = {}
+        self._distinct: Optional[Tuple[Tensor, List[Tensor]]] = None
+        self._keep: List[Any] = []      # the keys' objects stay alive for the call (ids are not reused)
+
+    def users(self, channel: Channel) -> Tensor:
+        src = channel.users if channel.users is not None else channel.user_fn
+        key = id(src)
+        if key not in self._users:
+            self._keep.append(src)
+            self._users[key] = user_rows(channel, self.ids)
+        return self._users[key]
+
+    def items(self, channel: Channel) -> Tuple[Tensor, List[Tensor]]:
+        if channel.items is not None:
+            return channel.items, self.groups
+        key = id(channel.item_fn)
+        if key not in self._items:
+            self._keep.append(channel.item_fn)
+            if self._distinct is None:
+                flat = torch.cat([g.reshape(-1) for g in self.groups])
+                uniq, inv = torch.unique(flat, return_inverse=True)
+                sizes = [g.numel() for g in self.groups]
+                self._distinct = uniq, [i.view(g.shape) for i, g in zip(torch.split(inv, sizes), self.groups)]
+            uniq, index = self._distinct
+            self._items[key] = channel.item_rows(uniq, distinct=True), index
+        return self._items[key]
 
 
 # ---------------------------------------------------------------------------------------------- model

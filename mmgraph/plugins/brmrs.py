@@ -81,7 +81,7 @@ class BRMRS(Plugin):
         except KeyError as exc:
             raise ConfigError(f"plugins=[brmrs]: the backbone's training step does not expose its channel "
                               f"{exc}") from None
-        return self.objective.terms(batch, modal, output.channel())
+        return self.objective.terms(batch, modal, output.channel(), output.scores)
 
     def extra_repr(self) -> str:
         o = self.objective
