@@ -199,67 +199,48 @@ class BRMRSObjective:
         use_neg = self.use_syn or cand is None        # the uniform negative: Syn-BPR, or the uniform strategy
         groups = [pos] + ([neg] if use_neg else []) + ([cand] if cand is not None else [])
         rows_of = _RowCache(users, groups)
-        s_pos, s_neg, cand_rows = [], [], []
+        channels = []
         for name in self.modalities:
             c = modal[name]
-            u = rows_of.users(c)                                                        # [B, d]
             rows, idx = rows_of.items(c)
-            s_pos.append((u * gather(rows, idx[0])).sum(-1))
+            channels.append((rows_of.users(c), rows, idx))                             # u [B, d], rows, index
+        at = None
+        if self.use_chns and cand is not None:
+            with torch.no_grad():   # the selection: scores of the pool, no gradient
+                scores = torch.stack([torch.einsum("bd,bnd->bn", u.detach(), gather(rows.detach(), idx[-1]))
+                                      for u, rows, idx in channels])                  # [M, B, n]
+                f_scores = None
+                if self.strategy == "fused":
+                    f_rows, (f_ix,) = item_rows(fused, [cand])
+                    f_scores = torch.einsum("bd,bnd->bn", rows_of.users(fused).detach(),
+                                             gather(f_rows.detach(), f_ix))
+                at = hard_positions(scores, self.strategy, self.modalities, f_scores)       # [M, B]
+        # per modality ONE gather (and one backward scatter) of the rows of i+, i- and the hard negative
+        s_pos, s_neg, s_hard = [], [], []
+        for k, (u, rows, idx) in enumerate(channels):
+            parts = [idx[0]] + ([idx[1]] if use_neg else [])
+            if at is not None:
+                parts.append(idx[-1].gather(1, at[k].unsqueeze(1)).squeeze(1))
+            s = (u.unsqueeze(0) * gather(rows, torch.cat(parts)).view(len(parts), len(users), -1)).sum(-1)
+            s_pos.append(s[0])
             if use_neg:
-                s_neg.append((u * gather(rows, idx[1])).sum(-1))
-            if cand is not None:
-                cand_rows.append((u, rows, idx[-1]))
+                s_neg.append(s[1])
+            if at is not None:
+                s_hard.append(s[-1])
         out: Dict[str, Tensor] = {}
         if self.use_chns:
-            if cand is None:
-                negatives = s_neg
-            else:
-                with torch.no_grad():   # the selection: scores of the pool, no gradient
-                    scores = pool_scores(cand_rows)                                           # [M, B, n]
-                    f_scores = None
-                    if self.strategy == "fused":
-                        f_rows, (f_ix,) = item_rows(fused, [cand])
-                        f_scores = torch.einsum("bd,bnd->bn", rows_of.users(fused).detach(),
-                                                 gather(f_rows.detach(), f_ix))
-                    at = hard_positions(scores, self.strategy, self.modalities, f_scores)     # [M, B]
-                negatives = [(u * gather(rows, ix.gather(1, at[k].unsqueeze(1)).squeeze(1))).sum(-1)
-                             for k, (u, rows, ix) in enumerate(cand_rows)]
+            negatives = s_neg if at is None else s_hard
             out["chns"] = self.lambda_h * sum(bpr_loss(p, n) for p, n in zip(s_pos, negatives))
         if self.use_syn:
             if fused_scores is None:
-                fu = rows_of.users(fused)
                 f_rows, (f_pos, f_neg) = item_rows(fused, [pos, neg])
-                fused_scores = ((fu * gather(f_rows, f_pos)).sum(-1), (fu * gather(f_rows, f_neg)).sum(-1))
+                s = (rows_of.users(fused).unsqueeze(0) *
+                     gather(f_rows, torch.cat([f_pos, f_neg])).view(2, len(users), -1)).sum(-1)
+                fused_scores = (s[0], s[1])
             delta_f = fused_scores[0] - fused_scores[1]
             delta_modal = torch.stack(s_pos) - torch.stack(s_neg)
             out["syn"] = self.lambda_s * synergy_loss(delta_f, delta_modal, self.theta)
         return out
-
-
-def pool_scores(cand_rows: Sequence[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """``[M, B, n]`` scores ``<u_b, rows[ix[b, j]]>`` of each ``(u [B, d], rows [R, d], ix [B, n])`` (no
-    gradient). Channels that index the same rows with the same ``ix`` (the function channels' shared distinct
-    ids) are gathered in one ``index_select`` of their concatenated rows."""
-    out: List[Optional[Tensor]] = [None] * len(cand_rows)
-    by_index: Dict[int, List[int]] = {}
-    for k, (_, rows, ix) in enumerate(cand_rows):
-        by_index.setdefault(id(ix), []).append(k)
-    for ks in by_index.values():
-        ix = cand_rows[ks[0]][2]
-        b, n = ix.shape
-        if len(ks) == 1 or len({cand_rows[k][1].shape[1] for k in ks}) > 1:
-            for k in ks:
-                u, rows, _ = cand_rows[k]
-                out[k] = torch.bmm(gather(rows.detach(), ix), u.detach().unsqueeze(2)).squeeze(2)
-            continue
-        d = cand_rows[ks[0]][1].shape[1]
-        rows = torch.cat([cand_rows[k][1].detach() for k in ks], 1)                  # [R, K d]
-        u = torch.stack([cand_rows[k][0].detach() for k in ks], 1)                    # [B, K, d]
-        g = gather(rows, ix).view(b, n, len(ks), d)                                    # [B, n, K, d]
-        s = torch.einsum("bnkd,bkd->kbn", g, u)
-        for j, k in enumerate(ks):
-            out[k] = s[j]
-    return torch.stack(out)
 
 
 class _RowCache:
