@@ -125,7 +125,8 @@ class FREEDOM(GraphRecommender):
             ep = hi[sub["item"].dst_pos_index] + branch[:b]
             en = hi[sub["item"].dst_neg_index] + branch[b:]
             user_rows = subgraph_rows(sub["user"].n_id, hu)
-        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
+        s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
+        bpr = bpr_loss(s_pos, s_neg)
         terms = {"bpr": bpr}
         total = bpr
         channels = {m: Channel(users=None if sub is not None else u_all, user_fn=user_rows,
@@ -139,8 +140,8 @@ class FREEDOM(GraphRecommender):
             terms["feat_bpr"] = feat_bpr
             total = total + float(self.config["reg_weight"]) * feat_bpr
         if sub is not None:
-            return LossOutput(total, terms, user_rows=user_rows, channels=channels)
-        return LossOutput(total, terms, u_all, i_all, channels=channels)
+            return LossOutput(total, terms, user_rows=user_rows, channels=channels, scores=(s_pos, s_neg))
+        return LossOutput(total, terms, u_all, i_all, channels=channels, scores=(s_pos, s_neg))
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         users = self.embeddings()[0]
