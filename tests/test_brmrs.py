@@ -341,22 +341,25 @@ def _shared_channels(seed=0, n_users=9, n_items=30, d=5):
     params = {"u": leaf(n_users, d), "w": leaf(d, d), "x": leaf(n_items, d), "y": leaf(n_items, d),
               "z": leaf(n_items, d), "fi": leaf(n_items, d)}
     u_fn = lambda ids: params["u"][ids] @ params["w"]  # noqa: E731
-    modal = {"a": Channel(users=params["u"], item_fn=lambda ids: params["x"][ids] * 2),
+    modal = {"a": Channel(users=params["u"], item_fn=lambda ids: params["x"][ids] * 2,
+                          item_table=lambda: params["x"] * 2),
              "b": Channel(users=params["u"], item_fn=lambda ids: params["y"][ids].tanh()),
              "c": Channel(user_fn=u_fn, items=params["z"])}
     return params, modal, Channel(user_fn=u_fn, items=params["fi"])
 
 
 @pytest.mark.parametrize("strategy", ["cross", "self", "fused", "uniform", "b"])
-@pytest.mark.parametrize("reuse", [False, True])
-def test_objective_equals_a_plain_reference_with_gradients(strategy, reuse):
+@pytest.mark.parametrize("reuse, n_items", [(False, None), (True, None), (False, 30)])
+def test_objective_equals_a_plain_reference_with_gradients(strategy, reuse, n_items):
+    """The optimised objective (shared sources, one distinct-id computation or, with ``n_items`` and large
+    pools, the channels' full item tables; reused fused scores) gives the reference's loss and gradients."""
     params, modal, fused = _shared_channels()
     rng = np.random.default_rng(1)
     b = 12
     batch = Batch(torch.from_numpy(rng.integers(0, 9, b)), torch.from_numpy(rng.integers(0, 30, b)),
                   torch.from_numpy(rng.integers(0, 30, b)), {"candidates": torch.from_numpy(rng.integers(0, 30, (b, 4)))})
     obj = BRMRSObjective({"brmrs_negatives": strategy, "brmrs_lambda_h": 0.7, "brmrs_lambda_s": 1.3},
-                         ["a", "b", "c"])
+                         ["a", "b", "c"], n_items)
     scores = (fused.score(batch.users, batch.pos), fused.score(batch.users, batch.neg)) if reuse else None
     got = obj.terms(batch, modal, fused, scores)
     ref = _reference_terms(obj, batch, modal, fused)

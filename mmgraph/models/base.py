@@ -51,13 +51,17 @@ class Channel:
     """One representation space: ``score(u, i) = user(u) . item(i)``.
 
     Each side is a full table (``users [U, d]`` / ``items [I, d]``) or a function ``ids [n] -> [n, d]``
-    for models that build only the rows a batch needs.
+    for models that build only the rows a batch needs. A function channel may also offer ``item_table``:
+    ``() -> [I, d]``, every item's row (the same values as ``item_fn``), for a caller that needs most items
+    (BR-MRS's candidate pools): one product on the feature table instead of a gather and a product on the
+    distinct ids.
     """
 
     users: Optional[Tensor] = None
     items: Optional[Tensor] = None
     user_fn: Optional[RowFn] = None
     item_fn: Optional[RowFn] = None
+    item_table: Optional[Callable[[], Tensor]] = None
 
     def user_rows(self, ids: Tensor, distinct: bool = False) -> Tensor:
         """``[len(ids), d]``; ``distinct``: ``ids`` has no repeats (a cheaper backward)."""

@@ -65,7 +65,8 @@ class BM3(GraphRecommender):
         def user_rows(ids: Tensor) -> Tensor:   # one function for every channel; the batch's users reuse u_online
             return u_online if ids is users else self.predictor(u_all[ids])
         channels = {m: Channel(user_fn=user_rows,
-                               item_fn=lambda ids, m=m: self.predictor(self.modal.project(m, ids)))
+                               item_fn=lambda ids, m=m: self.predictor(self.modal.project(m, ids)),
+                               item_table=lambda m=m: self.predictor(self.modal.project(m)))
                     for m in self.modal.modalities}
         return LossOutput(total, {"ui": loss_ui + loss_iu, "cl": cl, "reg": reg},
                           user_rows=user_rows,

@@ -148,7 +148,8 @@ class BRMRSObjective:
         modalities: the per-modality channel names, in order.
     """
 
-    def __init__(self, config: Mapping[str, Any], modalities: Sequence[str]):
+    def __init__(self, config: Mapping[str, Any], modalities: Sequence[str], n_items: Optional[int] = None):
+        self.n_items = n_items
         cfg = {**OBJECTIVE_DEFAULTS, **{k: config[k] for k in OBJECTIVE_DEFAULTS if k in config}}
         self.modalities = list(modalities)
         self.lambda_h, self.lambda_s = float(cfg["brmrs_lambda_h"]), float(cfg["brmrs_lambda_s"])
@@ -210,7 +211,9 @@ class BRMRSObjective:
                                   "sampler must be built with n_candidates")
         use_neg = self.use_syn or cand is None        # the uniform negative: Syn-BPR, or the uniform strategy
         groups = [pos] + ([neg] if use_neg else []) + ([cand] if cand is not None else [])
-        rows_of = _RowCache(users, groups)
+        # the pools draw (almost) every item: a channel's full item table beats its rows of the distinct ids
+        dense = self.n_items is not None and sum(g.numel() for g in groups) >= 2 * self.n_items
+        rows_of = _RowCache(users, groups, dense)
         channels = []
         for name in self.modalities:
             c = modal[name]
@@ -259,8 +262,8 @@ class _RowCache:
     (a table tensor or a row function, by identity) computed once; the function channels' item rows are
     computed on the distinct ids of ``groups``, found once for all of them."""
 
-    def __init__(self, users: Tensor, groups: Sequence[Tensor]):
-        self.ids, self.groups = users, list(groups)
+    def __init__(self, users: Tensor, groups: Sequence[Tensor], dense: bool = False):
+        self.ids, self.groups, self.dense = users, list(groups), dense
         self._users: Dict[int, Tensor] = {}
         self._items: Dict[int, Tuple[Tensor, List[Tensor]]] = {}
         self._distinct: Optional[Tuple[Tensor, List[Tensor]]] = None
@@ -277,6 +280,12 @@ class _RowCache:
     def items(self, channel: Channel) -> Tuple[Tensor, List[Tensor]]:
         if channel.items is not None:
             return channel.items, self.groups
+        if self.dense and channel.item_table is not None:
+            key = id(channel.item_table)
+            if key not in self._items:
+                self._keep.append(channel.item_table)
+                self._items[key] = channel.item_table(), self.groups
+            return self._items[key]
         key = id(channel.item_fn)
         if key not in self._items:
             self._keep.append(channel.item_fn)
@@ -336,7 +345,7 @@ class BRMRS(Recommender):
         self.user_graph: Optional[SparseAdj] = (relation_adj(data, USER_GRAPH, node="user")
                                                 if cfg["brmrs_user_graph"] else None)
         self.fuse_linear = nn.Linear(m * d, d) if cfg["fusion"] == "concat" else None
-        self.objective = BRMRSObjective(cfg, self.modalities)
+        self.objective = BRMRSObjective(cfg, self.modalities, self.n_items)
         self.fused_bpr = bool(cfg["brmrs_fused_bpr"])
         self.reg_weight = float(cfg["reg_weight"])
         o = self.objective

@@ -130,7 +130,8 @@ class FREEDOM(GraphRecommender):
         terms = {"bpr": bpr}
         total = bpr
         channels = {m: Channel(users=None if sub is not None else u_all, user_fn=user_rows,
-                               item_fn=lambda ids, m=m: self.modal.project(m, ids))
+                               item_fn=lambda ids, m=m: self.modal.project(m, ids),
+                               item_table=lambda m=m: self.modal.project(m))
                     for m in self.modal.modalities}
         if float(self.config["reg_weight"]) > 0:
             feat_bpr = eu.new_zeros(())

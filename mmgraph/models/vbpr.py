@@ -59,7 +59,8 @@ class VBPR(Recommender):
         def feature_users(ids: Tensor) -> Tensor:   # theta_u[d:]; the batch's users reuse this step's rows
             return eu[:, d:] if ids is batch.users else self.user_emb[ids, d:]
         channels = {"id": Channel(users=self.user_emb[:, :d], items=self.item_emb)}
-        channels.update({m: Channel(user_fn=feature_users, item_fn=lambda ids, m=m: self.modality_items(m, ids))
+        channels.update({m: Channel(user_fn=feature_users, item_fn=lambda ids, m=m: self.modality_items(m, ids),
+                                    item_table=lambda m=m: self.modality_items(m))
                          for m in self.features.modalities})
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, self.user_emb,
                           item_rows=self.item_representation, channels=channels, scores=(s_pos, s_neg))
