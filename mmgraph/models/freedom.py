@@ -129,7 +129,10 @@ class FREEDOM(GraphRecommender):
         bpr = bpr_loss(s_pos, s_neg)
         terms = {"bpr": bpr}
         total = bpr
-        channels = {m: Channel(users=None if sub is not None else u_all, user_fn=user_rows,
+        if sub is None:
+            def user_rows_full(ids: Tensor) -> Tensor:   # the batch's users reuse this step's rows
+                return eu if ids is batch.users else u_all[ids]
+        channels = {m: Channel(user_fn=user_rows if sub is not None else user_rows_full,
                                item_fn=lambda ids, m=m: self.modal.project(m, ids),
                                item_table=lambda m=m: self.modal.project(m))
                     for m in self.modal.modalities}
