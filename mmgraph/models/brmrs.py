@@ -197,8 +197,11 @@ class BRMRSObjective:
         (a backbone's own BPR scores), so the synergy term reuses them instead of recomputing.
 
         Every distinct representation source is used once per call: channels that share a user table or
-        function (FREEDOM's final users, BM3's predictor) share one gather, and the function channels'
-        items are computed on the distinct ids of ``pos, neg, candidates`` found once for all of them.
+        function (VBPR's feature half, FREEDOM's final users, BM3's predictor, CM3's eq. 7 rows) share one
+        computation; function channels give their full item table (``Channel.item_table``) when the pools
+        draw about every item, else their rows of the distinct ids of ``pos, neg, candidates`` (found once
+        for all channels). The hard negatives are selected first (no gradient), then each channel gathers
+        the rows of ``i+``, ``i-`` and its hard negative in one ``index_select``.
         """
         if not (self.use_chns or self.use_syn):
             return {}
