@@ -13,6 +13,9 @@ work (the model's epoch hook + sampling one epoch); and the resulting epoch esti
 their step to the backbone's step (measured in the same run). ``--profile`` adds the top operators of
 each entry's steps (torch.profiler, self CPU time).
 
+``--interleave`` times each ``METHOD+PLUGIN`` entry step by step in alternation with its backbone (use it
+on a shared machine: the load then weighs on both alike and the ratio is stable between runs).
+
 ``--set`` takes ``key=value`` for every entry or ``method:key=value`` for one method.
 """
 from __future__ import annotations
@@ -52,7 +55,9 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def bench_entry(entry: str, dataset, sets, steps: int, profile: bool) -> Dict[str, float]:
+def _setup(entry: str, dataset, sets) -> Dict[str, object]:
+    """Build one entry's model, plug-ins and trainer; sample one epoch. Returns ``step(batch) -> (forward,
+    backward, optimiser) seconds``, the epoch's batches, the trainer and the per-epoch work (seconds)."""
     method, *plugins = entry.split("+")
     overrides = {**sets.get("*", {}), **sets.get(method, {}), "log_geometry": False}
     if plugins:
@@ -70,7 +75,6 @@ def bench_entry(entry: str, dataset, sets, steps: int, profile: bool) -> Dict[st
     t0 = time.perf_counter()
     batches = list(trainer.sampler.epoch())
     epoch_work += time.perf_counter() - t0
-    fwd, bwd, opt = [], [], []
 
     def step(batch):
         batch = batch.to(trainer.device)
@@ -88,29 +92,49 @@ def bench_entry(entry: str, dataset, sets, steps: int, profile: bool) -> Dict[st
         t4 = time.perf_counter()
         return t2 - t1, t3 - t2, t4 - t3
 
-    n = max(1, steps)
-    timed = [batches[k % len(batches)] for k in range(2, 2 + n)]  # short epochs: batches are reused
     for b in batches[:2]:  # warm-up (allocator, lazy init)
         step(b)
+    return {"step": step, "batches": batches, "trainer": trainer, "epoch_work": epoch_work}
+
+
+def _summary(times: List[tuple], setup: Dict[str, object]) -> Dict[str, float]:
+    fwd, bwd, opt = zip(*times)
+    med = {k: statistics.median(v) for k, v in (("forward", fwd), ("backward", bwd), ("optimizer", opt))}
+    step_s = sum(med.values())
+    valid = _timed(setup["trainer"].validate)
+    n = len(setup["batches"])
+    return {**med, "step": step_s, "steps_per_epoch": n, "epoch_work": setup["epoch_work"], "valid": valid,
+            "epoch": n * step_s + setup["epoch_work"] + valid}
+
+
+def _timed_batches(batches, steps: int):
+    return [batches[k % len(batches)] for k in range(2, 2 + max(1, steps))]  # short epochs: batches are reused
+
+
+def bench_entry(entry: str, dataset, sets, steps: int, profile: bool) -> Dict[str, float]:
+    setup = _setup(entry, dataset, sets)
     prof = None
     if profile:
         from torch.profiler import ProfilerActivity
         prof = torch.profiler.profile(activities=[ProfilerActivity.CPU])
         prof.__enter__()
-    for b in timed:
-        f, g, o = step(b)
-        fwd.append(f)
-        bwd.append(g)
-        opt.append(o)
+    times = [setup["step"](b) for b in _timed_batches(setup["batches"], steps)]
     if prof is not None:
         prof.__exit__(None, None, None)
-        print(f"\n{entry}: top operators over {n} steps")
+        print(f"\n{entry}: top operators over {len(times)} steps")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    valid = _timed(trainer.validate)
-    med = {k: statistics.median(v) for k, v in (("forward", fwd), ("backward", bwd), ("optimizer", opt))}
-    step_s = sum(med.values())
-    return {**med, "step": step_s, "steps_per_epoch": len(batches), "epoch_work": epoch_work,
-            "valid": valid, "epoch": len(batches) * step_s + epoch_work + valid}
+    return _summary(times, setup)
+
+
+def bench_pair(backbone: str, entry: str, dataset, sets, steps: int) -> Dict[str, Dict[str, float]]:
+    """``backbone`` and ``entry`` (``backbone+plugin``) timed step by step in alternation, so that the load of
+    a shared machine weighs on both alike; the ratio of the medians is then comparable between runs."""
+    a, b = _setup(backbone, dataset, sets), _setup(entry, dataset, sets)
+    ta, tb = [], []
+    for ba, bb in zip(_timed_batches(a["batches"], steps), _timed_batches(b["batches"], steps)):
+        ta.append(a["step"](ba))
+        tb.append(b["step"](bb))
+    return {backbone: _summary(ta, a), entry: _summary(tb, b)}
 
 
 def main(argv=None) -> int:
@@ -121,11 +145,24 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="[METHOD:]KEY=VALUE")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per entry")
     p.add_argument("--profile", action="store_true", help="print the top operators of each entry")
+    p.add_argument("--interleave", action="store_true",
+                   help="time each METHOD+PLUGIN entry's steps alternately with its backbone's (a ratio robust to "
+                        "a shared machine's changing load); the backbone row shows its last pair's timings")
     args = p.parse_args(argv)
     dataset = load_dataset(args.data)
     sets = _split_sets(args.set)
     entries = [e.strip() for e in args.methods.split(",") if e.strip()]
-    rows = {e: bench_entry(e, dataset, sets, args.steps, args.profile) for e in entries}
+    rows: Dict[str, Dict[str, float]] = {}
+    bases: Dict[str, Dict[str, float]] = {}   # the backbone timings each plug-in entry is compared with
+    for e in entries:
+        base = e.split("+")[0]
+        if args.interleave and "+" in e:
+            pair = bench_pair(base, e, dataset, sets, args.steps)
+            rows[base], rows[e], bases[e] = pair[base], pair[e], pair[base]
+        elif not (args.interleave and e in rows):
+            rows[e] = bench_entry(e, dataset, sets, args.steps, args.profile)
+    if args.interleave and args.profile:
+        print("(--profile is ignored for interleaved pairs)")
     print(f"\n{dataset.name}: {torch.get_num_threads()} threads, median of {args.steps} steps (ms) and "
           "seconds per epoch")
     header = (f"{'entry':22s} {'forward':>8s} {'backward':>8s} {'optim':>7s} {'step':>7s} {'x backbone':>10s} "
@@ -133,7 +170,7 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     for entry, r in rows.items():
-        base = rows.get(entry.split("+")[0])
+        base = bases.get(entry, rows.get(entry.split("+")[0]))
         ratio = f"x{r['step'] / base['step']:.2f}" if base is not None and "+" in entry else ""
         print(f"{entry:22s} {1e3 * r['forward']:8.1f} {1e3 * r['backward']:8.1f} {1e3 * r['optimizer']:7.1f} "
               f"{1e3 * r['step']:7.1f} {ratio:>10s} {r['steps_per_epoch']:5d} {r['epoch_work']:10.3f} "

@@ -299,3 +299,108 @@ def test_plugin_default_weights_follow_the_backbones_user_side(small):
     cfg = _cfg("freedom", plugins=["brmrs"], brmrs_lambda_h=0.5)
     model = build_model("freedom", small, cfg, torch.device("cpu"))
     assert build_plugins(cfg, small, model)[0].objective.lambda_h == 0.5
+
+
+# ------------------------------------------------------------------------------ optimised path vs reference
+def _reference_terms(obj, batch, modal, fused):
+    """CHNS + Syn-BPR written plainly: every score by :meth:`Channel.score`, the hardest by a loop."""
+    users, pos, neg = batch.users, batch.pos, batch.neg
+    mods = obj.modalities
+    out = {}
+    if obj.use_chns:
+        cand = batch.extras.get("candidates")
+        negs = []
+        for k, m in enumerate(mods):
+            if obj.strategy == "uniform":
+                negs.append(neg)
+                continue
+            with torch.no_grad():
+                if obj.strategy == "cross":
+                    key = sum(modal[o].score(users, cand) for o in mods if o != m)
+                elif obj.strategy == "self":
+                    key = modal[m].score(users, cand)
+                elif obj.strategy == "fused":
+                    key = fused.score(users, cand)
+                else:
+                    key = modal[obj.strategy].score(users, cand)
+            negs.append(torch.stack([cand[b, int(key[b].argmax())] for b in range(len(users))]))
+        out["chns"] = obj.lambda_h * sum(_bpr(modal[m].score(users, pos) - modal[m].score(users, n))
+                                         for m, n in zip(mods, negs))
+    if obj.use_syn:
+        d_f = fused.score(users, pos) - fused.score(users, neg)
+        d_m = torch.stack([modal[m].score(users, pos) - modal[m].score(users, neg) for m in mods])
+        out["syn"] = obj.lambda_s * _bpr(d_f - 0.1 - d_m.max(0).values)
+    return out
+
+
+def _shared_channels(seed=0, n_users=9, n_items=30, d=5):
+    """Three modalities mixing tables and functions, two of them sharing one user table and one user
+    function (as FREEDOM / BM3 share their final users), the fused channel sharing a user function."""
+    g = torch.Generator().manual_seed(seed)
+    leaf = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    params = {"u": leaf(n_users, d), "w": leaf(d, d), "x": leaf(n_items, d), "y": leaf(n_items, d),
+              "z": leaf(n_items, d), "fi": leaf(n_items, d)}
+    u_fn = lambda ids: params["u"][ids] @ params["w"]  # noqa: E731
+    modal = {"a": Channel(users=params["u"], item_fn=lambda ids: params["x"][ids] * 2,
+                          item_table=lambda: params["x"] * 2),
+             "b": Channel(users=params["u"], item_fn=lambda ids: params["y"][ids].tanh()),
+             "c": Channel(user_fn=u_fn, items=params["z"])}
+    return params, modal, Channel(user_fn=u_fn, items=params["fi"])
+
+
+@pytest.mark.parametrize("strategy", ["cross", "self", "fused", "uniform", "b"])
+@pytest.mark.parametrize("reuse, n_items", [(False, None), (True, None), (False, 30)])
+def test_objective_equals_a_plain_reference_with_gradients(strategy, reuse, n_items):
+    """The optimised objective (shared sources, one distinct-id computation or, with ``n_items`` and large
+    pools, the channels' full item tables; reused fused scores) gives the reference's loss and gradients."""
+    params, modal, fused = _shared_channels()
+    rng = np.random.default_rng(1)
+    b = 12
+    batch = Batch(torch.from_numpy(rng.integers(0, 9, b)), torch.from_numpy(rng.integers(0, 30, b)),
+                  torch.from_numpy(rng.integers(0, 30, b)), {"candidates": torch.from_numpy(rng.integers(0, 30, (b, 4)))})
+    obj = BRMRSObjective({"brmrs_negatives": strategy, "brmrs_lambda_h": 0.7, "brmrs_lambda_s": 1.3},
+                         ["a", "b", "c"], n_items)
+    scores = (fused.score(batch.users, batch.pos), fused.score(batch.users, batch.neg)) if reuse else None
+    got = obj.terms(batch, modal, fused, scores)
+    ref = _reference_terms(obj, batch, modal, fused)
+    assert set(got) == set(ref) == {"chns", "syn"}
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-12, atol=1e-12)
+        g1 = torch.autograd.grad(got[name], list(params.values()), allow_unused=True, retain_graph=True)
+        g2 = torch.autograd.grad(ref[name], list(params.values()), allow_unused=True, retain_graph=True)
+        for a, r in zip(g1, g2):
+            if r is None:
+                assert a is None or float(a.abs().max()) == 0
+            else:
+                torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["freedom", "vbpr", "bm3", "cm3"])
+def test_plugin_terms_equal_a_plain_reference_on_each_backbone(small, method):
+    cfg = _cfg(method, plugins=["brmrs"], brmrs_lambda_h=0.5, brmrs_lambda_s=2.0)
+    model = build_model(method, small, cfg, torch.device("cpu")).double()
+    plugin = build_plugins(cfg, small, model)[0]
+    trainer = Trainer(model, small, cfg, plugins=[plugin], progress=False)
+    model.train()
+    batch = next(trainer.sampler.epoch())
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(fn):
+        torch.manual_seed(5)
+        out = model.loss(batch)
+        terms = fn(out)
+        grads = torch.autograd.grad(out.loss + sum(terms.values()), params, allow_unused=True)
+        return terms, grads
+
+    got, g1 = run(lambda out: plugin.loss(batch, out))
+    ref, g2 = run(lambda out: _reference_terms(plugin.objective, batch,
+                                               {m: out.channel(m) for m in plugin.objective.modalities},
+                                               out.channel()))
+    assert set(got) == set(ref) == {"chns", "syn"}
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-12, atol=1e-12)
+    for p, a, r in zip(params, g1, g2):
+        if r is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12)

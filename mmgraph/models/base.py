@@ -51,13 +51,17 @@ class Channel:
     """One representation space: ``score(u, i) = user(u) . item(i)``.
 
     Each side is a full table (``users [U, d]`` / ``items [I, d]``) or a function ``ids [n] -> [n, d]``
-    for models that build only the rows a batch needs.
+    for models that build only the rows a batch needs. A function channel may also offer ``item_table``:
+    ``() -> [I, d]``, every item's row (the same values as ``item_fn``), for a caller that needs most items
+    (BR-MRS's candidate pools): one product on the feature table instead of a gather and a product on the
+    distinct ids.
     """
 
     users: Optional[Tensor] = None
     items: Optional[Tensor] = None
     user_fn: Optional[RowFn] = None
     item_fn: Optional[RowFn] = None
+    item_table: Optional[Callable[[], Tensor]] = None
 
     def user_rows(self, ids: Tensor, distinct: bool = False) -> Tensor:
         """``[len(ids), d]``; ``distinct``: ``ids`` has no repeats (a cheaper backward)."""
@@ -97,6 +101,8 @@ class LossOutput:
             loss only builds the rows it needs (CM3 users, VBPR items).
         channels: named per-channel representations of this step (e.g. ``image``, ``text``, ``fused``);
             the final scoring space is :meth:`channel` ``("final")``.
+        scores: ``(pos [B], neg [B])``: the batch triples' scores in the final space, when the loss computed
+            them (a BPR backbone), for plug-ins that need the same scores (BR-MRS's synergy term).
     """
 
     loss: Tensor
@@ -106,6 +112,7 @@ class LossOutput:
     user_rows: Optional[RowFn] = None
     item_rows: Optional[RowFn] = None
     channels: Dict[str, Channel] = field(default_factory=dict)
+    scores: Optional[Tuple[Tensor, Tensor]] = None
 
     def channel(self, name: str = FINAL) -> Channel:
         """The channel ``name``; ``"final"`` is the scoring space (``user_emb`` / ``item_emb``)."""

@@ -61,11 +61,15 @@ class BM3(GraphRecommender):
         # MMRec: EmbLoss over ALL user and item rows, divided by the number of items (its last argument)
         reg = self.config["reg_weight"] * emb_reg(u_all, i_all)
         total = loss_ui + loss_iu + self.config["cl_weight"] * cl + reg
-        channels = {m: Channel(user_fn=lambda ids: self.predictor(u_all[ids]),
-                               item_fn=lambda ids, m=m: self.predictor(self.modal.project(m, ids)))
+
+        def user_rows(ids: Tensor) -> Tensor:   # one function for every channel; the batch's users reuse u_online
+            return u_online if ids is users else self.predictor(u_all[ids])
+        channels = {m: Channel(user_fn=user_rows,
+                               item_fn=lambda ids, m=m: self.predictor(self.modal.project(m, ids)),
+                               item_table=lambda m=m: self.predictor(self.modal.project(m)))
                     for m in self.modal.modalities}
         return LossOutput(total, {"ui": loss_ui + loss_iu, "cl": cl, "reg": reg},
-                          user_rows=lambda ids: self.predictor(u_all[ids]),
+                          user_rows=user_rows,
                           item_rows=lambda ids: self.predictor(i_all[ids]), channels=channels)
 
     @torch.no_grad()

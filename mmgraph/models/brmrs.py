@@ -148,7 +148,8 @@ class BRMRSObjective:
         modalities: the per-modality channel names, in order.
     """
 
-    def __init__(self, config: Mapping[str, Any], modalities: Sequence[str]):
+    def __init__(self, config: Mapping[str, Any], modalities: Sequence[str], n_items: Optional[int] = None):
+        self.n_items = n_items
         cfg = {**OBJECTIVE_DEFAULTS, **{k: config[k] for k in OBJECTIVE_DEFAULTS if k in config}}
         self.modalities = list(modalities)
         self.lambda_h, self.lambda_s = float(cfg["brmrs_lambda_h"]), float(cfg["brmrs_lambda_s"])
@@ -167,6 +168,18 @@ class BRMRSObjective:
                               f"{self.modalities}; use self, fused or uniform")
         if self.needs_pool and self.n_candidates < 1:
             raise ConfigError(f"brmrs_n_candidates must be >= 1 for brmrs_negatives: {self.strategy}")
+        self._scratch: Optional[Tensor] = None     # the pool gather's buffer (see _pool_scores)
+
+    def _pool_scores(self, u: Tensor, rows: Tensor, index: Tensor) -> Tensor:
+        """``[B, n]`` scores ``<u_b, rows[index[b, j]]>`` (no gradient). The ``[B n, d]`` gathered rows go to a
+        scratch buffer kept across steps: a fresh one (8 MB on TikTok) is first-touched page by page every
+        step, which made this gather ~10x slower than the copy itself."""
+        n, d = index.numel(), rows.shape[1]
+        buf = self._scratch
+        if buf is None or buf.numel() < n * d or buf.dtype != rows.dtype or buf.device != rows.device:
+            buf = self._scratch = rows.new_empty(n * d)
+        g = torch.index_select(rows.detach(), 0, index.reshape(-1), out=buf[: n * d].view(n, d))
+        return torch.einsum("bd,bnd->bn", u.detach(), g.view(*index.shape, d))
 
     @property
     def needs_pool(self) -> bool:
@@ -176,8 +189,20 @@ class BRMRSObjective:
     def sampler_options(self) -> Dict[str, Any]:
         return {"n_candidates": self.n_candidates} if self.needs_pool else {}
 
-    def terms(self, batch: Batch, modal: Mapping[str, Channel], fused: Channel) -> Dict[str, Tensor]:
-        """The weighted terms ``chns`` and ``syn`` (those switched on) for one batch."""
+    def terms(self, batch: Batch, modal: Mapping[str, Channel], fused: Channel,
+              fused_scores: Optional[Tuple[Tensor, Tensor]] = None) -> Dict[str, Tensor]:
+        """The weighted terms ``chns`` and ``syn`` (those switched on) for one batch.
+
+        ``fused_scores``: ``(s_f(u, i+), s_f(u, i-))`` of the batch rows when the caller has them already
+        (a backbone's own BPR scores), so the synergy term reuses them instead of recomputing.
+
+        Every distinct representation source is used once per call: channels that share a user table or
+        function (VBPR's feature half, FREEDOM's final users, BM3's predictor, CM3's eq. 7 rows) share one
+        computation; function channels give their full item table (``Channel.item_table``) when the pools
+        draw about every item, else their rows of the distinct ids of ``pos, neg, candidates`` (found once
+        for all channels). The hard negatives are selected first (no gradient), then each channel gathers
+        the rows of ``i+``, ``i-`` and its hard negative in one ``index_select``.
+        """
         if not (self.use_chns or self.use_syn):
             return {}
         users, pos, neg = batch.users, batch.pos, batch.neg
@@ -189,40 +214,92 @@ class BRMRSObjective:
                                   "sampler must be built with n_candidates")
         use_neg = self.use_syn or cand is None        # the uniform negative: Syn-BPR, or the uniform strategy
         groups = [pos] + ([neg] if use_neg else []) + ([cand] if cand is not None else [])
-        s_pos, s_neg, cand_rows = [], [], []
+        # the pools draw (almost) every item: a channel's full item table beats its rows of the distinct ids
+        dense = self.n_items is not None and sum(g.numel() for g in groups) >= 2 * self.n_items
+        rows_of = _RowCache(users, groups, dense)
+        channels = []
         for name in self.modalities:
             c = modal[name]
-            u = user_rows(c, users)                                                     # [B, d]
-            rows, idx = item_rows(c, groups)
-            s_pos.append((u * gather(rows, idx[0])).sum(-1))
+            rows, idx = rows_of.items(c)
+            channels.append((rows_of.users(c), rows, idx))                             # u [B, d], rows, index
+        at = None
+        if self.use_chns and cand is not None:
+            with torch.no_grad():   # the selection: scores of the pool, no gradient
+                scores = torch.stack([self._pool_scores(u, rows, idx[-1]) for u, rows, idx in channels])  # [M, B, n]
+                f_scores = None
+                if self.strategy == "fused":
+                    f_rows, (f_ix,) = item_rows(fused, [cand])
+                    f_scores = torch.einsum("bd,bnd->bn", rows_of.users(fused).detach(),
+                                             gather(f_rows.detach(), f_ix))
+                at = hard_positions(scores, self.strategy, self.modalities, f_scores)       # [M, B]
+        # per modality ONE gather (and one backward scatter) of the rows of i+, i- and the hard negative
+        s_pos, s_neg, s_hard = [], [], []
+        for k, (u, rows, idx) in enumerate(channels):
+            parts = [idx[0]] + ([idx[1]] if use_neg else [])
+            if at is not None:
+                parts.append(idx[-1].gather(1, at[k].unsqueeze(1)).squeeze(1))
+            s = (u.unsqueeze(0) * gather(rows, torch.cat(parts)).view(len(parts), len(users), -1)).sum(-1)
+            s_pos.append(s[0])
             if use_neg:
-                s_neg.append((u * gather(rows, idx[1])).sum(-1))
-            if cand is not None:
-                cand_rows.append((u, rows, idx[-1]))
+                s_neg.append(s[1])
+            if at is not None:
+                s_hard.append(s[-1])
         out: Dict[str, Tensor] = {}
         if self.use_chns:
-            if cand is None:
-                negatives = s_neg
-            else:
-                with torch.no_grad():   # the selection: scores of the pool, no gradient
-                    scores = torch.stack([torch.einsum("bd,bnd->bn", u.detach(), gather(rows.detach(), ix))
-                                          for u, rows, ix in cand_rows])                  # [M, B, n]
-                    f_scores = None
-                    if self.strategy == "fused":
-                        f_rows, (f_ix,) = item_rows(fused, [cand])
-                        f_scores = torch.einsum("bd,bnd->bn", user_rows(fused, users).detach(),
-                                                 gather(f_rows.detach(), f_ix))
-                    at = hard_positions(scores, self.strategy, self.modalities, f_scores)     # [M, B]
-                negatives = [(u * gather(rows, ix.gather(1, at[k].unsqueeze(1)).squeeze(1))).sum(-1)
-                             for k, (u, rows, ix) in enumerate(cand_rows)]
+            negatives = s_neg if at is None else s_hard
             out["chns"] = self.lambda_h * sum(bpr_loss(p, n) for p, n in zip(s_pos, negatives))
         if self.use_syn:
-            fu = user_rows(fused, users)
-            f_rows, (f_pos, f_neg) = item_rows(fused, [pos, neg])
-            delta_f = (fu * gather(f_rows, f_pos)).sum(-1) - (fu * gather(f_rows, f_neg)).sum(-1)
+            if fused_scores is None:
+                f_rows, (f_pos, f_neg) = item_rows(fused, [pos, neg])
+                s = (rows_of.users(fused).unsqueeze(0) *
+                     gather(f_rows, torch.cat([f_pos, f_neg])).view(2, len(users), -1)).sum(-1)
+                fused_scores = (s[0], s[1])
+            delta_f = fused_scores[0] - fused_scores[1]
             delta_modal = torch.stack(s_pos) - torch.stack(s_neg)
             out["syn"] = self.lambda_s * synergy_loss(delta_f, delta_modal, self.theta)
         return out
+
+
+class _RowCache:
+    """The user rows ``[B, d]`` and item rows of one :meth:`BRMRSObjective.terms` call, each distinct source
+    (a table tensor or a row function, by identity) computed once; the function channels' item rows are
+    computed on the distinct ids of ``groups``, found once for all of them."""
+
+    def __init__(self, users: Tensor, groups: Sequence[Tensor], dense: bool = False):
+        self.ids, self.groups, self.dense = users, list(groups), dense
+        self._users: Dict[int, Tensor] = {}
+        self._items: Dict[int, Tuple[Tensor, List[Tensor]]] = {}
+        self._distinct: Optional[Tuple[Tensor, List[Tensor]]] = None
+        self._keep: List[Any] = []      # the keys' objects stay alive for the call (ids are not reused)
+
+    def users(self, channel: Channel) -> Tensor:
+        src = channel.users if channel.users is not None else channel.user_fn
+        key = id(src)
+        if key not in self._users:
+            self._keep.append(src)
+            self._users[key] = user_rows(channel, self.ids)
+        return self._users[key]
+
+    def items(self, channel: Channel) -> Tuple[Tensor, List[Tensor]]:
+        if channel.items is not None:
+            return channel.items, self.groups
+        if self.dense and channel.item_table is not None:
+            key = id(channel.item_table)
+            if key not in self._items:
+                self._keep.append(channel.item_table)
+                self._items[key] = channel.item_table(), self.groups
+            return self._items[key]
+        key = id(channel.item_fn)
+        if key not in self._items:
+            self._keep.append(channel.item_fn)
+            if self._distinct is None:
+                flat = torch.cat([g.reshape(-1) for g in self.groups])
+                uniq, inv = torch.unique(flat, return_inverse=True)
+                sizes = [g.numel() for g in self.groups]
+                self._distinct = uniq, [i.view(g.shape) for i, g in zip(torch.split(inv, sizes), self.groups)]
+            uniq, index = self._distinct
+            self._items[key] = channel.item_rows(uniq, distinct=True), index
+        return self._items[key]
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -271,7 +348,7 @@ class BRMRS(Recommender):
         self.user_graph: Optional[SparseAdj] = (relation_adj(data, USER_GRAPH, node="user")
                                                 if cfg["brmrs_user_graph"] else None)
         self.fuse_linear = nn.Linear(m * d, d) if cfg["fusion"] == "concat" else None
-        self.objective = BRMRSObjective(cfg, self.modalities)
+        self.objective = BRMRSObjective(cfg, self.modalities, self.n_items)
         self.fused_bpr = bool(cfg["brmrs_fused_bpr"])
         self.reg_weight = float(cfg["reg_weight"])
         o = self.objective

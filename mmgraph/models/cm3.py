@@ -327,7 +327,8 @@ class CM3(Recommender):
         # the channel weights and the L2 normalisation are row-wise: apply them only to the distinct
         # users / items the batch uses, once each
         uid, uinv, ucount = torch.unique(batch.users, return_inverse=True, return_counts=True)
-        u = row_normalize(self.weight_users(u_rep, uid, distinct=True))
+        w_u = self.weight_users(u_rep, uid, distinct=True)
+        u = row_normalize(w_u)
         n_pos = batch.pos.shape[0]
         if cfg["uniform_items"] == "batch":
             iid, iinv, icount = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True,
@@ -349,12 +350,20 @@ class CM3(Recommender):
         # gamma as in the paper's experiments: the released code halves the bracket
         total = align + float(cfg["gamma"]) * (uni_u + uni_i) / 2
         d = self.embedding_size
+        memo: Dict[str, object] = {}
+
+        def user_rows(ids: Tensor) -> Tensor:
+            """Eq. 7 rows of ``ids``; the batch's users reuse this step's distinct rows, and the channels
+            of one call share one computation."""
+            if memo.get("ids") is not ids or memo["grad"] != torch.is_grad_enabled():
+                memo["ids"], memo["grad"] = ids, torch.is_grad_enabled()
+                memo["rows"] = w_u[uinv] if ids is batch.users else self.weight_users(u_rep, ids)
+            return memo["rows"]
         channels = {name: Channel(items=items_all[:, k * d:(k + 1) * d],
-                                  user_fn=lambda ids, k=k: self.weight_users(u_rep, ids)[:, k * d:(k + 1) * d])
+                                  user_fn=lambda ids, k=k: user_rows(ids)[:, k * d:(k + 1) * d])
                     for k, name in enumerate(self.channel_names)}
         return LossOutput(total, {"align": align, "uniform_user": uni_u, "uniform_item": uni_i},
-                          item_emb=items_all, user_rows=lambda ids: self.weight_users(u_rep, ids),
-                          channels=channels)
+                          item_emb=items_all, user_rows=user_rows, channels=channels)
 
     @property
     def channel_names(self) -> List[str]:

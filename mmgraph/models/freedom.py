@@ -125,11 +125,16 @@ class FREEDOM(GraphRecommender):
             ep = hi[sub["item"].dst_pos_index] + branch[:b]
             en = hi[sub["item"].dst_neg_index] + branch[b:]
             user_rows = subgraph_rows(sub["user"].n_id, hu)
-        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
+        s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
+        bpr = bpr_loss(s_pos, s_neg)
         terms = {"bpr": bpr}
         total = bpr
-        channels = {m: Channel(users=None if sub is not None else u_all, user_fn=user_rows,
-                               item_fn=lambda ids, m=m: self.modal.project(m, ids))
+        if sub is None:
+            def user_rows_full(ids: Tensor) -> Tensor:   # the batch's users reuse this step's rows
+                return eu if ids is batch.users else u_all[ids]
+        channels = {m: Channel(user_fn=user_rows if sub is not None else user_rows_full,
+                               item_fn=lambda ids, m=m: self.modal.project(m, ids),
+                               item_table=lambda m=m: self.modal.project(m))
                     for m in self.modal.modalities}
         if float(self.config["reg_weight"]) > 0:
             feat_bpr = eu.new_zeros(())
@@ -139,8 +144,8 @@ class FREEDOM(GraphRecommender):
             terms["feat_bpr"] = feat_bpr
             total = total + float(self.config["reg_weight"]) * feat_bpr
         if sub is not None:
-            return LossOutput(total, terms, user_rows=user_rows, channels=channels)
-        return LossOutput(total, terms, u_all, i_all, channels=channels)
+            return LossOutput(total, terms, user_rows=user_rows, channels=channels, scores=(s_pos, s_neg))
+        return LossOutput(total, terms, u_all, i_all, channels=channels, scores=(s_pos, s_neg))
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         users = self.embeddings()[0]

@@ -51,15 +51,19 @@ class VBPR(Recommender):
     def loss(self, batch: Batch) -> LossOutput:
         eu = self.user_emb[batch.users]
         ep, en = self.item_representation(batch.pos), self.item_representation(batch.neg)
-        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
+        s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
+        bpr = bpr_loss(s_pos, s_neg)
         reg = self.config["reg_weight"] * emb_reg(eu, ep, en)
         d = self.embedding_size
+
+        def feature_users(ids: Tensor) -> Tensor:   # theta_u[d:]; the batch's users reuse this step's rows
+            return eu[:, d:] if ids is batch.users else self.user_emb[ids, d:]
         channels = {"id": Channel(users=self.user_emb[:, :d], items=self.item_emb)}
-        channels.update({m: Channel(users=self.user_emb[:, d:],
-                                    item_fn=lambda ids, m=m: self.modality_items(m, ids))
+        channels.update({m: Channel(user_fn=feature_users, item_fn=lambda ids, m=m: self.modality_items(m, ids),
+                                    item_table=lambda m=m: self.modality_items(m))
                          for m in self.features.modalities})
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, self.user_emb,
-                          item_rows=self.item_representation, channels=channels)
+                          item_rows=self.item_representation, channels=channels, scores=(s_pos, s_neg))
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         d = self.embedding_size

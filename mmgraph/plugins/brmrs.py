@@ -68,7 +68,7 @@ class BRMRS(Plugin):
         auto = AUTO_WEIGHTS[own_user_side(model, modal)]
         cfg = {k: (auto if v is None and k in ("brmrs_lambda_h", "brmrs_lambda_s") else v)
                for k, v in self.config.items()}
-        self.objective = BRMRSObjective(cfg, modal)
+        self.objective = BRMRSObjective(cfg, modal, getattr(model, "n_items", None))
         log.info("brmrs plug-in on %s: modality channels %s, lambda_h %g, lambda_s %g, negatives %s", name, modal,
                  self.objective.lambda_h, self.objective.lambda_s, self.objective.strategy)
 
@@ -81,7 +81,7 @@ class BRMRS(Plugin):
         except KeyError as exc:
             raise ConfigError(f"plugins=[brmrs]: the backbone's training step does not expose its channel "
                               f"{exc}") from None
-        return self.objective.terms(batch, modal, output.channel())
+        return self.objective.terms(batch, modal, output.channel(), output.scores)
 
     def extra_repr(self) -> str:
         o = self.objective
