@@ -181,12 +181,22 @@ def test_default_variant_is_the_released_code_with_a_detached_similarity():
     from mmgraph.models.cm3 import SWITCHES, VARIANTS
     from mmgraph.train import load_config
     resolved = CM3.resolve_config(load_config("cm3"))
-    assert {k: resolved[k] for k in SWITCHES} == {**VARIANTS["released"], "detach_sim": True}
-    assert CM3.resolve_config({})["detach_sim"] is True  # the Python API without a config: the same default
+    assert {k: resolved[k] for k in SWITCHES} == {**VARIANTS["released"], "detach_sim": "auto"}
+    assert CM3.resolve_config({})["detach_sim"] == "auto"  # the Python API without a config: the same default
     released = CM3.resolve_config(load_config("cm3", overrides={"variant": "released"}))
     assert {k: released[k] for k in SWITCHES} == VARIANTS["released"]
     paper = CM3.resolve_config(load_config("cm3", overrides={"variant": "paper"}))
     assert {k: paper[k] for k in SWITCHES} == VARIANTS["paper"]
+
+
+def test_detach_sim_auto_detaches_with_two_modalities_only(synth):
+    """``auto`` (the default): ``s`` follows the per-step lam draw only when there are >= 2 modalities."""
+    two = build_model("cm3", synth, {"graph_cache": False})
+    one = build_model("cm3", synth, {"graph_cache": False, "drop_modality": "image"})
+    assert two.config["detach_sim"] is True and one.config["detach_sim"] is False
+    assert build_model("cm3", synth, {"graph_cache": False, "detach_sim": False}).config["detach_sim"] is False
+    with pytest.raises(ConfigError, match="detach_sim"):
+        build_model("cm3", synth, {"graph_cache": False, "detach_sim": "sometimes"})
 
 
 def test_shapes_channels_and_unit_inputs(model, synth):
@@ -321,6 +331,18 @@ def test_gamma_weighs_the_halved_bracket_whatever_the_switches(model, batch):
         assert abs(float(b.loss.detach()) - float(t["align"] + 0.9 * (t["uniform_user"] + t["uniform_item"]) / 2)) < 1e-6
     with pytest.raises(ConfigError, match="halve_uniform"):
         clone_into(model, halve_uniform=True)
+
+
+def test_multiplicity_weighted_batch_items_warn(model, caplog):
+    """Issue 18: items weighted by their batch count over positives + negatives is allowed, with a warning."""
+    with caplog.at_level("WARNING", logger="mmgraph.models.cm3"):
+        clone_into(model, item_pairs="rows", uniform_items="batch")
+    assert "item_pairs=rows with uniform_items=batch" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmgraph.models.cm3"):
+        clone_into(model, item_pairs="rows", uniform_items="neg")
+        clone_into(model, item_pairs="distinct", uniform_items="batch")
+    assert "item_pairs=rows" not in caplog.text
 
 
 def test_fusion_switches_change_only_the_fused_channel(model, synth):
