@@ -230,11 +230,11 @@ def test_cm3_ablation_over_seeds_uses_the_benchmark(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "CM3 w LF" in out.stdout and "Paired t-test" in out.stdout and "CM3 (reference)" in out.stdout
-    rows = read_results(tmp_path / "released" / "seeds" / "results.csv")
+    rows = read_results(tmp_path / "default" / "seeds" / "results.csv")
     assert sorted((r["method"], r["seed"]) for r in rows) == [("CM3", 1), ("CM3", 2), ("CM3 w LF", 1),
                                                               ("CM3 w LF", 2)]
     lf = next(r for r in rows if r["method"] == "CM3 w LF")
-    assert "fusion: linear" in (tmp_path / "released" / "seeds" / lf["run_dir"] / "config.yaml").read_text()
+    assert "fusion: linear" in (tmp_path / "default" / "seeds" / lf["run_dir"] / "config.yaml").read_text()
 
 
 def test_the_repository_claims_file_loads():
