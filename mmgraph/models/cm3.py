@@ -174,14 +174,13 @@ class CM3(Recommender):
                         "Recall@20 -0.004 on TikTok, -0.014 on DBbook; a collapse on denser data at twice today's "
                         "gamma); item_pairs=distinct is the paper, uniform_items=neg the released code")
         self.eval_lambda = self._parse_eval_lambda(cfg["eval_lambda"])
-        if isinstance(cfg["detach_sim"], str):
-            if cfg["detach_sim"].strip().lower() != "auto":
-                raise ConfigError(f"cm3 detach_sim must be true, false or auto, got {cfg['detach_sim']!r}")
         if cfg.get("malloc_tuning") and resolve_device(str(cfg.get("device", "auto"))).type == "cpu":
             log.debug("glibc malloc tuning applied: %s", tune_glibc_malloc())
         feats = self._select_features(item_features(data), cfg.get("drop_modality"))
         self.modalities = list(feats)
         if isinstance(cfg["detach_sim"], str):  # auto: detached when s depends on the per-step lam draw
+            if cfg["detach_sim"].strip().lower() != "auto":
+                raise ConfigError(f"cm3 detach_sim must be true, false or auto, got {cfg['detach_sim']!r}")
             cfg["detach_sim"] = len(self.modalities) >= 2
         d, d1 = self.embedding_size, int(cfg["hidden_size"])
         self.fusion = cfg["fusion"]
