@@ -243,8 +243,7 @@ def test_the_repository_claims_file_loads():
     labels = {m for c in claims for m in (c["better"], c["worse"])}
     assert {"lightgcn", "mf", "cm3", "freedom", "lightgcn+cross"} <= labels
     for c in claims:                                                    # every label parses as --methods would
-        if "brmrs" not in (c["better"] + c["worse"]):                   # BR-MRS lands with its own plug-in
-            parse_methods(f"{c['better']},{c['worse']}")
+        parse_methods(f"{c['better']},{c['worse']}")
 
 
 def test_job_progress_bar_counts_every_run(tmp_path, capsys):
