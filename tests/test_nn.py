@@ -103,6 +103,44 @@ def test_encoder_readouts(readout):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_power_sum_equals_dense_polynomial_values_and_gradients(symmetric, mean, n_layers):
+    """``SparseAdj.power_sum`` (in-place forward, Horner backward) = sum_k A^k x (/ (L+1)) with dense
+    matrices, gradients through A^T; and bit-identical to the layer-by-layer encoder it replaced."""
+    rng = np.random.default_rng(3)
+    n = 15
+    rows, cols = rng.integers(0, n, 60), rng.integers(0, n, 60)
+    if symmetric:
+        rows, cols = np.concatenate([rows, cols]), np.concatenate([cols, rows])
+    w = torch.rand(60).repeat(2 if symmetric else 1)
+    adj = SparseAdj(torch.tensor(np.stack([rows, cols])), w, (n, n), symmetric=symmetric)
+    dense = torch.zeros(n, n).index_put_((torch.tensor(rows), torch.tensor(cols)), w, accumulate=True)
+    x = torch.randn(n, 4, dtype=torch.float32, requires_grad=True)
+    g = torch.randn(n, 4)
+    out = adj.power_sum(x, n_layers, mean)
+    (out * g).sum().backward()
+    xd = x.detach().clone().requires_grad_(True)
+    hs = [xd]
+    for _ in range(n_layers):
+        hs.append(dense @ hs[-1])
+    expected = sum(hs) / (n_layers + 1) if mean else sum(hs)
+    (expected * g).sum().backward()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, xd.grad, atol=1e-5, rtol=1e-5)
+    xl = x.detach().clone().requires_grad_(True)                      # the layer-by-layer autograd form
+    total, cur = xl, xl
+    for _ in range(n_layers):
+        cur = adj.matmul(cur)
+        total = total + cur
+    total = total / (n_layers + 1) if mean else total
+    (total * g).sum().backward()
+    assert torch.equal(total, out) and torch.equal(xl.grad, x.grad)
+    with torch.no_grad():
+        assert torch.equal(adj.power_sum(x, n_layers, mean), out)
+
+
 def test_unique_rows_matches_indexing_values_and_gradients():
     torch.manual_seed(0)
     x = torch.randn(50, 3, 4, requires_grad=True)

@@ -123,6 +123,9 @@ class LightGCNEncoder(nn.Module):
             return x
         if self.readout == "last":
             return self.layers(x, adj, edge_weight)[-1]
+        if isinstance(adj, SparseAdj) and edge_weight is None:
+            flat = adj.power_sum(x.reshape(x.shape[0], -1), self.n_layers, self.readout == "mean")
+            return flat.view(x.shape)
         total = x
         for _ in range(self.n_layers):
             x = self.conv(x, adj, edge_weight)

@@ -70,6 +70,34 @@ class _CSRMatMul(torch.autograd.Function):
         return csr_mm(ctx.adj_t, grad), None, None
 
 
+def _power_sum(x: Tensor, adj: Tensor, n_layers: int, mean: bool) -> Tensor:
+    total = x.clone(memory_format=torch.contiguous_format)
+    cur = x
+    for _ in range(n_layers):
+        cur = csr_mm(adj, cur)
+        total.add_(cur)
+    return total.div_(n_layers + 1) if mean else total
+
+
+class _PowerSum(torch.autograd.Function):
+    """``sum_{k=0..L} A^k x`` (divided by ``L + 1`` for the mean): the forward accumulates in place and the
+    backward is Horner's rule ``h <- g + A^T h`` (``L`` products, nothing saved), where autograd through
+    ``L`` separate products would allocate a fresh buffer per readout addition and gradient accumulation."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, adj: Tensor, adj_t: Tensor, n_layers: int, mean: bool) -> Tensor:  # type: ignore[override]
+        ctx.adj_t, ctx.n_layers, ctx.mean = adj_t, n_layers, mean
+        return _power_sum(x, adj, n_layers, mean)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        g = grad / (ctx.n_layers + 1) if ctx.mean else grad.contiguous()
+        h = g
+        for _ in range(ctx.n_layers):
+            h = csr_mm(ctx.adj_t, h).add_(g)
+        return h, None, None, None, None
+
+
 def _coo(edge_index: Tensor, edge_weight: Optional[Tensor], shape) -> Tensor:
     n, m = int(shape[0]), int(shape[1])
     if edge_weight is None:
@@ -145,6 +173,13 @@ class SparseAdj(nn.Module):
         return csr_mm(self.csr, x)
 
     __matmul__ = matmul
+
+    def power_sum(self, x: Tensor, n_layers: int, mean: bool = False) -> Tensor:
+        """``sum_{k=0..n_layers} A^k x`` for ``x [N, F]`` (``/ (n_layers + 1)`` with ``mean``): LightGCN's
+        readout over its layers in one differentiable step; the same values as the layer-by-layer sum."""
+        if x.requires_grad and torch.is_grad_enabled():
+            return _PowerSum.apply(x, self.csr, self.csr_t, int(n_layers), bool(mean))
+        return _power_sum(x, self.csr, int(n_layers), bool(mean))
 
     def rows_matmul(self, x: Tensor, rows: Tensor, power: int = 1) -> Tensor:
         """``(A^power @ x)[rows]`` -> ``[len(rows), F]`` without the full product: only the rows reachable
