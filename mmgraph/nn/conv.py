@@ -1,7 +1,7 @@
 """LightGCN-style propagation as a PyG ``MessagePassing`` layer that carries several channels."""
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -75,16 +75,27 @@ class LightGCNConv(MessagePassing):
                 # sym_norm_weights uses the (row, col) convention: target first
                 edge_weight = sym_norm_weights(edge_index.flip(0), max(n_out, shape[0]), edge_weight)
             size = (shape[0], n_out)
-        # propagate_type: (x: Tensor, edge_weight: Optional[Tensor], sparse: Optional[SparseAdj])
-        out = self.propagate(edge_index, x=flat, edge_weight=edge_weight, sparse=sparse, size=size)
+        # propagate_type: (x: Tensor, edge_weight: Optional[Tensor], sparse: Optional[SparseAdj], power: Optional[Tuple[int, bool]])
+        out = self.propagate(edge_index, x=flat, edge_weight=edge_weight, sparse=sparse, power=None,
+                             size=size)
         return out.view((n_out,) + tuple(shape[1:]))
 
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
         return x_j * edge_weight.view(-1, 1)
 
-    def message_and_aggregate(self, adj_t: Tensor, x: Tensor, sparse: Optional[SparseAdj]) -> Tensor:
+    def power_sum(self, x: Tensor, adj: SparseAdj, hops: int, mean: bool = False) -> Tensor:
+        r"""LightGCN's readout over ``hops`` layers in ONE :meth:`propagate` on a :class:`SparseAdj`:
+        :math:`\sum_{k=0}^{K} A^k x` (divided by :math:`K + 1` with ``mean``), the same values and
+        gradients as ``hops`` calls of :meth:`forward` summed, with an in-place forward and a backward by
+        Horner's rule (:meth:`SparseAdj.power_sum`). Shapes as :meth:`forward` (square ``adj``)."""
+        flat = x.reshape(x.shape[0], -1)
+        out = self.propagate(adj.csr, x=flat, edge_weight=None, sparse=adj, power=(int(hops), bool(mean)))
+        return out.view(x.shape)
+
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor, sparse: Optional[SparseAdj],
+                              power: Optional[Tuple[int, bool]] = None) -> Tensor:
         if sparse is not None:
-            return sparse.matmul(x)
+            return sparse.matmul(x) if power is None else sparse.power_sum(x, *power)
         return spmm(adj_t, x, reduce=self.aggr)
 
 
@@ -124,8 +135,7 @@ class LightGCNEncoder(nn.Module):
         if self.readout == "last":
             return self.layers(x, adj, edge_weight)[-1]
         if isinstance(adj, SparseAdj) and edge_weight is None:
-            flat = adj.power_sum(x.reshape(x.shape[0], -1), self.n_layers, self.readout == "mean")
-            return flat.view(x.shape)
+            return self.conv.power_sum(x, adj, self.n_layers, self.readout == "mean")
         total = x
         for _ in range(self.n_layers):
             x = self.conv(x, adj, edge_weight)
