@@ -181,8 +181,9 @@ def test_run_graph_holds_both_homogeneous_relations(small):
     assert not any(et[1].startswith("brmrs") for et in off.edge_types)
 
 
-def test_propagation_matches_a_dense_reference(small):
-    cfg = _cfg(n_layers=2, brmrs_k=5)
+@pytest.mark.parametrize("hop", ["output", "input"])
+def test_propagation_matches_a_dense_reference(small, hop):
+    cfg = _cfg(n_layers=2, brmrs_k=5, brmrs_hop=hop)
     model = build_model("brmrs", small, cfg, torch.device("cpu"))
     data = build_run_graph("brmrs", small, cfg)
     nu, ni = small.n_users, small.n_items
@@ -201,8 +202,9 @@ def test_propagation_matches_a_dense_reference(small):
         for k in range(len(model.modalities)):
             x = torch.cat([x_u[:, k], x_i[:, k]]).double()
             h = (x + a_hat @ x + a_hat @ (a_hat @ x)) / 3
-            torch.testing.assert_close(p[:, k].double(), h[:nu] + g_uu @ x_u[:, k].double(), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(q[:, k].double(), h[nu:] + g_ii @ x_i[:, k].double(), atol=1e-5, rtol=1e-5)
+            src = h if hop == "output" else x                           # the hop's source
+            torch.testing.assert_close(p[:, k].double(), h[:nu] + g_uu @ src[:nu], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(q[:, k].double(), h[nu:] + g_ii @ src[nu:], atol=1e-5, rtol=1e-5)
         users, items = model.embeddings()
         torch.testing.assert_close(users, p.mean(1))
         torch.testing.assert_close(items, q.mean(1))
