@@ -143,10 +143,15 @@ def _batch_of(ds, n=40, seed=0):
     return pairs, neg
 
 
-@pytest.mark.parametrize("method", ["lightgcn", "freedom"])
+@pytest.mark.parametrize("method", ["lightgcn", "freedom", "freedom_pruned"])
 def test_sampled_loss_equals_full_graph_at_full_fanout(method):
+    """At a fanout above every degree the sampled step IS the full-graph step (loss and gradients); for
+    FREEDOM also on the epoch's pruned graph (the same kept edges on both sides)."""
     ds = make_synthetic(60, 45, seed=5)
-    base = {"graph_cache": False, "dropout": 0.0} if method == "freedom" else {"graph_cache": False}
+    base = {"graph_cache": False}
+    if method.startswith("freedom"):
+        base["dropout"] = 0.5 if method == "freedom_pruned" else 0.0
+        method = "freedom"
     full_cfg = load_config(method, overrides=base)
     samp_cfg = load_config(method, overrides={**base, "graph_batching": "sampled", "num_neighbors": [10_000]})
     data = build_run_graph(method, ds, full_cfg)
@@ -155,6 +160,10 @@ def test_sampled_loss_equals_full_graph_at_full_fanout(method):
     torch.manual_seed(0)
     samp = build_model(method, data, samp_cfg, torch.device("cpu"))
     batches = samp.make_sampler(ds, 32, 0)
+    if base.get("dropout"):
+        full.on_epoch_start(0, torch.Generator().manual_seed(7))    # the same kept edges on both sides
+        samp.on_epoch_start(0, torch.Generator().manual_seed(7))
+        assert full.train_adj.nnz < full.adj.nnz
     batch = next(iter(batches.epoch()))
     plain = Batch(batch.users, batch.pos, batch.neg)
     lf, ls = full.loss(plain).loss, samp.loss(batch).loss
