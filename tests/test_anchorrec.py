@@ -197,6 +197,15 @@ def test_channels_and_projection_spaces(small):
     for name in ("id", "mm", "image"):
         s = out.channel(name).score(batch.users, batch.pos)
         assert s.shape == (len(batch),) and s.requires_grad
+    picked_first = model.loss(batch).channel("image")   # first used under no_grad (a hard-negative pick)
+    with torch.no_grad():
+        picked = picked_first.score(batch.users, batch.neg)
+    again = picked_first.score(batch.users, batch.neg)  # then differentiable: the users' part must flow too
+    direct = model.loss(batch).channel("image")
+    plain = direct.score(batch.users, batch.neg)
+    assert torch.equal(again.detach(), picked) and torch.equal(again.detach(), plain.detach())
+    torch.testing.assert_close(torch.autograd.grad(again.sum(), picked_first.items)[0],
+                               torch.autograd.grad(plain.sum(), direct.items)[0])
     users, items = model.forward()                 # the step's rows = the full tables' rows
     torch.testing.assert_close(out.channel().score(batch.users, batch.pos),
                                (users[batch.users] * items[batch.pos]).sum(-1))

@@ -262,7 +262,7 @@ def test_brmrs_beats_lightgcn_and_popularity():
 
 
 # ------------------------------------------------------------------------------ plug-in
-@pytest.mark.parametrize("method", ["freedom", "vbpr"])
+@pytest.mark.parametrize("method", ["freedom", "vbpr", "bm3", "cm3", "anchorrec"])
 def test_plugin_attaches_to_multimodal_backbones(small, method):
     cfg = _cfg(method, plugins=["brmrs"], epochs=1)
     model = build_model(method, small, cfg, torch.device("cpu"))
@@ -377,7 +377,7 @@ def test_objective_equals_a_plain_reference_with_gradients(strategy, reuse, n_it
                 torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["freedom", "vbpr", "bm3", "cm3"])
+@pytest.mark.parametrize("method", ["freedom", "vbpr", "bm3", "cm3", "anchorrec"])
 def test_plugin_terms_equal_a_plain_reference_on_each_backbone(small, method):
     cfg = _cfg(method, plugins=["brmrs"], brmrs_lambda_h=0.5, brmrs_lambda_s=2.0)
     model = build_model(method, small, cfg, torch.device("cpu")).double()

@@ -585,9 +585,12 @@ class AnchorRec(GraphRecommender):
             cache: Dict[str, Tensor] = {}
 
             def user_fn(ids: Tensor, m: str = m, cache: Dict[str, Tensor] = cache) -> Tensor:
-                if "y" not in cache:
-                    cache["y"] = self.user_agg.matmul(h[m])
-                return cache["y"][ids]
+                y = cache.get("y")
+                # a table first built under no_grad (e.g. a hard-negative selection) must not serve a
+                # later differentiable use: that would silently drop the gradient through the users
+                if y is None or (torch.is_grad_enabled() and h[m].requires_grad and not y.requires_grad):
+                    y = cache["y"] = self.user_agg.matmul(h[m])
+                return y[ids]
 
             channels[m] = Channel(items=h[m], user_fn=user_fn)
         return channels
