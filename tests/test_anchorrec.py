@@ -156,8 +156,9 @@ def _dense(adj):
     return adj.csr.to_dense()
 
 
-def test_representations_follow_the_dense_formulas(small):
-    model = build_model("anchorrec", small, _cfg(n_mm_layers=2, lambda_recon=0.1)).eval()
+@pytest.mark.parametrize("gate_source", ["encoder", "embedding"])
+def test_representations_follow_the_dense_formulas(small, gate_source):
+    model = build_model("anchorrec", small, _cfg(n_mm_layers=2, lambda_recon=0.1, gate_source=gate_source)).eval()
     d = model.embedding_size
     with torch.no_grad():
         u_id, i_id, h = model.encode()
@@ -170,7 +171,8 @@ def test_representations_follow_the_dense_formulas(small):
             f = torch.as_tensor(feat, dtype=torch.float32)
             gate = torch.sigmoid(model.gate[m](model.trs[m](f)))
             s = _dense(model.item_graphs[m])
-            torch.testing.assert_close(h[m], s @ (s @ (model.item_emb.weight * gate)), atol=1e-5, rtol=1e-4)
+            source = i_id if model.config["gate_source"] == "encoder" else model.item_emb.weight
+            torch.testing.assert_close(h[m], s @ (s @ (source * gate)), atol=1e-5, rtol=1e-4)
         # R_hat = the user-item block of D^-1/2 A D^-1/2
         full = _dense(model.adj)
         r_hat = full[: small.n_users, small.n_users:]
@@ -281,7 +283,7 @@ def test_text_only_data_anchor_equals_the_text_graph():
 
 
 @pytest.mark.parametrize("overrides", [{"projection_input": "raw"}, {"finetune_features": True},
-                                       {"amp_similarity": "dot"}])
+                                       {"amp_similarity": "dot"}, {"gate_source": "embedding"}])
 def test_released_variants_train_a_step(small, overrides):
     model = build_model("anchorrec", small, _cfg(**overrides))
     out = model.loss(_batch(small))
@@ -332,7 +334,7 @@ def _reference_loss(model, batch):
     h = {}
     for m in model.refined:
         gate = torch.sigmoid(model.gate[m](model.trs[m](model.feats.table(m))))
-        hm = model.item_emb.weight * gate
+        hm = (i_id if cfg["gate_source"] == "encoder" else model.item_emb.weight) * gate
         for _ in range(int(cfg["n_mm_layers"])):
             hm = _dense(model.item_graphs[m]) @ hm
         h[m] = hm
@@ -364,7 +366,8 @@ def _reference_loss(model, batch):
 @pytest.mark.parametrize("overrides", [{}, {"n_mm_layers": 2, "lambda_recon": 0.1, "amp_weight": 0.5,
                                             "aal_weight": 0.3, "tau": 0.05},
                                        {"score_modalities": ["image"], "lambda_recon": 0.0},
-                                       {"projection_input": "raw", "amp_similarity": "dot", "finetune_features": True},
+                                       {"projection_input": "raw", "amp_similarity": "dot", "finetune_features": True,
+                                        "gate_source": "embedding"},
                                        {"aal_weight": 0.0, "smooth_weight": 0.0}])
 def test_the_optimised_loss_equals_the_plain_reference(small, overrides):
     """The step's loss (distinct items with counts, fused InfoNCE / AMP Grams, shared gathers) equals the

@@ -7,7 +7,8 @@ the released one a switch. Modalities: ``id``, the anchor ``mm`` and the content
 
 * **ID encoder**: LightGCN (``n_ui_layers``, mean readout) on the user-item graph -> ``h_id^u, h_id^i``;
 * **collaborative refinement** (items), for ``m`` in ``mm`` + content:
-  ``h~_m = e_id^i (.) sigmoid(G_m(P_m f_m))`` (``e_id^i`` the layer-0 item ID embedding, as released;
+  ``h~_m = h_id^i (.) sigmoid(G_m(P_m f_m))`` (``h_id^i`` the ID encoder's output, as the paper and the
+  spec; ``gate_source: embedding`` gates the layer-0 item ID embedding ``e_id^i`` instead, as released;
   ``P_m = Linear(d_m -> d)``, ``G_m = Linear(d -> d)``), then ``h_m = S_m^L h~_m`` over the frozen
   similarity-weighted kNN graph ``S_m`` of ``f_m`` (the run graph's ``anchorrec_<m>`` relation,
   ``L = n_mm_layers``); users: ``y_m^u = sum_i R_hat_ui h_m^i`` (``R_hat`` the user-item block of the
@@ -61,6 +62,7 @@ ANCHOR = "mm"
 TEXT = "text"
 RELATION_PREFIX = "anchorrec_"
 PROJECTION_INPUTS = ("refined", "raw")
+GATE_SOURCES = ("encoder", "embedding")
 AMP_SIMILARITIES = ("cosine", "dot")
 #: AMP weights lambda_m (paper: mm 1, t 0.03, v 0.01); content modalities other than text get ``other``
 AMP_DEFAULTS = {ANCHOR: 1.0, TEXT: 0.03, "other": 0.01}
@@ -344,6 +346,7 @@ class AnchorRec(GraphRecommender):
         "aal_weight": 1e-2, "amp_weight": 1e-2, "smooth_weight": 0.1, "tau": 0.1,
         "mix_alpha": 0.75, "mix_weights": None, "amp_weights": None, "amp_similarity": "cosine",
         "lambda_recon": 5e-4, "projection_input": "refined", "finetune_features": False,
+        "gate_source": "encoder",
     }
 
     @classmethod
@@ -361,7 +364,8 @@ class AnchorRec(GraphRecommender):
         self.tau = float(cfg["tau"])
         if not self.tau > 0:
             raise ConfigError(f"anchorrec tau must be > 0 (InfoNCE divides by it), got {cfg['tau']}")
-        for key, choices in (("projection_input", PROJECTION_INPUTS), ("amp_similarity", AMP_SIMILARITIES)):
+        for key, choices in (("projection_input", PROJECTION_INPUTS), ("amp_similarity", AMP_SIMILARITIES),
+                             ("gate_source", GATE_SOURCES)):
             if cfg[key] not in choices:
                 raise ConfigError(f"anchorrec {key} must be one of {list(choices)}, got {cfg[key]!r}")
         feats = item_features(data)
@@ -414,8 +418,9 @@ class AnchorRec(GraphRecommender):
         return SparseAdj(ui, w, (n_users, self.n_items))
 
     # ------------------------------------------------------------------ representations
-    def refine(self, m: str) -> Tensor:
-        """``h_m = S_m^L (e_id (.) sigmoid(G_m(P_m f_m)))`` for all items ``[I, d]``.
+    def refine(self, m: str, i_id: Tensor) -> Tensor:
+        """``h_m = S_m^L (h_id (.) sigmoid(G_m(P_m f_m)))`` for all items ``[I, d]``; ``i_id`` is the ID
+        encoder's item output ``h_id^i`` (``gate_source: embedding``: the layer-0 ``e_id^i`` is used instead).
 
         The two linear maps are applied as one: ``G_m(P_m f) = f (G_m P_m)^T + (G_m b_P + b_G)`` -- the
         ``d x d_m`` product is formed once (``d^2 d_m`` flops) instead of a ``[I, d] x [d, d]`` product
@@ -424,7 +429,8 @@ class AnchorRec(GraphRecommender):
         weight = gate.weight @ trs.weight
         bias = torch.addmv(gate.bias, gate.weight, trs.bias)
         gate = torch.sigmoid(F.linear(self.feats.table(m), weight, bias))
-        h = self.item_emb.weight * gate
+        source = self.item_emb.weight if self.config["gate_source"] == "embedding" else i_id
+        h = source * gate
         for _ in range(int(self.config["n_mm_layers"])):
             h = self.item_graphs[m].matmul(h)
         return h
@@ -432,7 +438,7 @@ class AnchorRec(GraphRecommender):
     def encode(self) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
         """``(h_id^u [U, d], h_id^i [I, d], {m: h_m [I, d]} for mm and the content modalities)``."""
         u_id, i_id = self.propagate()
-        return u_id, i_id, {m: self.refine(m) for m in self.refined}
+        return u_id, i_id, {m: self.refine(m, i_id) for m in self.refined}
 
     def project(self, m: str, x: Tensor, items: Optional[Tensor] = None) -> Tensor:
         """``p_m`` of rows ``x`` (``h_m`` of those items); the raw feature instead for content modalities
