@@ -51,6 +51,8 @@ FULL_EPOCHS = 1000   # sbs.sh: at 1000 both sides run their own budget with earl
 SEED = 999           # fixed by sbs.sh
 RESULTS = "results.jsonl"
 TABLE = "baselines.md"
+#: per-method findings (a gap's cause, a peer bug, a curve shape): ``method: text``, printed under the table
+NOTES = ROOT / "docs" / "baselines_notes.yaml"
 
 _SBS_RE = re.compile(
     r"peer (?P<ps>[0-9.]+) s/epoch \((?P<pe>\d+) epochs, test R@20 (?P<pr>[0-9.a-z]+)\) \| "
@@ -374,8 +376,30 @@ def render_table(records: Iterable[Dict[str, Any]]) -> str:
     return "\n".join([head] + [table_row(rows[m]) for m in order]) + "\n"
 
 
-def render_doc(records: Sequence[Dict[str, Any]]) -> str:
-    """The table with its header paragraph: the command(s), seed, stopping, machine and dates."""
+def load_notes(path: Optional[Path]) -> Dict[str, str]:
+    """``{method: finding}`` from a YAML mapping (a missing file: none)."""
+    if path is None or not Path(path).is_file():
+        return {}
+    import yaml
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise SystemExit(f"{path}: expected a mapping method -> text")
+    return {str(k).lower(): " ".join(v.split()) for k, v in data.items()}
+
+
+def render_notes(records: Sequence[Dict[str, Any]], notes: Dict[str, str]) -> List[str]:
+    """The findings of the methods in the table, in table order, as a section."""
+    rows = latest(records)
+    order = [m for m in METHODS if m in rows] + sorted(m for m in rows if m not in METHODS)
+    found = [m for m in order if m in notes]
+    if not found:
+        return []
+    return ["## Findings per method", ""] + [f"- **{m}**: {notes[m]}" for m in found] + [""]
+
+
+def render_doc(records: Sequence[Dict[str, Any]], notes: Optional[Dict[str, str]] = None) -> str:
+    """The table with its header paragraph (the command(s), seed, stopping, machine and dates) and the
+    findings of ``notes`` (:data:`NOTES`) for the methods in it."""
     shown = list(latest(records).values())
     drivers = list(dict.fromkeys(r.get("driver", "") for r in shown if r.get("driver")))
     machines = list(dict.fromkeys(r.get("machine", "") for r in shown if r.get("machine")))
@@ -403,12 +427,13 @@ def render_doc(records: Sequence[Dict[str, Any]]) -> str:
         "between rows. Per-run commands and raw numbers: `results.jsonl` in the output folder.",
         "",
         render_table(records),
+        *render_notes(records, notes or {}),
     ]
     return "\n".join(lines)
 
 
-def write_reports(out: Path, doc: Optional[Path]) -> str:
-    text = render_doc(load_results(out / RESULTS))
+def write_reports(out: Path, doc: Optional[Path], notes: Optional[Path] = NOTES) -> str:
+    text = render_doc(load_results(out / RESULTS), load_notes(notes))
     for path in [out / TABLE] + ([doc] if doc else []):
         with atomic_write(path) as fh:
             fh.write(text)
@@ -434,12 +459,14 @@ def main(argv: Optional[List[str]] = None,
     p.add_argument("--peers", type=Path, help="the peers folder with sbs.sh (default: ../shared/peers)")
     p.add_argument("--rerun", action="store_true", help="run finished methods again")
     p.add_argument("--report", action="store_true", help="only re-render the table from OUT/results.jsonl")
+    p.add_argument("--notes", type=Path, default=NOTES, help="YAML method -> finding, printed under the table "
+                   "(default: docs/baselines_notes.yaml)")
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.report:
         if not (out / RESULTS).is_file():
             p.error(f"--report: no {out / RESULTS}")
-        print(write_reports(out, args.doc))
+        print(write_reports(out, args.doc, args.notes))
         return 0
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -475,8 +502,8 @@ def main(argv: Optional[List[str]] = None,
             failed += 1
             print(f"  failed (exit {record.get('returncode')}):\n    "
                   + record["error"].replace("\n", "\n    "), flush=True)
-        write_reports(out, args.doc)
-    write_reports(out, args.doc)
+        write_reports(out, args.doc, args.notes)
+    write_reports(out, args.doc, args.notes)
     print("\n" + render_table(load_results(results)))
     print(f"table: {out / TABLE}" + (f" and {args.doc}" if args.doc else "") + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0

@@ -82,6 +82,19 @@ def test_render_table_and_doc(bsbs):
     assert "capped at 2 epochs" in bsbs.render_doc([_record("vbpr", epochs_max=2)])
 
 
+def test_findings_are_printed_for_the_methods_in_the_table(bsbs, tmp_path):
+    notes = tmp_path / "notes.yaml"
+    notes.write_text("bm3: >\n  both stop at the\n  early peak\ndragon: not in the table\n")
+    doc = bsbs.render_doc([_record("lightgcn"), _record("bm3")], bsbs.load_notes(notes))
+    assert "## Findings per method" in doc and "- **bm3**: both stop at the early peak" in doc
+    assert "dragon" not in doc
+    assert "## Findings" not in bsbs.render_doc([_record("lightgcn")], bsbs.load_notes(notes))
+    assert bsbs.load_notes(tmp_path / "missing.yaml") == {}
+    # the shipped notes parse and name only known methods
+    shipped = bsbs.load_notes(bsbs.NOTES)
+    assert shipped and set(shipped) <= set(bsbs.METHODS)
+
+
 def test_runs_resumes_and_records_failures(bsbs, tmp_path):
     peers, data, out = tmp_path / "peers", tmp_path / "tiktok", tmp_path / "out"
     peers.mkdir()
