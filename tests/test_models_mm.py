@@ -79,3 +79,19 @@ def test_freedom_image_weight_and_any_modalities(synth):
     model = build_model("freedom", ds, {"mm_image_weight": 0.1, "graph_cache": False})
     ref = freedom_graph(ds.features, 10, weights={"image": 0.1, "audio": 0.45, "text": 0.45})
     torch.testing.assert_close(model.item_graph.csr.to_dense(), ref.to_dense())
+
+
+def test_bm3_folded_modality_map_equals_predictor_of_projection(synth):
+    """BM3's modality channel ``predictor(Linear_m(x_m))`` applied as one affine map: same rows and gradients."""
+    model = build_model("bm3", synth, {"embedding_size": 16}).double()
+    items = torch.tensor([0, 3, 3, 7])
+    for m in model.modal.modalities:
+        params = [model.predictor.weight, model.predictor.bias, model.modal.proj[m].weight, model.modal.proj[m].bias,
+                  model.modal.tables[m]]
+        ref = model.predictor(model.modal.project(m, items))
+        got = model.predicted_modality(m, items)
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(model.predicted_modality(m), model.predictor(model.modal.project(m)))
+        w = torch.randn_like(ref)
+        for g, r in zip(torch.autograd.grad((got * w).sum(), params), torch.autograd.grad((ref * w).sum(), params)):
+            torch.testing.assert_close(g, r)
