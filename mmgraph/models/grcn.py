@@ -21,7 +21,7 @@ p^m[u]^2 over the batch users]``. The confidences are not regularised (MMRec com
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +32,19 @@ from mmgraph.graph.hetero import INTERACTS
 from mmgraph.losses import bpr_loss
 from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
 from mmgraph.models.registry import register
-from mmgraph.nn.conv import LightGCNConv
+from mmgraph.nn.edges import EdgeGraph
 from mmgraph.nn.features import FeatureTables
 
 
-def edge_attention(x: Tensor, edge_index: Tensor, num_nodes: int) -> Tensor:
+def edge_attention(x: Tensor, edge_index: "Tensor | EdgeGraph", num_nodes: int) -> Tensor:
     """``alpha_e = softmax over the edges into target(e) of x[target] . x[source]``: ``[E]``.
 
     Args:
-        x: ``[N, d]`` node representations; edge_index: ``[2, E]`` (source, target).
+        x: ``[N, d]`` node representations; edge_index: ``[2, E]`` (source, target), or an
+            :class:`~mmgraph.nn.edges.EdgeGraph` (the same values; blocked logits, CSR backward).
     """
+    if isinstance(edge_index, EdgeGraph):
+        return softmax(edge_index.dot(x), edge_index.dst, num_nodes=num_nodes)
     src, dst = edge_index
     logits = (x[src] * x[dst]).sum(-1)
     return softmax(logits, dst, num_nodes=num_nodes)
@@ -51,8 +54,10 @@ class GraphRefiningLayer(nn.Module):
     """One modality's content branch (MMRec's ``CGCN``): content ``f = norm(LeakyReLU(Linear(x)))``,
     preferences ``p [U, dC]``, routing, then one attention convolution over both edge directions.
 
-    ``forward(features [I, d_m], edge_index [2, 2E])`` (first ``E`` edges user -> item, then item -> user,
-    node ids users first) returns ``(representation [U + I, dC], attention [2E])``.
+    ``forward(features [I, d_m], graph, to_users)`` with ``graph`` the :class:`~mmgraph.nn.edges.EdgeGraph` of
+    both edge directions (first ``E`` edges user -> item, then item -> user, node ids users first) and
+    ``to_users`` the item -> user half (used with ``user_routing``) returns ``(representation [U + I, dC],
+    attention [2E])``. The attention-weighted sums are CSR products with the attentions as values.
     """
 
     def __init__(self, n_users: int, dim_feat: int, dim: int, n_routing: int, user_routing: bool):
@@ -61,23 +66,23 @@ class GraphRefiningLayer(nn.Module):
         self.preference = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_users, dim)))
         self.mlp = nn.Linear(dim_feat, dim)
         nn.init.xavier_normal_(self.mlp.weight)
-        self.conv = LightGCNConv()
 
-    def forward(self, features: Tensor, edge_index: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, graph: EdgeGraph,
+                to_users: Optional[EdgeGraph] = None) -> Tuple[Tensor, Tensor]:
         content = F.normalize(F.leaky_relu(self.mlp(features)))
         pref = F.normalize(self.preference)
         n = self.n_users + content.shape[0]
-        n_edges = edge_index.shape[1] // 2
-        to_users = edge_index[:, n_edges:]                      # item -> user
         for _ in range(self.n_routing):
             if self.user_routing:
+                if to_users is None:
+                    raise ValueError("user_routing needs the item -> user edges (to_users)")
                 x = torch.cat([pref, content], 0)
                 alpha = edge_attention(x, to_users, n)
-                pref = pref + self.conv(x, to_users, alpha, num_nodes=n)[: self.n_users]
+                pref = pref + to_users.propagate(x, alpha)[: self.n_users]
             pref = F.normalize(pref)
         x = torch.cat([pref, content], 0)
-        alpha = edge_attention(x, edge_index, n)
-        return x + self.conv(x, edge_index, alpha, num_nodes=n), alpha
+        alpha = edge_attention(x, graph, n)
+        return x + graph.propagate(x, alpha), alpha
 
 
 @register("grcn")
@@ -103,23 +108,24 @@ class GRCN(Recommender):
                                                             bool(cfg["user_routing"]))
                                       for m, f in feats.items()})
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n, len(self.modalities))))
-        self.conv = LightGCNConv()
         ui = data[INTERACTS].edge_index
         users, items = ui[0], ui[1] + self.n_users
         self.register_buffer("edge_index", torch.stack([torch.cat([users, items]), torch.cat([items, users])]),
                              persistent=False)
+        self.graph = EdgeGraph(self.edge_index, n)                       # both directions
+        self.to_users = EdgeGraph(torch.stack([items, users]), n) if cfg["user_routing"] else None
 
     def parts(self) -> Dict[str, Tensor]:
         """``{"id": [U + I, d], modality: [U + I, dC]}``: the representation's parts."""
         ei = self.edge_index
         out, alphas = {}, []
         for m in self.modalities:
-            out[m], alpha = self.content[m](self.features.raw(m), ei)
+            out[m], alpha = self.content[m](self.features.raw(m), self.graph, self.to_users)
             alphas.append(alpha)
         weight = (torch.stack(alphas, 1) * self.confidence[ei[0]]).max(1).values.relu()   # [2E]
         x = F.normalize(self.id_emb)
-        h1 = self.conv(x, ei, weight, num_nodes=x.shape[0])
-        h2 = self.conv(h1, ei, weight, num_nodes=x.shape[0])
+        h1 = self.graph.propagate(x, weight)
+        h2 = self.graph.propagate(h1, weight)
         return {"id": x + h1 + h2, **out}
 
     def forward(self) -> Tuple[Tensor, Tensor]:
