@@ -4,8 +4,8 @@
 buffers, so ``module.to(device)`` moves it with the model that owns it. Its product with a dense
 matrix backpropagates through ``A^T @ grad``; for the symmetric normalised user-item graph this
 reuses ``A`` itself, so no transpose and no per-edge gradient buffers are ever built. This path is
-for fixed edge weights; learned edge weights go through the gather/scatter path of
-:class:`~mmgraph.nn.conv.LightGCNConv`.
+for fixed edge weights; learned edge weights go through :class:`~mmgraph.nn.edges.EdgeGraph` (CSR
+products with the weights as values) or the gather/scatter path of :class:`~mmgraph.nn.conv.LightGCNConv`.
 
 Orientation: ``A`` is ``[N_target, N_source]`` with ``out = A @ x``, i.e. PyG's ``adj_t`` (row =
 target = ``edge_index[1]``, column = source = ``edge_index[0]``).
