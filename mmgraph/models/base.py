@@ -54,7 +54,10 @@ class Channel:
     for models that build only the rows a batch needs. A function channel may also offer ``item_table``:
     ``() -> [I, d]``, every item's row (the same values as ``item_fn``), for a caller that needs most items
     (BR-MRS's candidate pools): one product on the feature table instead of a gather and a product on the
-    distinct ids.
+    distinct ids. A channel whose item rows are an affine map of item features may give that map as
+    ``item_affine``: ``() -> (x [I, d_x], weight [d, d_x], bias [d] or None)`` with every item's row
+    ``x @ weight.T + bias``; a caller scoring a few items per user can then take the gradient on the user
+    side (:func:`mmgraph.nn.affine.affine_row_scores`) instead of through the whole table.
     """
 
     users: Optional[Tensor] = None
@@ -62,6 +65,7 @@ class Channel:
     user_fn: Optional[RowFn] = None
     item_fn: Optional[RowFn] = None
     item_table: Optional[Callable[[], Tensor]] = None
+    item_affine: Optional[Callable[[], Tuple[Tensor, Tensor, Optional[Tensor]]]] = None
 
     def user_rows(self, ids: Tensor, distinct: bool = False) -> Tensor:
         """``[len(ids), d]``; ``distinct``: ``ids`` has no repeats (a cheaper backward)."""

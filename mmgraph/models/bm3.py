@@ -43,10 +43,13 @@ class BM3(GraphRecommender):
     def predicted_modality(self, name: str, items: Optional[Tensor] = None) -> Tensor:
         """``predictor(Linear_m(x_m))`` of ``items`` (all when None): ``[n, d]``, the two affine maps applied as
         one (``(P W) x + (P b + c)``: one product per row instead of two, and half the backward)."""
-        lin, pred = self.modal.proj[name], self.predictor
-        weight = pred.weight @ lin.weight
-        bias = torch.addmv(pred.bias, pred.weight, lin.bias)
+        _, weight, bias = self.predicted_affine(name)
         return F.linear(self.modal.raw(name, items), weight, bias)
+
+    def predicted_affine(self, name: str) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(x_m [I, d_m], P W [d, d_m], P b + c [d])``: :meth:`predicted_modality` as one affine map."""
+        lin, pred = self.modal.proj[name], self.predictor
+        return self.modal.table(name), pred.weight @ lin.weight, torch.addmv(pred.bias, pred.weight, lin.bias)
 
     def loss(self, batch: Batch) -> LossOutput:
         u_all, i_all = self.forward()
@@ -73,7 +76,8 @@ class BM3(GraphRecommender):
         def user_rows(ids: Tensor) -> Tensor:   # one function for every channel; the batch's users reuse u_online
             return u_online if ids is users else self.predictor(u_all[ids])
         channels = {m: Channel(user_fn=user_rows, item_fn=lambda ids, m=m: self.predicted_modality(m, ids),
-                               item_table=lambda m=m: self.predicted_modality(m))
+                               item_table=lambda m=m: self.predicted_modality(m),
+                               item_affine=lambda m=m: self.predicted_affine(m))
                     for m in self.modal.modalities}
         return LossOutput(total, {"ui": loss_ui + loss_iu, "cl": cl, "reg": reg},
                           user_rows=user_rows,

@@ -42,6 +42,7 @@ from mmgraph.graph.relations import Relation, interaction_adj, relation_adj
 from mmgraph.losses import bpr_loss, l2_reg
 from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
 from mmgraph.models.registry import register
+from mmgraph.nn.affine import affine_row_scores, affine_table
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
 from mmgraph.nn.sparse import SparseAdj
@@ -180,7 +181,7 @@ class BRMRSObjective:
         if buf is None or buf.numel() < n * d or buf.dtype != rows.dtype or buf.device != rows.device:
             buf = self._scratch = rows.new_empty(n * d)
         g = torch.index_select(rows.detach(), 0, index.reshape(-1), out=buf[: n * d].view(n, d))
-        return torch.einsum("bd,bnd->bn", u.detach(), g.view(*index.shape, d))
+        return torch.einsum("bd,bnd->bn", u.detach().contiguous(), g.view(*index.shape, d))
 
     @property
     def needs_pool(self) -> bool:
@@ -202,7 +203,11 @@ class BRMRSObjective:
         computation; function channels give their full item table (``Channel.item_table``) when the pools
         draw about every item, else their rows of the distinct ids of ``pos, neg, candidates`` (found once
         for all channels). The hard negatives are selected first (no gradient), then each channel gathers
-        the rows of ``i+``, ``i-`` and its hard negative in one ``index_select``.
+        the rows of ``i+``, ``i-`` and its hard negative in one ``index_select``. A channel that gives its
+        item map as ``Channel.item_affine`` (VBPR, FREEDOM, BM3) has its full table computed without gradient
+        (the pool scoring reads it) and its row scores' gradient taken on the batch's users
+        (:func:`~mmgraph.nn.affine.affine_row_scores`): the same values and gradients, without the table's
+        ``[I, d] x [I, d_x]`` backward.
         """
         if not (self.use_chns or self.use_syn):
             return {}
@@ -223,6 +228,7 @@ class BRMRSObjective:
             c = modal[name]
             rows, idx = rows_of.items(c)
             channels.append((rows_of.users(c), rows, idx))                             # u [B, d], rows, index
+        affine = [rows_of.affine(modal[name]) for name in self.modalities]            # (x, W, b) or None
         at = None
         if self.use_chns and cand is not None:
             with torch.no_grad():   # the selection: scores of the pool, no gradient
@@ -239,7 +245,10 @@ class BRMRSObjective:
             parts = [idx[0]] + ([idx[1]] if use_neg else [])
             if at is not None:
                 parts.append(idx[-1].gather(1, at[k].unsqueeze(1)).squeeze(1))
-            s = (u.unsqueeze(0) * gather(rows, torch.cat(parts)).view(len(parts), len(users), -1)).sum(-1)
+            if affine[k] is not None:
+                s = affine_row_scores(u, *affine[k], torch.stack(parts), table=rows)
+            else:
+                s = (u.unsqueeze(0) * gather(rows, torch.cat(parts)).view(len(parts), len(users), -1)).sum(-1)
             s_pos.append(s[0])
             if use_neg:
                 s_neg.append(s[1])
@@ -270,6 +279,7 @@ class _RowCache:
         self.ids, self.groups, self.dense = users, list(groups), dense
         self._users: Dict[int, Tensor] = {}
         self._items: Dict[int, Tuple[Tensor, List[Tensor]]] = {}
+        self._affine: Dict[int, Tuple[Tensor, Tensor, Optional[Tensor]]] = {}
         self._distinct: Optional[Tuple[Tensor, List[Tensor]]] = None
         self._keep: List[Any] = []      # the keys' objects stay alive for the call (ids are not reused)
 
@@ -281,9 +291,20 @@ class _RowCache:
             self._users[key] = user_rows(channel, self.ids)
         return self._users[key]
 
+    def affine(self, channel: Channel) -> Optional[Tuple[Tensor, Tensor, Optional[Tensor]]]:
+        """The channel's ``(x, weight, bias)`` when its rows come from :meth:`items` as an affine table."""
+        return self._affine.get(id(channel.item_affine)) if channel.item_affine is not None else None
+
     def items(self, channel: Channel) -> Tuple[Tensor, List[Tensor]]:
         if channel.items is not None:
             return channel.items, self.groups
+        if self.dense and channel.item_affine is not None:
+            key = id(channel.item_affine)
+            if key not in self._items:
+                self._keep.append(channel.item_affine)
+                self._affine[key] = channel.item_affine()
+                self._items[key] = affine_table(*self._affine[key]), self.groups
+            return self._items[key]
         if self.dense and channel.item_table is not None:
             key = id(channel.item_table)
             if key not in self._items:

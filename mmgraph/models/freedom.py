@@ -134,7 +134,8 @@ class FREEDOM(GraphRecommender):
                 return eu if ids is batch.users else u_all[ids]
         channels = {m: Channel(user_fn=user_rows if sub is not None else user_rows_full,
                                item_fn=lambda ids, m=m: self.modal.project(m, ids),
-                               item_table=lambda m=m: self.modal.project(m))
+                               item_table=lambda m=m: self.modal.project(m),
+                               item_affine=lambda m=m: self.modal.affine(m))
                     for m in self.modal.modalities}
         if float(self.config["reg_weight"]) > 0:
             feat_bpr = eu.new_zeros(())

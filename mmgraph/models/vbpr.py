@@ -39,14 +39,18 @@ class VBPR(Recommender):
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self.user_emb, self.item_representation()
 
-    def modality_items(self, name: str, items: Optional[Tensor] = None) -> Tensor:
-        """``W_m x_m`` for modality ``name``: ``[n, d]``."""
+    def modality_weight(self, name: str) -> Tensor:
+        """``W_m``: the columns of ``W`` that read modality ``name``, ``[d, d_m]``."""
         start = 0
         for m, dim in self.features.dims.items():
             if m == name:
-                return self.features.raw(m, items) @ self.item_linear.weight[:, start:start + dim].t()
+                return self.item_linear.weight[:, start:start + dim]
             start += dim
         raise KeyError(name)
+
+    def modality_items(self, name: str, items: Optional[Tensor] = None) -> Tensor:
+        """``W_m x_m`` for modality ``name``: ``[n, d]``."""
+        return self.features.raw(name, items) @ self.modality_weight(name).t()
 
     def loss(self, batch: Batch) -> LossOutput:
         eu = self.user_emb[batch.users]
@@ -60,7 +64,8 @@ class VBPR(Recommender):
             return eu[:, d:] if ids is batch.users else self.user_emb[ids, d:]
         channels = {"id": Channel(users=self.user_emb[:, :d], items=self.item_emb)}
         channels.update({m: Channel(user_fn=feature_users, item_fn=lambda ids, m=m: self.modality_items(m, ids),
-                                    item_table=lambda m=m: self.modality_items(m))
+                                    item_table=lambda m=m: self.modality_items(m),
+                                    item_affine=lambda m=m: (self.features.table(m), self.modality_weight(m), None))
                          for m in self.features.modalities})
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, self.user_emb,
                           item_rows=self.item_representation, channels=channels, scores=(s_pos, s_neg))

@@ -1,7 +1,7 @@
 """Item modality feature tables and their projections."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -85,6 +85,11 @@ class ModalityEncoder(FeatureTables):
 
     def project(self, name: str, items: Optional[Tensor] = None) -> Tensor:
         return self.proj[name](self.raw(name, items))
+
+    def affine(self, name: str) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(x [I, d_m], weight [out_dim, d_m], bias [out_dim] or None)``: :meth:`project` as its parts."""
+        lin = self.proj[name]
+        return self.table(name), lin.weight, lin.bias
 
     def forward(self, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
         return {name: self.project(name, items) for name in self.modalities}
