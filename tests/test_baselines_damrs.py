@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from mmgraph.data import make_synthetic
 from mmgraph.graph.denoised import denoised_knn_graphs, mean_cosine
 from mmgraph.models.base import Batch
-from mmgraph.models.damrs import (SESSION, feedback_weights, neighbour_discrimination, pseudo_labels)
+from mmgraph.models.damrs import (KL_EPS, SESSION, bernoulli_kl, discrimination_loss, exp_row_sum, feedback_weights,
+                                  neighbour_discrimination, pseudo_labels, symmetric_bernoulli_kl)
 from mmgraph.train import build_model, load_config, train
 from tests.helpers import BASELINE_TRAIN as TRAIN, popularity_recall, random_batch as _batch
 from tests.test_baselines_dualgnn import brute_cocount_topk
@@ -161,3 +162,85 @@ def test_cross_attaches_to_damrs(tiny):
     assert set(terms) == {"ilda", "dt", "cna", "cla"} and torch.isfinite(total)
     total.backward()
     assert set(model.channel_embeddings()) == {"final", "image", "text", SESSION}
+
+
+def _plain_loss(model, batch):
+    """The DA-MRS objective written as MMRec does (stacked softmax, clamped sigmoids, both Bernoulli KLs, the
+    plain exp-sum), on the model's own representations."""
+    users, items = model.propagate()
+    views = model.views()
+    fused = views.mean(0)
+    uid, iid = torch.unique(batch.users), torch.unique(torch.cat([batch.pos, batch.neg]))
+    nv = F.normalize(views, dim=-1)
+    nb = nv[:, iid]
+    cos = [nb[v] @ nv[v].t() for v in range(nv.shape[0])]
+    probs = torch.softmax(torch.stack([c.detach() for c in cos]), dim=-1)
+    nd = 0
+    for a in range(len(cos)):
+        mm = torch.topk(probs.sum(0) + probs[a], 10, dim=-1).indices
+        single = torch.topk(probs[a].clone().scatter_(1, mm, 0), 10, dim=-1).indices
+        ex = lambda idx: ((nb[a].unsqueeze(1) * nv[a][idx]).sum(-1) / 0.2).exp().sum(1)  # noqa: E731
+        tot = (cos[a] / 0.2).exp().sum(1)
+        nd = nd + (-torch.log(ex(mm) / tot + 1e-9) - torch.log(ex(single) / (tot - ex(mm)) + 1e-9)).mean()
+    nd = nd / len(cos)
+    ub = users[uid]
+    p_g = torch.sigmoid(ub @ F.normalize(items[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
+    p_t = torch.sigmoid(ub @ F.normalize(fused[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
+    kl = (bernoulli_kl(p_g, p_t) + bernoulli_kl(p_t, p_g)).mean()
+    eu = users[batch.users]
+    w_pos, w_neg = feedback_weights(eu, views[:, batch.pos], views[:, batch.neg])
+    item_all = items + fused
+    diff = (eu * item_all[batch.pos]).sum(-1) - (eu * item_all[batch.neg]).sum(-1)
+    bpr = -(F.logsigmoid(diff) * w_pos + F.logsigmoid(-diff) * w_neg).mean()
+    return {"bpr": bpr, "nd": nd, "kl": kl}
+
+
+def test_damrs_loss_and_gradients_equal_the_plain_formulas(tiny):
+    """The optimised objective (one softmax buffer, the exp-sum's own backward, the KL pair as (p - q)(a - b))
+    gives MMRec's formulas' terms and gradients."""
+    torch.manual_seed(0)
+    model = build_model("damrs", tiny, {"graph_cache": False, "kl_weight": 0.5, "neighbor_weight": 0.1}).double()
+    with torch.no_grad():
+        model.user_emb.weight.mul_(20)    # some scores past logit(1 - 1e-7): the clamps are exercised
+    batch = _batch(tiny)
+    params = [p for p in model.parameters() if p.requires_grad]
+    got, ref = model.loss(batch).terms, _plain_loss(model, batch)
+    for name in ("bpr", "nd", "kl"):
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-12)
+        for a, r in zip(torch.autograd.grad(got[name], params, allow_unused=True),
+                        torch.autograd.grad(ref[name], params, allow_unused=True)):
+            if r is None:
+                assert a is None or float(a.abs().max()) == 0
+            else:
+                torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-12)
+
+
+def test_symmetric_kl_and_exp_row_sum_equal_their_plain_forms():
+    g = torch.Generator().manual_seed(2)
+    a = (torch.randn(7, 9, generator=g, dtype=torch.float64) * 12).requires_grad_()
+    b = (torch.randn(7, 9, generator=g, dtype=torch.float64) * 12).requires_grad_()
+    assert float((a.detach().abs() > 16.2).float().mean()) > 0.05     # a part of the entries is clamped
+    p, q = (torch.sigmoid(x).clamp(KL_EPS, 1 - KL_EPS) for x in (a, b))
+    ref = (bernoulli_kl(p, q) + bernoulli_kl(q, p)).sum()
+    got = symmetric_bernoulli_kl(a, b).sum()
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+    for x, y in zip(torch.autograd.grad(got, (a, b)), torch.autograd.grad(ref, (a, b))):
+        torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-9)
+    x = torch.randn(3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(exp_row_sum(x, 5.0), (x * 5).exp().sum(-1))
+    assert torch.autograd.gradcheck(lambda t: exp_row_sum(t, 5.0), (x,))
+
+
+@pytest.mark.parametrize("block", [1, 4, 1000])
+def test_blocked_discrimination_equals_the_whole_batch_form(block):
+    g = torch.Generator().manual_seed(4)
+    nv = F.normalize(torch.randn(3, 40, 8, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+    iid = torch.tensor([0, 3, 5, 7, 11, 12, 20, 39, 38])
+    ref_nb = nv[:, iid]
+    cos = torch.bmm(ref_nb, nv.transpose(1, 2))
+    probs = torch.softmax(cos.detach(), -1)
+    ref = sum(neighbour_discrimination(ref_nb[a], nv[a], cos[a], *pseudo_labels(probs, a, 5)) for a in range(3)) / 3
+    got = discrimination_loss(nv[:, iid], nv, 5, block=block)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(3 * got, nv)[0], torch.autograd.grad(3 * ref, nv)[0],
+                               rtol=1e-10, atol=1e-12)

@@ -25,6 +25,7 @@ reading of MMRec's ``item_graph_dict_2.npy``, which its preprocessing does not s
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -59,29 +60,116 @@ def session_adj(data, name: str = SESSION_GRAPH) -> SparseAdj:
     return SparseAdj(torch.stack([rows, cols]), inv[rows] * inv[cols], (n, n))
 
 
-def pseudo_labels(probs: Tensor, own: int, n: int = N_PSEUDO, total: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def pseudo_labels(probs: Tensor, own: int, n: int = N_PSEUDO, total: Optional[Tensor] = None,
+                  out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """``(mm_pos [B, n], single_pos [B, n])`` for view ``own`` of ``probs [V, B, I]``: the top-``n`` of
     ``sum_{v != own} P_v + 2 P_own``, then the top-``n`` of ``P_own`` with those removed. ``total``:
-    ``probs.sum(0)`` when already computed."""
-    positive = (probs.sum(0) if total is None else total) + probs[own]
+    ``probs.sum(0)`` when already computed; ``out``: a ``[B, I]`` scratch buffer to work in (reused across
+    views: a fresh ``[B, I]`` per use is zero-filled page by page by the kernel)."""
+    out = torch.empty_like(probs[own]) if out is None else out
+    positive = torch.add(probs.sum(0) if total is None else total, probs[own], out=out)
     mm_pos = positive.topk(n, dim=1).indices
-    rest = probs[own].scatter(1, mm_pos, 0.0)
+    rest = out.copy_(probs[own]).scatter_(1, mm_pos, 0.0)
     return mm_pos, rest.topk(n, dim=1).indices
 
 
+class _ExpRowSum(torch.autograd.Function):
+    """``exp(x * scale).sum(-1)``: one ``exp`` buffer forward (kept for the backward), one product backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        e = torch.mul(x, scale).exp_()
+        ctx.save_for_backward(e)
+        ctx.scale = scale
+        return e.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (e,) = ctx.saved_tensors
+        return e * (grad * ctx.scale).unsqueeze(-1), None
+
+
+def exp_row_sum(x: Tensor, scale: float) -> Tensor:
+    """``exp(x * scale).sum(-1)`` for ``x [..., n]`` -> ``[...]`` (the same values and gradient as the plain form)."""
+    return _ExpRowSum.apply(x, float(scale))
+
+
 def neighbour_discrimination(emb: Tensor, all_emb: Tensor, cos: Tensor, mm_pos: Tensor, single_pos: Tensor,
-                             temperature: float = TEMPERATURE) -> Tensor:
+                             temperature: float = TEMPERATURE, total: Optional[Tensor] = None) -> Tensor:
     """DA-MRS's two-level InfoNCE of the unit rows ``emb [B, d]`` against their pseudo-positives ``mm_pos`` /
-    ``single_pos [B, n]`` among the unit rows ``all_emb [I, d]``; ``cos = emb @ all_emb^T [B, I]``."""
+    ``single_pos [B, n]`` among the unit rows ``all_emb [I, d]``; ``cos = emb @ all_emb^T [B, I]``; ``total``:
+    ``exp(cos / temperature).sum(1)`` when already computed."""
     inv_t = 1.0 / temperature
     mm = ((emb.unsqueeze(1) * all_emb[mm_pos]).sum(-1) * inv_t).exp().sum(1)
     single = ((emb.unsqueeze(1) * all_emb[single_pos]).sum(-1) * inv_t).exp().sum(1)
-    total = (cos * inv_t).exp().sum(1)
+    total = exp_row_sum(cos, inv_t) if total is None else total
     return (-torch.log(mm / total + 1e-9) - torch.log(single / (total - mm) + 1e-9)).mean()
+
+
+#: rows of the batch's items per block of :func:`discrimination_loss` (a few ``[V, 128, I]`` buffers: ~10 MB each
+#: on TikTok, instead of ~280 MB ones for the whole batch)
+ND_BLOCK = 128
+
+
+class _Discrimination(torch.autograd.Function):
+    """The neighbour-discrimination loss of all views, by blocks of rows; each block's gradient is taken in the
+    forward (autograd on the block), so no ``[V, n, I]`` buffer outlives its block; backward scales them."""
+
+    @staticmethod
+    def forward(ctx, nb: Tensor, nv: Tensor, n_pseudo: int, temperature: float, block: int) -> Tensor:  # type: ignore[override]
+        n_views, n = nb.shape[0], nb.shape[1]
+        loss = nb.new_zeros(())
+        grad_nb, grad_nv = torch.zeros_like(nb), torch.zeros_like(nv)
+        with torch.enable_grad():
+            all_rows = nv.detach().requires_grad_()
+            for lo in range(0, n, block):
+                rows = nb[:, lo:lo + block].detach().requires_grad_()
+                cos = torch.bmm(rows, all_rows.transpose(1, 2))                 # [V, b, I]
+                with torch.no_grad():
+                    # softmax over the items; cosines lie in [-1, 1], so exp needs no max shift
+                    probs = cos.detach().exp()
+                    probs.div_(probs.sum(-1, keepdim=True))
+                    total = probs.sum(0)
+                    scratch = torch.empty_like(total)
+                    labels = [pseudo_labels(probs, a, n_pseudo, total, scratch) for a in range(n_views)]
+                    del probs, total, scratch
+                sums = exp_row_sum(cos, 1.0 / temperature)                      # [V, b]
+                part = sum(neighbour_discrimination(rows[a], all_rows[a], cos[a], *labels[a], temperature, sums[a])
+                           for a in range(n_views)) * (rows.shape[1] / (n * n_views))
+                g_rows, g_all = torch.autograd.grad(part, (rows, all_rows))
+                grad_nb[:, lo:lo + block] = g_rows
+                grad_nv += g_all
+                loss += part.detach()
+        ctx.save_for_backward(grad_nb, grad_nv)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        grad_nb, grad_nv = ctx.saved_tensors
+        return grad_nb * grad, grad_nv * grad, None, None, None
+
+
+def discrimination_loss(nb: Tensor, nv: Tensor, n_pseudo: int = N_PSEUDO, temperature: float = TEMPERATURE,
+                        block: int = ND_BLOCK) -> Tensor:
+    """DA-MRS's neighbour discrimination averaged over the views and the batch's items: for view ``a``, the
+    unit rows ``nb[a] [n, d]`` against the unit rows of all items ``nv[a] [I, d]``, pseudo-positives from the
+    softmax of every view's cosines (:func:`pseudo_labels`), loss :func:`neighbour_discrimination`. Blocks of
+    ``block`` rows; the same value and gradients as the whole-batch form."""
+    return _Discrimination.apply(nb, nv, int(n_pseudo), float(temperature), int(block))
 
 
 def bernoulli_kl(p: Tensor, q: Tensor) -> Tensor:
     return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
+
+
+def symmetric_bernoulli_kl(a: Tensor, b: Tensor, eps: float = KL_EPS) -> Tensor:
+    """``KL(p || q) + KL(q || p)`` of ``p = clamp(sigmoid(a), eps, 1 - eps)`` and ``q`` likewise of ``b``,
+    elementwise, as ``(p - q) (logit p - logit q)`` (the two KLs' sum, exactly) with ``logit p`` = ``a`` clamped
+    to ``+-logit(1 - eps)``: a few passes over the ``[users, items]`` score blocks instead of a dozen logs and
+    products (and no ``log(1 - p)`` of a rounded ``p``)."""
+    bound = math.log((1.0 - eps) / eps)
+    a, b = a.clamp(-bound, bound), b.clamp(-bound, bound)
+    return (torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)
 
 
 @torch.no_grad()
@@ -142,23 +230,11 @@ class DAMRS(GraphRecommender):
         # neighbour discrimination over the batch's distinct items: one [n, I] cosine matrix per view serves
         # both the pseudo-labels (softmax, no gradient) and the InfoNCE
         nv = F.normalize(views, dim=-1)
-        nb = nv[:, iid]
-        cos = [nb[v] @ nv[v].t() for v in range(nv.shape[0])]               # V x [n, I]
-        with torch.no_grad():
-            probs = torch.softmax(torch.stack([c.detach() for c in cos]), dim=-1)   # [V, n, I]
-            total = probs.sum(0)
-        n_pseudo = min(N_PSEUDO, self.n_items // 2)
-        nd = views.new_zeros(())
-        for a in range(len(self.view_names)):
-            mm_pos, single_pos = pseudo_labels(probs, a, n_pseudo, total)
-            nd = nd + neighbour_discrimination(nb[a], nv[a], cos[a], mm_pos, single_pos)
-        nd = nd / len(self.view_names)
-        del probs, total, cos
+        nd = discrimination_loss(nv[:, iid], nv, min(N_PSEUDO, self.n_items // 2))
         # KL alignment of the ID and the views' scores
         ub = users[uid]
-        p_g = torch.sigmoid(ub @ F.normalize(items[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
-        p_t = torch.sigmoid(ub @ F.normalize(fused[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
-        kl = (bernoulli_kl(p_g, p_t) + bernoulli_kl(p_t, p_g)).mean()
+        kl = symmetric_bernoulli_kl(ub @ F.normalize(items[iid], dim=-1).t(),
+                                    ub @ F.normalize(fused[iid], dim=-1).t()).mean()
         # denoised BPR
         eu = users[batch.users]
         w_pos, w_neg = feedback_weights(eu, views[:, batch.pos], views[:, batch.neg])
