@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mmgraph.data import make_synthetic
+from mmgraph.losses import bpr_loss
 from mmgraph.models.base import Batch
 from mmgraph.train import build_model
 from tests.test_baselines_lattice import dense_knn, dense_laplacian
@@ -25,7 +26,7 @@ def _model(ds, **kw):
 
 def reference(model, ds):
     """MMRec MGCN.forward(train=True) with dense matrices: (users, items, side, content)."""
-    a = _a_hat(_dense_r(ds))
+    a = _a_hat(_dense_r(ds)).to(model.user_emb.weight.dtype)
     n_u = ds.n_users
     r_hat = a[:n_u, n_u:]
     x = torch.cat([model.user_emb.weight, model.item_emb.weight])
@@ -34,7 +35,7 @@ def reference(model, ds):
     for m in ("image", "text"):
         feats = model.modal.project(m)
         h = model.item_emb.weight * torch.sigmoid(model.gate_item[m][0](feats))
-        s = dense_laplacian(dense_knn(torch.from_numpy(ds.features[m]), 5))
+        s = dense_laplacian(dense_knn(torch.from_numpy(ds.features[m]), 5)).to(h.dtype)
         h = s @ h
         views.append(torch.cat([r_hat @ h, h]))
     att = torch.softmax(torch.cat([model.query_common(v) for v in views], dim=-1), dim=-1)
@@ -53,8 +54,11 @@ def test_forward_matches_dense_reference(small):
     torch.testing.assert_close(i, i_ref, atol=1e-5, rtol=1e-4)
 
 
-def test_loss_matches_mmrec_formula(small):
-    model = _model(small, cl_loss=0.1, reg_weight=1e-2, batch_size=64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_matches_mmrec_formula(small, dtype):
+    """The loss (fused on the batch's distinct nodes, InfoNCE on distinct rows with counts) and, in float64,
+    every parameter's gradient equal MMRec's formula over all nodes with the batch's repeated rows."""
+    model = _model(small, cl_loss=0.1, reg_weight=1e-2, batch_size=64).to(dtype)
     rng = np.random.default_rng(1)
     rows = small.train[rng.integers(0, len(small.train), 48)]
     users, pos = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
@@ -72,7 +76,28 @@ def test_loss_matches_mmrec_formula(small):
 
     n_u = small.n_users
     cl = infonce(side[n_u:][pos], content[n_u:][pos]) + infonce(side[:n_u][users], content[:n_u][users])
-    torch.testing.assert_close(out.loss, bpr + reg + 0.1 * cl, atol=1e-5, rtol=1e-4)
+    ref = bpr + reg + 0.1 * cl
+    torch.testing.assert_close(out.loss, ref, atol=1e-5, rtol=1e-4)
     assert set(out.channels) == {"image", "text"}
+    torch.testing.assert_close(out.item_rows(pos), i[pos], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.user_rows(users), u[users], atol=1e-5, rtol=1e-4)
+    if dtype == torch.float64:
+        # gradients against the same formula on the model's own graphs (every node fused, repeated rows)
+        content, views = model.views()
+        side = model.fuse(content, views)
+        fin = content + side
+        fu, fi = fin[:n_u], fin[n_u:]
+        s_p, s_n = (fu[users] * fi[pos]).sum(1), (fu[users] * fi[neg]).sum(1)
+        plain = bpr_loss(s_p, s_n) + \
+            1e-2 * 0.5 * (fu[users].pow(2).sum() + fi[pos].pow(2).sum() + fi[neg].pow(2).sum()) / 64 + \
+            0.1 * (infonce(side[n_u:][pos], content[n_u:][pos]) + infonce(side[:n_u][users], content[:n_u][users]))
+        torch.testing.assert_close(out.loss, plain, rtol=1e-12, atol=1e-12)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for a, r in zip(torch.autograd.grad(out.loss, params, allow_unused=True, retain_graph=True),
+                        torch.autograd.grad(plain, params, allow_unused=True, retain_graph=True)):
+            if r is None:
+                assert a is None or float(a.abs().max()) == 0
+            else:
+                torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12)
     out.loss.backward()
     assert model.modal.tables["image"].grad.abs().sum() > 0     # MMRec fine-tunes the feature tables

@@ -48,7 +48,7 @@ from mmgraph.errors import ConfigError
 from mmgraph.graph.bipartite import sym_norm_weights
 from mmgraph.graph.hetero import INTERACTS
 from mmgraph.graph.relations import Relation, relation_adj
-from mmgraph.losses import bpr_loss, info_nce, l2_reg
+from mmgraph.losses import bpr_loss, info_nce, info_nce_counts, l2_reg
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
@@ -154,89 +154,6 @@ def graph_smoothness_quadratic(h: Tensor, adj: SparseAdj, degree: Tensor, n_edge
     ``sum_e w_e ||h_s - h_t||^2 = sum_i c_i ||h_i||^2 - 2 <h, A h>`` with ``A [I, I]`` the weighted graph
     (``A[t, s] = w_e``) and ``c = `` out- plus in-weight sums ``[I]``; divided by ``n_edges``."""
     return ((degree * h.pow(2).sum(-1)).sum() - 2.0 * (h * adj.matmul(h)).sum()) / n_edges
-
-
-#: rows of logits per block in :class:`_InfoNCE` (a ``[128, n]`` float32 block stays in cache)
-_NCE_BLOCK = 128
-
-
-class _InfoNCE(torch.autograd.Function):
-    """``sum_k w_k (log sum_l c_l exp(a_k . b_l / tau) - a_k . b_k / tau)`` for rows ``a, b [n, d]``,
-    column multiplicities ``c [n]`` and row weights ``w [n]``.
-
-    With ``E = exp(logits - rowmax)`` and ``s = E c``, ``dL/dlogits_kl = w_k (c_l E_kl / s_k - 1[k = l])``
-    (times the incoming scalar gradient ``g``), so ``da = g (q (.) E (c (.) b) - w (.) b) / tau`` and
-    ``db = g (c (.) E^T (q (.) a) - w (.) a) / tau`` with ``q = w / s``: everything but the factor ``g`` is
-    known in the forward. The forward therefore runs by blocks of rows -- logits, row maximum, ``exp``,
-    row sums and the two gradient products while the block is in cache -- and never materialises the
-    ``[n, n]`` matrix; the backward only scales. The same products (``O(n^2 d)``) as the plain autograd
-    form, without its ``[n, n]`` buffers."""
-
-    @staticmethod
-    def forward(ctx, a, b, c, w, tau):  # type: ignore[override]
-        need_a, need_b = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        scaled = a * (1.0 / tau)
-        pos = (scaled * b).sum(-1)
-        n, d = a.shape
-        bt = b.t()
-        # right-hand side of the row sums (and of da): [c (.) b | c]
-        rhs = torch.cat([b * c.unsqueeze(1), c.unsqueeze(1)], 1) if need_a else c
-        lse = a.new_empty(n)
-        da = a.new_empty(n, d) if need_a else None
-        db = a.new_zeros(b.shape[0], d) if need_b else None
-        buf = a.new_empty(min(_NCE_BLOCK, n), b.shape[0])
-        for lo in range(0, n, _NCE_BLOCK):
-            hi = min(lo + _NCE_BLOCK, n)
-            blk = buf[: hi - lo]
-            torch.mm(scaled[lo:hi], bt, out=blk)
-            top = blk.amax(1)
-            blk.sub_(top.unsqueeze(1)).exp_()
-            if need_a:
-                prod = blk @ rhs
-                total = prod[:, d]
-            else:
-                total = blk @ c
-            lse[lo:hi] = total.log() + top
-            q = (w[lo:hi] / total).unsqueeze(1)
-            if need_a:
-                da[lo:hi] = q * prod[:, :d]
-            if need_b:
-                db.addmm_(blk.t(), q * a[lo:hi])
-        ctx.save_for_backward(a, b, c, w, da, db)
-        ctx.tau = tau
-        return (w * (lse - pos)).sum()
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        a, b, c, w, da, db = ctx.saved_tensors
-        gw = w.unsqueeze(1)
-        ga = gb = None
-        if ctx.needs_input_grad[0]:
-            ga = (da - gw * b) * (grad / ctx.tau)
-        if ctx.needs_input_grad[1]:
-            gb = (c.unsqueeze(1) * db - gw * a) * (grad / ctx.tau)
-        return ga, gb, None, None, None
-
-
-def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Optional[Tensor] = None,
-                    normalized: bool = False) -> Tensor:
-    """In-batch InfoNCE (cosine logits / ``tau``) over rows that stand for ``counts [n]`` identical rows each.
-
-    Without ``counts`` it equals :func:`mmgraph.losses.info_nce` (``mean_k -log softmax_k(cos(a_k, b) /
-    tau)_k``). With them it equals ``info_nce`` of the expanded ``[sum(counts), d]`` batch exactly (a
-    repeated item is a negative of itself as often as it repeats, as in the released code), in
-    ``O(n^2 d)`` instead of ``O(B^2 d)``: ``sum_j c_j (-s_jj + log sum_l c_l exp(s_jl)) / sum_j c_j``.
-    Computed by :class:`_InfoNCE` (by blocks of rows, no ``[n, n]`` buffer). ``normalized``: the rows
-    are already L2-normalised.
-    """
-    a, b = (anchor, positive) if normalized else (F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1))
-    n = a.shape[0]
-    if counts is None:
-        c, w = a.new_ones(n), a.new_full((n,), 1.0 / n)
-    else:
-        c = counts.to(a.dtype)
-        w = c / c.sum()
-    return _InfoNCE.apply(a, b, c, w, float(tau))
 
 
 def aal_terms(p_mm: Tensor, p_id: Tensor, p_mix: Tensor, tau: float,

@@ -25,13 +25,14 @@ from torch import Tensor, nn
 
 from mmgraph.graph.hetero import INTERACTS
 from mmgraph.graph.relations import Relation, relation_adj
-from mmgraph.losses import bpr_loss, l2_reg, unit_info_nce
+from mmgraph.losses import batch_info_nce, bpr_loss, l2_reg
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.lattice import simknn_relations
 from mmgraph.models.lgmrec import user_item_matrix
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
+from mmgraph.nn.sparse import unique_rows
 
 CL_TEMPERATURE = 0.2  # MMRec MGCN: InfoNCE(side, content, 0.2)
 
@@ -100,22 +101,30 @@ class MGCN(GraphRecommender):
         final = content + side
         return final[: self.n_users], final[self.n_users:]
 
-    def contrast(self, side: Tensor, content: Tensor, batch: Batch) -> Tensor:
-        items = batch.pos + self.n_users
-        return unit_info_nce(side[items], content[items], CL_TEMPERATURE) + \
-            unit_info_nce(side[batch.users], content[batch.users], CL_TEMPERATURE)
-
     def loss(self, batch: Batch) -> LossOutput:
-        content, side, views = self.parts()
-        final = content + side
-        u_all, i_all = final[: self.n_users], final[self.n_users:]
-        eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
-        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
+        """BPR + reg + ``cl_loss`` x InfoNCE(side, content) over the batch's positives and users. The fuser acts
+        on each node alone, so it runs on the batch's distinct nodes only, and each InfoNCE on its distinct
+        rows with their counts (:func:`~mmgraph.losses.batch_info_nce`): the same values and gradients as
+        fusing every node and contrasting the 2,048 rows with repeats."""
+        content, views = self.views()
+        n_u, b = self.n_users, len(batch)
+        rows, inv = torch.unique(torch.cat([batch.users, batch.pos + n_u, batch.neg + n_u]), return_inverse=True)
+        c_rows = unique_rows(content, rows)
+        side = self.fuse(c_rows, {m: unique_rows(v, rows) for m, v in views.items()})
+        final = c_rows + side
+        eu, ep, en = final[inv[:b]], final[inv[b:2 * b]], final[inv[2 * b:]]
+        s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
+        bpr = bpr_loss(s_pos, s_neg)
         reg = float(self.config["reg_weight"]) * l2_reg(eu, ep, en, batch_size=self.batch_size)
-        cl = self.contrast(side, content, batch)
-        channels = {m: Channel(users=v[: self.n_users], items=v[self.n_users:]) for m, v in views.items()}
+        cl = batch_info_nce(side, c_rows, inv[b:2 * b], CL_TEMPERATURE) + \
+            batch_info_nce(side, c_rows, inv[:b], CL_TEMPERATURE)
+
+        def node_rows(ids: Tensor) -> Tensor:   # final rows of other nodes (plug-ins), fused on demand
+            return content[ids] + self.fuse(content[ids], {m: v[ids] for m, v in views.items()})
+        channels = {m: Channel(users=v[:n_u], items=v[n_u:]) for m, v in views.items()}
         return LossOutput(bpr + reg + float(self.config["cl_loss"]) * cl, {"bpr": bpr, "reg": reg, "cl": cl},
-                          u_all, i_all, channels=channels)
+                          user_rows=node_rows, item_rows=lambda ids: node_rows(ids + n_u), channels=channels,
+                          scores=(s_pos, s_neg))
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         return {m: (v[: self.n_users], v[self.n_users:]) for m, v in self.views()[1].items()}
