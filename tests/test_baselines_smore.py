@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mmgraph.data import make_synthetic
+from mmgraph.losses import bpr_loss, unit_info_nce
 from mmgraph.models.base import Batch
 from mmgraph.models.smore import max_pool_graphs
 from mmgraph.train import build_model
@@ -112,6 +113,34 @@ def test_loss_matches_mmrec_formula(small):
     assert set(out.channels) == {"image", "text", "fusion"}
     out.loss.backward()
     assert all(p.grad.abs().sum() > 0 for p in model.filters.values())
+
+
+def test_loss_gradients_equal_the_every_node_form(small):
+    """The step's preference on the batch's distinct nodes and its InfoNCE on distinct rows with counts give
+    the values and gradients of the every-node, repeated-rows form (float64)."""
+    model = _model(small, cl_loss=0.1, reg_weight=1e-2, batch_size=64, temperature=0.5).double()
+    rng = np.random.default_rng(2)
+    rows = small.train[rng.integers(0, len(small.train), 48)]
+    users, pos = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
+    neg = torch.from_numpy(rng.integers(0, small.n_items, 48))
+    out = model.loss(Batch(users, pos, neg))
+    content, side, _ = model.parts()
+    n_u = small.n_users
+    fin = content + side
+    fu, fi = fin[:n_u], fin[n_u:]
+    plain = bpr_loss((fu[users] * fi[pos]).sum(1), (fu[users] * fi[neg]).sum(1)) + \
+        1e-2 * 0.5 * (fu[users].pow(2).sum() + fi[pos].pow(2).sum() + fi[neg].pow(2).sum()) / 64 + \
+        0.1 * (unit_info_nce(side[n_u:][pos], content[n_u:][pos], 0.5) +
+               unit_info_nce(side[:n_u][users], content[:n_u][users], 0.5))
+    torch.testing.assert_close(out.loss, plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.item_rows(neg), fi[neg], rtol=1e-12, atol=1e-12)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for a, r in zip(torch.autograd.grad(out.loss, params, allow_unused=True),
+                    torch.autograd.grad(plain, params, allow_unused=True)):
+        if r is None:
+            assert a is None or float(a.abs().max()) == 0
+        else:
+            torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12)
 
 
 def test_preference_dropout_only_in_training(small):

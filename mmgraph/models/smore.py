@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from mmgraph.graph.hetero import INTERACTS
 from mmgraph.graph.relations import Relation, relation_graph
-from mmgraph.losses import bpr_loss, l2_reg, unit_info_nce
+from mmgraph.losses import batch_info_nce, bpr_loss, l2_reg
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.lattice import simknn_relations
 from mmgraph.models.lgmrec import user_item_matrix
@@ -35,7 +35,7 @@ from mmgraph.models.mgcn import gate
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, unique_rows
 
 FUSION = "fusion"
 
@@ -120,14 +120,19 @@ class SMORE(GraphRecommender):
             out[v] = torch.cat([self.R.matmul(h), h])
         return content, out
 
-    def parts(self) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
-        """``(content, side, views)`` over ``U + I`` nodes; final = content + side."""
-        content, views = self.views()
+    def side(self, content: Tensor, views: Dict[str, Tensor]) -> Tensor:
+        """The modality-aware preference (side embeddings) of rows ``content [n, d]`` and the same rows of
+        every view; each node's row depends on that node's rows only."""
         fused = views[FUSION]
         terms = [self.dropout(self.gate_prefer[m](content)) * torch.softmax(self.query[m](fused), dim=-1) * views[m]
                  for m in self.modal.modalities]
         terms.append(self.dropout(self.gate_prefer[FUSION](content)) * fused)
-        return content, torch.stack(terms).mean(0), views
+        return torch.stack(terms).mean(0)
+
+    def parts(self) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+        """``(content, side, views)`` over ``U + I`` nodes; final = content + side."""
+        content, views = self.views()
+        return content, self.side(content, views), views
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         content, side, _ = self.parts()
@@ -135,19 +140,28 @@ class SMORE(GraphRecommender):
         return final[: self.n_users], final[self.n_users:]
 
     def loss(self, batch: Batch) -> LossOutput:
-        content, side, views = self.parts()
-        final = content + side
-        u_all, i_all = final[: self.n_users], final[self.n_users:]
-        eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
-        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
+        """BPR + reg + ``cl_loss`` x InfoNCE(side, content) over the batch's positives and users; the preference
+        (:meth:`side`) runs on the batch's distinct nodes only and each InfoNCE on its distinct rows with their
+        counts (:func:`~mmgraph.losses.batch_info_nce`), as MGCN's step."""
+        content, views = self.views()
+        n_u, b = self.n_users, len(batch)
+        rows, inv = torch.unique(torch.cat([batch.users, batch.pos + n_u, batch.neg + n_u]), return_inverse=True)
+        c_rows = unique_rows(content, rows)
+        side = self.side(c_rows, {v: unique_rows(x, rows) for v, x in views.items()})
+        final = c_rows + side
+        eu, ep, en = final[inv[:b]], final[inv[b:2 * b]], final[inv[2 * b:]]
+        s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
+        bpr = bpr_loss(s_pos, s_neg)
         reg = float(self.config["reg_weight"]) * l2_reg(eu, ep, en, batch_size=self.batch_size)
         t = float(self.config["temperature"])
-        items = batch.pos + self.n_users
-        cl = unit_info_nce(side[items], content[items], t) + \
-            unit_info_nce(side[batch.users], content[batch.users], t)
-        channels = {v: Channel(users=x[: self.n_users], items=x[self.n_users:]) for v, x in views.items()}
+        cl = batch_info_nce(side, c_rows, inv[b:2 * b], t) + batch_info_nce(side, c_rows, inv[:b], t)
+
+        def node_rows(ids: Tensor) -> Tensor:   # final rows of other nodes (plug-ins), computed on demand
+            return content[ids] + self.side(content[ids], {v: x[ids] for v, x in views.items()})
+        channels = {v: Channel(users=x[:n_u], items=x[n_u:]) for v, x in views.items()}
         return LossOutput(bpr + reg + float(self.config["cl_loss"]) * cl, {"bpr": bpr, "reg": reg, "cl": cl},
-                          u_all, i_all, channels=channels)
+                          user_rows=node_rows, item_rows=lambda ids: node_rows(ids + n_u), channels=channels,
+                          scores=(s_pos, s_neg))
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         return {v: (x[: self.n_users], x[self.n_users:]) for v, x in self.views()[1].items()}
