@@ -50,8 +50,11 @@ def test_branches_and_fusion_match_dense_lightgcn(small):
     torch.testing.assert_close(bi[:, 2], views[2][n_u:], atol=1e-5, rtol=1e-4)
 
 
-def test_loss_matches_mmrec_fac_chain(small):
-    model = _model(small, ssl_alpha=0.5, temp=0.3, ssl_temp=0.7)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_matches_mmrec_fac_chain(small, dtype):
+    """The loss (fused on the batch's rows, FAC on the distinct positives with counts) equals MMRec's formula
+    over every node and the batch's repeated rows; in float64 every gradient too."""
+    model = _model(small, ssl_alpha=0.5, temp=0.3, ssl_temp=0.7).to(dtype)
     rng = np.random.default_rng(2)
     rows = small.train[rng.integers(0, len(small.train), 32)]
     users, pos = torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
@@ -68,8 +71,20 @@ def test_loss_matches_mmrec_fac_chain(small):
     x_iva_ivat = g_iva_ivat(g_iv_iva(x_i_iv))
     t_loss = F.cross_entropy(x_iva_ivat @ g_t_ivat(bi[pos, 2]).t() / 0.7, labels)
     assert g_iva_ivat.out_features == g_t_ivat.out_features == 32
-    torch.testing.assert_close(out.loss, main + 0.5 * (v_loss + t_loss), atol=1e-5, rtol=1e-4)
+    ref = main + 0.5 * (v_loss + t_loss)
+    torch.testing.assert_close(out.loss, ref, atol=1e-5, rtol=1e-4)
     assert set(out.channels) == {"id", "image", "text"}
+    torch.testing.assert_close(out.item_rows(pos), i[pos], atol=1e-6, rtol=1e-5)
+    if dtype == torch.float64:
+        assert len(torch.unique(pos)) < len(pos)       # repeated positives: the counts path is exercised
+        torch.testing.assert_close(out.loss, ref, rtol=1e-12, atol=1e-12)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for a, r in zip(torch.autograd.grad(out.loss, params, allow_unused=True, retain_graph=True),
+                        torch.autograd.grad(ref, params, allow_unused=True, retain_graph=True)):
+            if r is None:
+                assert a is None or float(a.abs().max()) == 0
+            else:
+                torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12)
     out.loss.backward()
     assert model.dense["text"].weight.grad.abs().sum() > 0
 

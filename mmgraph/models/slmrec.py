@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
-from mmgraph.losses import unit_info_nce
+from mmgraph.losses import info_nce_counts, unit_info_nce
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.sparse import unique_rows
 
 ID = "id"
 
@@ -76,12 +77,18 @@ class FACHeads(nn.Module):
             if m is not None:
                 self.targets[m] = xavier_linear(d, width)
 
-    def forward(self, id_items: Tensor, modality_items: Dict[str, Tensor], temperature: float) -> Tensor:
+    def forward(self, id_items: Tensor, modality_items: Dict[str, Tensor], temperature: float,
+                counts: Optional[Tensor] = None) -> Tensor:
+        """The FAC loss of the rows ``id_items [n, d]`` and ``modality_items`` (``{m: [n, d]}``); ``counts [n]``:
+        each row stands for that many identical batch rows (:func:`~mmgraph.losses.info_nce_counts`, the same
+        value as the repeated rows)."""
         h, loss = id_items, id_items.new_zeros(())
         for step, m in zip(self.steps, self.plan):
             h = step(h)
             if m is not None:
-                loss = loss + unnormalised_infonce(h, self.targets[m](modality_items[m]), temperature)
+                target = self.targets[m](modality_items[m])
+                loss = loss + (unnormalised_infonce(h, target, temperature) if counts is None else
+                               info_nce_counts(h, target, temperature, counts, normalized=True))
         return loss
 
 
@@ -126,14 +133,21 @@ class SLMRec(GraphRecommender):
         return self.fuse(*self.branches())
 
     def loss(self, batch: Batch) -> LossOutput:
+        """InfoNCE of the fused (user, positive) rows + ``ssl_alpha`` FAC. The fusion is a Linear per node, so
+        only the batch's rows are fused (other rows on demand for plug-ins); FAC runs on the distinct positives
+        with their counts. The same values and gradients as fusing every node and repeating rows."""
         bu, bi = self.branches()
-        u_all, i_all = self.fuse(bu, bi)
-        main = unit_info_nce(u_all[batch.users], i_all[batch.pos], float(self.config["temp"]))
-        pos = bi[batch.pos]
-        fac = self.fac(pos[:, 0], {m: pos[:, j + 1] for j, m in enumerate(self.mods)}, float(self.config["ssl_temp"]))
+        user_rows = lambda ids: self.user_fuse(bu[ids].flatten(1))  # noqa: E731
+        item_rows = lambda ids: self.item_fuse(bi[ids].flatten(1))  # noqa: E731
+        main = unit_info_nce(user_rows(batch.users), item_rows(batch.pos), float(self.config["temp"]))
+        items, counts = torch.unique(batch.pos, return_counts=True)
+        pos = unique_rows(bi, items)
+        fac = self.fac(pos[:, 0], {m: pos[:, j + 1] for j, m in enumerate(self.mods)}, float(self.config["ssl_temp"]),
+                       counts)
         total = main + float(self.config["ssl_alpha"]) * fac
         channels = {name: Channel(users=bu[:, j], items=bi[:, j]) for j, name in enumerate([ID, *self.mods])}
-        return LossOutput(total, {"infonce": main, "fac": fac}, u_all, i_all, channels=channels)
+        return LossOutput(total, {"infonce": main, "fac": fac}, user_rows=user_rows, item_rows=item_rows,
+                          channels=channels)
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         bu, bi = self.branches()
