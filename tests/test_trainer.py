@@ -73,3 +73,13 @@ def test_nan_loss_stops_with_clear_error(synth):
     trainer = Trainer(model, synth, _cfg(), progress=False)
     with pytest.raises(TrainingError, match="loss became nan at epoch 0"):
         trainer.fit()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_malloc_tuning_follows_the_config_on_cpu(synth, monkeypatch, enabled):
+    import mmgraph.train.trainer as trainer_module
+    calls = []
+    monkeypatch.setattr(trainer_module, "tune_glibc_malloc", lambda: calls.append(1) or True)
+    cfg = _cfg(malloc_tuning=enabled)
+    Trainer(build_model("mf", synth, cfg, torch.device("cpu")), synth, cfg, progress=False)
+    assert calls == ([1] if enabled else [])

@@ -40,8 +40,6 @@ from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion, row_normalize
 from mmgraph.nn.sparse import unique_rows
-from mmgraph.train.reproducibility import resolve_device
-from mmgraph.utils.memory import tune_glibc_malloc
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +128,7 @@ class CM3(Recommender):
         "variant": "default",
         "fusion": "slerp", "drop_modality": None, "uniformity": "calibrated",
         **{key: None for key in SWITCHES},
-        "leaky_slope": 0.01, "malloc_tuning": True,
+        "leaky_slope": 0.01,
     }
 
     @classmethod
@@ -174,8 +172,6 @@ class CM3(Recommender):
                         "Recall@20 -0.004 on TikTok, -0.014 on DBbook; a collapse on denser data at twice today's "
                         "gamma); item_pairs=distinct is the paper, uniform_items=neg the released code")
         self.eval_lambda = self._parse_eval_lambda(cfg["eval_lambda"])
-        if cfg.get("malloc_tuning") and resolve_device(str(cfg.get("device", "auto"))).type == "cpu":
-            log.debug("glibc malloc tuning applied: %s", tune_glibc_malloc())
         feats = self._select_features(item_features(data), cfg.get("drop_modality"))
         self.modalities = list(feats)
         if isinstance(cfg["detach_sim"], str):  # auto: detached when s depends on the per-step lam draw

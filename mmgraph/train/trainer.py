@@ -30,6 +30,7 @@ from mmgraph.train.distributed import (SINGLE, DistContext, LossModule, ShardedB
 from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, set_rng_state
 from mmgraph.train.rundir import fingerprint_tensors, load_checkpoint
 from mmgraph.utils.io import atomic_torch_save, atomic_write, write_json
+from mmgraph.utils.memory import tune_glibc_malloc
 
 log = logging.getLogger("mmgraph.train")
 
@@ -80,6 +81,8 @@ class Trainer:
         self.progress = progress
         self.fingerprint = dict(fingerprint or {})
         self.device = model.device
+        if config.get("malloc_tuning", True) and self.device.type == "cpu":
+            tune_glibc_malloc()
         self.plugins.to(self.device)
         params = [p for p in list(model.parameters()) + list(self.plugins.parameters()) if p.requires_grad]
         self.optimizer = make_adam(params, float(config.get("learning_rate", 1e-3)),
