@@ -22,3 +22,16 @@ def random_batch(ds, n: int = 40, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     rows = torch.from_numpy(ds.train)[torch.randint(0, len(ds.train), (n,), generator=g)]
     return Batch(rows[:, 0], rows[:, 1], torch.randint(0, ds.n_items, (n,), generator=g))
+
+
+def assert_same_gradients(got, ref, params, rtol: float = 1e-9, atol: float = 1e-12) -> None:
+    """The gradients of the scalars ``got`` and ``ref`` with respect to every tensor of ``params`` agree (a
+    parameter that ``ref`` does not reach must get none, or zeros, from ``got``)."""
+    import torch
+    params = list(params)
+    for a, r in zip(torch.autograd.grad(got, params, allow_unused=True, retain_graph=True),
+                    torch.autograd.grad(ref, params, allow_unused=True, retain_graph=True)):
+        if r is None:
+            assert a is None or float(a.abs().max()) == 0
+        else:
+            torch.testing.assert_close(a, r, rtol=rtol, atol=atol)

@@ -18,7 +18,7 @@ Channels: one per modality, its item-item view ``V_m`` (users and items).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,37 @@ CL_TEMPERATURE = 0.2  # MMRec MGCN: InfoNCE(side, content, 0.2)
 def gate(d: int) -> nn.Sequential:
     """``sigmoid(Linear(d, d)(x))``."""
     return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
+
+
+def side_content_loss(model: GraphRecommender, batch: Batch, content: Tensor, views: Dict[str, Tensor],
+                      side_fn: Callable[[Tensor, Dict[str, Tensor]], Tensor], temperature: float) -> LossOutput:
+    """The training step MGCN and SMORE share: final ``= content + side`` with ``side = side_fn(content, views)``
+    (a function of each node's own rows), loss BPR + ``reg_weight`` x squared L2 of the batch rows / 2 /
+    batch_size + ``cl_loss`` x [InfoNCE(side, content) over the positives + over the users] at ``temperature``.
+
+    ``side_fn`` runs on the batch's distinct nodes only (other rows on demand, for plug-ins, through
+    ``user_rows`` / ``item_rows``) and each InfoNCE on its distinct rows with their counts
+    (:func:`~mmgraph.losses.batch_info_nce`): the same values and gradients as computing every node and
+    contrasting the batch's rows with their repeats. ``content``, ``views[v]``: ``[U + I, d]``, users first.
+    """
+    cfg = model.config
+    n_u, b = model.n_users, len(batch)
+    rows, inv = torch.unique(torch.cat([batch.users, batch.pos + n_u, batch.neg + n_u]), return_inverse=True)
+    c_rows = unique_rows(content, rows)
+    side = side_fn(c_rows, {v: unique_rows(x, rows) for v, x in views.items()})
+    final = c_rows + side
+    eu, ep, en = final[inv[:b]], final[inv[b:2 * b]], final[inv[2 * b:]]
+    s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
+    bpr = bpr_loss(s_pos, s_neg)
+    reg = float(cfg["reg_weight"]) * l2_reg(eu, ep, en, batch_size=model.batch_size)
+    cl = batch_info_nce(side, c_rows, inv[b:2 * b], temperature) + batch_info_nce(side, c_rows, inv[:b], temperature)
+
+    def node_rows(ids: Tensor) -> Tensor:
+        return content[ids] + side_fn(content[ids], {v: x[ids] for v, x in views.items()})
+    channels = {v: Channel(users=x[:n_u], items=x[n_u:]) for v, x in views.items()}
+    return LossOutput(bpr + reg + float(cfg["cl_loss"]) * cl, {"bpr": bpr, "reg": reg, "cl": cl},
+                      user_rows=node_rows, item_rows=lambda ids: node_rows(ids + n_u), channels=channels,
+                      scores=(s_pos, s_neg))
 
 
 @register("mgcn")
@@ -102,29 +133,8 @@ class MGCN(GraphRecommender):
         return final[: self.n_users], final[self.n_users:]
 
     def loss(self, batch: Batch) -> LossOutput:
-        """BPR + reg + ``cl_loss`` x InfoNCE(side, content) over the batch's positives and users. The fuser acts
-        on each node alone, so it runs on the batch's distinct nodes only, and each InfoNCE on its distinct
-        rows with their counts (:func:`~mmgraph.losses.batch_info_nce`): the same values and gradients as
-        fusing every node and contrasting the 2,048 rows with repeats."""
         content, views = self.views()
-        n_u, b = self.n_users, len(batch)
-        rows, inv = torch.unique(torch.cat([batch.users, batch.pos + n_u, batch.neg + n_u]), return_inverse=True)
-        c_rows = unique_rows(content, rows)
-        side = self.fuse(c_rows, {m: unique_rows(v, rows) for m, v in views.items()})
-        final = c_rows + side
-        eu, ep, en = final[inv[:b]], final[inv[b:2 * b]], final[inv[2 * b:]]
-        s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
-        bpr = bpr_loss(s_pos, s_neg)
-        reg = float(self.config["reg_weight"]) * l2_reg(eu, ep, en, batch_size=self.batch_size)
-        cl = batch_info_nce(side, c_rows, inv[b:2 * b], CL_TEMPERATURE) + \
-            batch_info_nce(side, c_rows, inv[:b], CL_TEMPERATURE)
-
-        def node_rows(ids: Tensor) -> Tensor:   # final rows of other nodes (plug-ins), fused on demand
-            return content[ids] + self.fuse(content[ids], {m: v[ids] for m, v in views.items()})
-        channels = {m: Channel(users=v[:n_u], items=v[n_u:]) for m, v in views.items()}
-        return LossOutput(bpr + reg + float(self.config["cl_loss"]) * cl, {"bpr": bpr, "reg": reg, "cl": cl},
-                          user_rows=node_rows, item_rows=lambda ids: node_rows(ids + n_u), channels=channels,
-                          scores=(s_pos, s_neg))
+        return side_content_loss(self, batch, content, views, self.fuse, CL_TEMPERATURE)
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         return {m: (v[: self.n_users], v[self.n_users:]) for m, v in self.views()[1].items()}

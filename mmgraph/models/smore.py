@@ -27,15 +27,14 @@ from torch import Tensor, nn
 
 from mmgraph.graph.hetero import INTERACTS
 from mmgraph.graph.relations import Relation, relation_graph
-from mmgraph.losses import batch_info_nce, bpr_loss, l2_reg
-from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
+from mmgraph.models.base import Batch, GraphRecommender, LossOutput, item_features
 from mmgraph.models.lattice import simknn_relations
 from mmgraph.models.lgmrec import user_item_matrix
-from mmgraph.models.mgcn import gate
+from mmgraph.models.mgcn import gate, side_content_loss
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import SparseAdj, unique_rows
+from mmgraph.nn.sparse import SparseAdj
 
 FUSION = "fusion"
 
@@ -140,28 +139,8 @@ class SMORE(GraphRecommender):
         return final[: self.n_users], final[self.n_users:]
 
     def loss(self, batch: Batch) -> LossOutput:
-        """BPR + reg + ``cl_loss`` x InfoNCE(side, content) over the batch's positives and users; the preference
-        (:meth:`side`) runs on the batch's distinct nodes only and each InfoNCE on its distinct rows with their
-        counts (:func:`~mmgraph.losses.batch_info_nce`), as MGCN's step."""
         content, views = self.views()
-        n_u, b = self.n_users, len(batch)
-        rows, inv = torch.unique(torch.cat([batch.users, batch.pos + n_u, batch.neg + n_u]), return_inverse=True)
-        c_rows = unique_rows(content, rows)
-        side = self.side(c_rows, {v: unique_rows(x, rows) for v, x in views.items()})
-        final = c_rows + side
-        eu, ep, en = final[inv[:b]], final[inv[b:2 * b]], final[inv[2 * b:]]
-        s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
-        bpr = bpr_loss(s_pos, s_neg)
-        reg = float(self.config["reg_weight"]) * l2_reg(eu, ep, en, batch_size=self.batch_size)
-        t = float(self.config["temperature"])
-        cl = batch_info_nce(side, c_rows, inv[b:2 * b], t) + batch_info_nce(side, c_rows, inv[:b], t)
-
-        def node_rows(ids: Tensor) -> Tensor:   # final rows of other nodes (plug-ins), computed on demand
-            return content[ids] + self.side(content[ids], {v: x[ids] for v, x in views.items()})
-        channels = {v: Channel(users=x[:n_u], items=x[n_u:]) for v, x in views.items()}
-        return LossOutput(bpr + reg + float(self.config["cl_loss"]) * cl, {"bpr": bpr, "reg": reg, "cl": cl},
-                          user_rows=node_rows, item_rows=lambda ids: node_rows(ids + n_u), channels=channels,
-                          scores=(s_pos, s_neg))
+        return side_content_loss(self, batch, content, views, self.side, float(self.config["temperature"]))
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         return {v: (x[: self.n_users], x[self.n_users:]) for v, x in self.views()[1].items()}
