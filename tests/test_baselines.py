@@ -1,5 +1,6 @@
 """The MMRec baselines of issue 14 (one file each in mmgraph/models): each learns on the planted-signal
-synthetic data (beats popularity and MF) and CROSS attaches to it. Their mechanics are tested in
+synthetic data (beats popularity and MF), CROSS attaches to it, and BR-MRS to each that has per-modality
+channels. Their mechanics are tested in
 tests/test_baselines_<method>.py."""
 from __future__ import annotations
 
@@ -67,6 +68,33 @@ def test_cross_attaches(synth, method):
     # per-modality channels, where the method has them, score users against items
     for name, (users, items) in model.channel_embeddings().items():
         assert users.shape == (synth.n_users, users.shape[1]) and items.shape == (synth.n_items, users.shape[1])
+
+
+#: every MMRec baseline of issue 14; BR-MRS attaches to those with per-modality channels (all but LATTICE)
+ALL_BASELINES = ["lattice", "lgmrec", "mgcn", "smore", "slmrec", "grcn", "mmgcn", "dualgnn", "dragon", "damrs"]
+
+
+@pytest.mark.parametrize("method", ALL_BASELINES)
+def test_brmrs_attaches_where_there_are_modality_channels(synth, method):
+    from mmgraph.errors import ConfigError
+    from mmgraph.train.trainer import Trainer
+    cfg = {k: v for k, v in load_config(method, overrides={
+        "plugins": ["brmrs"], "seed": 4, "log_geometry": False, "graph_cache": False,
+        "batch_size": 128}).items() if k != "grid"}
+    model = build_model(method, synth, cfg, torch.device("cpu"))
+    if method == "lattice":
+        with pytest.raises(ConfigError, match="per-modality channels"):
+            build_plugins(cfg, synth, model)
+        return
+    plugin = build_plugins(cfg, synth, model)[0]
+    assert plugin.objective.modalities == ["image", "text"]
+    batch = next(Trainer(model, synth, cfg, plugins=[plugin], progress=False).sampler.epoch())
+    assert batch.extras["candidates"].shape == (len(batch), plugin.objective.n_candidates)
+    out = model.loss(batch)
+    terms = plugin.loss(batch, out)
+    assert set(terms) == {"chns", "syn"} and all(torch.isfinite(v) and v > 0 for v in terms.values())
+    sum(terms.values()).backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None) > 0
 
 
 @pytest.mark.parametrize("temperature", [0.2, 0.01])   # the fused bounded path, and the logsumexp fallback
