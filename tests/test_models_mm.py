@@ -95,3 +95,19 @@ def test_bm3_folded_modality_map_equals_predictor_of_projection(synth):
         w = torch.randn_like(ref)
         for g, r in zip(torch.autograd.grad((got * w).sum(), params), torch.autograd.grad((ref * w).sum(), params)):
             torch.testing.assert_close(g, r)
+
+
+def test_freedom_feature_bpr_equals_the_per_side_form(synth):
+    """One gather of the distinct pos / neg rows per modality: the values and gradients (trainable feature
+    tables and projections) of projecting each side separately (float64)."""
+    from mmgraph.losses import bpr_loss
+    from tests.helpers import assert_same_gradients, random_batch
+    model = build_model("freedom", synth, {"reg_weight": 1e-3, "graph_cache": False}).double()
+    batch = random_batch(synth, n=64, seed=3)
+    users = torch.randn(64, model.embedding_size, dtype=torch.float64)
+    got = model.feature_bpr(users, batch.pos, batch.neg)
+    ref = sum(bpr_loss((users * model.modal.project(m, batch.pos)).sum(-1),
+                       (users * model.modal.project(m, batch.neg)).sum(-1)) for m in model.modal.modalities)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    assert len(torch.unique(torch.cat([batch.pos, batch.neg]))) < 128      # shared items are exercised
+    assert_same_gradients(got, ref, [p for p in model.parameters() if p.requires_grad])

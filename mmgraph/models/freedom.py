@@ -21,7 +21,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, unique_rows
 
 ITEM_GRAPH = "knn_mm"
 
@@ -138,15 +138,25 @@ class FREEDOM(GraphRecommender):
                                item_affine=lambda m=m: self.modal.affine(m))
                     for m in self.modal.modalities}
         if float(self.config["reg_weight"]) > 0:
-            feat_bpr = eu.new_zeros(())
-            for name in self.modal.modalities:
-                fp, fn = self.modal.project(name, batch.pos), self.modal.project(name, batch.neg)
-                feat_bpr = feat_bpr + bpr_loss((eu * fp).sum(-1), (eu * fn).sum(-1))
-            terms["feat_bpr"] = feat_bpr
+            terms["feat_bpr"] = feat_bpr = self.feature_bpr(eu, batch.pos, batch.neg)
             total = total + float(self.config["reg_weight"]) * feat_bpr
         if sub is not None:
             return LossOutput(total, terms, user_rows=user_rows, channels=channels, scores=(s_pos, s_neg))
         return LossOutput(total, terms, u_all, i_all, channels=channels, scores=(s_pos, s_neg))
+
+    def feature_bpr(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        """``sum_m BPR(users . T_m[pos], users . T_m[neg])`` with ``T_m`` the projected (trainable) features.
+
+        The rows of the distinct ``pos`` and ``neg`` items are gathered once per modality (``unique_rows``): the
+        feature table's gradient is one dense ``[I, d_m]`` buffer written row by row, where a gather per side
+        zero-filled two and added them (on Baby's 4096-d image table, 115 MB each, most of the step)."""
+        b = pos.shape[0]
+        items, inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        total = users.new_zeros(())
+        for name in self.modal.modalities:
+            rows = self.modal.proj[name](unique_rows(self.modal.table(name), items))[inv]
+            total = total + bpr_loss((users * rows[:b]).sum(-1), (users * rows[b:]).sum(-1))
+        return total
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         users = self.embeddings()[0]
