@@ -299,7 +299,7 @@ def test_uniformity_switch_standard_changes_only_the_item_term(model, batch):
     assert _changed(a, b) == {"uniform_item"}
     ids = torch.unique(torch.cat([batch.pos, batch.neg]))
     ref = uniformity(F.normalize(b.item_emb[ids], dim=-1))
-    assert abs(float(b.terms["uniform_item"].detach()) - float(ref)) < 1e-5
+    assert abs(float(b.terms["uniform_item"].detach()) - float(ref.detach())) < 1e-5
 
 
 def test_item_set_switch_negatives_only(model, batch):
