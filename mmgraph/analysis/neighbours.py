@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mmgraph.errors import ConfigError
+from mmgraph.utils.io import save_figure
 
 
 
@@ -97,12 +98,7 @@ def plot_summary(table: pd.DataFrame, path, title: str = "") -> Path:
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)
 
 
 def analyze_neighbours(run_dirs: Sequence, target: int, out_dir, k: int = 3, space: str = "final",

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mmgraph.errors import ConfigError
+from mmgraph.utils.io import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,7 @@ def plot_heatmap(table: pd.DataFrame, path, title: str = "") -> Path:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)
 
 
 def analyze_overlap(run_dirs: Sequence, out_dir, k: int = 10, metric: str = "overlap",

@@ -26,6 +26,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from mmgraph.errors import ConfigError, DataError
+from mmgraph.utils.io import save_figure
 
 FINAL = "final"
 
@@ -130,12 +131,7 @@ def plot_subsets(results: Mapping[str, List[Dict[str, object]]], output, title: 
         ax.set_title(title, fontsize=9)
     if len(runs) > 1:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output)
 
 
 def analyze_runs(run_dirs: Sequence[str], split: str = "test", k: int = 20, data=None,

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mmgraph.benchmark.stats import mean_std, paired_ttest
 from mmgraph.errors import DataError
+from mmgraph.utils.io import save_figure
 
 log = logging.getLogger("mmgraph.benchmark")
 
@@ -216,10 +217,7 @@ def plot_summary(summary: Sequence[Dict[str, Any]], path: Path, metrics: Sequenc
         ax.set_xticklabels([short(m) for m in metrics])
         ax.set_title(f"{dataset} (mean ± std over seeds)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ groups

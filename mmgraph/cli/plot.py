@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mmgraph.errors import ConfigError, DataError
+from mmgraph.utils.io import save_figure
 
 DEFAULT_KEYS = ["valid_recall@20", "train_loss", "align", "uniform_item"]
 
@@ -47,12 +48,7 @@ def plot_histories(run_dirs, keys, output) -> Path:
         ax.set_title(key)
         ax.set_xlabel("epoch")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output)
 
 
 def run_plot(args: argparse.Namespace) -> int:

@@ -57,3 +57,17 @@ def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> None:
     import torch
     with atomic_write(path, "wb") as fh:
         torch.save(obj, fh)
+
+
+def save_figure(fig: Any, path: Union[str, os.PathLike], dpi: int = 110) -> Path:
+    """Lay out a matplotlib ``fig``, write it atomically to ``path`` (format from the suffix, PNG when there
+    is none) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    try:
+        fig.tight_layout()
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
