@@ -20,6 +20,34 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# ------------------------------------------------------------------------------ synthetic datasets
+def _synth():
+    from mmgraph.data import make_synthetic
+    return make_synthetic(n_users=400, n_items=300, seed=7)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    """The planted-signal synthetic dataset the "learns" tests train on (400 users, 300 items, image + text)."""
+    return _synth()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """30 users x 25 items with 6-d image and 5-d text features: small enough for dense brute-force references."""
+    from mmgraph.data import make_synthetic
+    return make_synthetic(n_users=30, n_items=25, modalities={"image": 6, "text": 5}, seed=3)
+
+
+@pytest.fixture(scope="session")
+def mf_recall() -> float:
+    """Test Recall@20 of MF on :func:`synth` with the "learns" tests' settings (trained once per session)."""
+    from mmgraph.train import load_config, train
+    from tests.helpers import BASELINE_TRAIN
+    cfg = load_config("mf", overrides=BASELINE_TRAIN)
+    return train("mf", _synth(), cfg, progress=False)[0]["test"]["recall@20"]
+
+
 def make_raw_ratings(n_users: int = 12, n_items: int = 20, per_user: int = 7, seed: int = 0) -> pd.DataFrame:
     """Raw interactions with string user ids ``u0..``, integer-like item ids ``100..``, ratings 1 for the
     ``per_user`` positives plus one rating-0 row and one duplicate per user, and increasing timestamps."""

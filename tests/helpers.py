@@ -35,3 +35,16 @@ def assert_same_gradients(got, ref, params, rtol: float = 1e-9, atol: float = 1e
             assert a is None or float(a.abs().max()) == 0
         else:
             torch.testing.assert_close(a, r, rtol=rtol, atol=atol)
+
+
+def mmrec_interleaved_bpr(out, batch, n_users: int):
+    """MMRec's ``calculate_loss`` of GRCN / MMGCN written as it is: ``(bpr, user_tensor, item_tensor)`` with the
+    (user, positive) and (user, negative) rows interleaved over the concatenated ``[U + I, d]`` representation
+    of ``out`` (a :class:`~mmgraph.models.base.LossOutput`); item ids in the tensors are offset by ``n_users``."""
+    import torch
+    rep = torch.cat([out.user_emb, out.item_emb])
+    user_tensor = batch.users.repeat_interleave(2)
+    item_tensor = torch.stack([batch.pos + n_users, batch.neg + n_users]).t().reshape(-1)
+    score = (rep[user_tensor] * rep[item_tensor]).sum(1).view(-1, 2)
+    bpr = -torch.log(torch.sigmoid(score @ torch.tensor([[1.0], [-1.0]], dtype=score.dtype))).mean()
+    return bpr, user_tensor, item_tensor

@@ -1,27 +1,11 @@
-"""DRAGON: it learns, CROSS attaches, its item graph is the brute-force kNN graph, and its forward and loss
-match brute force (the user graph is DualGNN's, checked in test_baselines_dualgnn.py)."""
-import pytest
+"""DRAGON (learning and plug-ins: tests/test_baselines.py): its item graph is the brute-force kNN graph, and its
+forward and loss match brute force (the user graph is DualGNN's, checked in test_baselines_dualgnn.py)."""
 import torch
 import torch.nn.functional as F
 
-from mmgraph.data import make_synthetic
-from mmgraph.models.base import Batch
-from mmgraph.train import build_model, load_config, train
-from tests.helpers import BASELINE_TRAIN as TRAIN, popularity_recall, random_batch as _batch
+from mmgraph.train import build_model
+from tests.helpers import random_batch as _batch
 from tests.test_baselines_dualgnn import _dense_sym, _dense_user_softmax
-
-
-
-@pytest.fixture(scope="module")
-def synth():
-    return make_synthetic(n_users=400, n_items=300, seed=7)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return make_synthetic(n_users=30, n_items=25, modalities={"image": 6, "text": 5}, seed=3)
-
-
 
 
 def _dense_knn_sym(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -31,14 +15,6 @@ def _dense_knn_sym(x: torch.Tensor, k: int) -> torch.Tensor:
     a = torch.zeros(x.shape[0], x.shape[0]).scatter_(1, idx, 1.0)
     d = (a.sum(1) + 1e-7).rsqrt()
     return d[:, None] * a * d[None, :]
-
-
-def test_dragon_beats_popularity_and_mf(synth):
-    mf = train("mf", synth, load_config("mf", overrides=TRAIN), progress=False)[0]["test"]["recall@20"]
-    result, _ = train("dragon", synth, load_config("dragon", overrides=TRAIN),
-                      progress=False)
-    assert result["test"]["recall@20"] > popularity_recall(synth) + 0.01
-    assert result["test"]["recall@20"] > mf
 
 
 def test_dragon_forward_matches_brute_force(tiny):
@@ -72,20 +48,3 @@ def test_dragon_loss_is_mmrec_log2_bpr_plus_reg(tiny):
     reg = sum((model.branches[m].preference[batch.users] ** 2).mean() for m in model.modalities)
     torch.testing.assert_close(out.loss, bpr + 0.01 * (reg + (model.weight_u ** 2).mean()), atol=1e-5, rtol=1e-5)
 
-
-def test_cross_attaches_to_dragon(tiny):
-    from mmgraph.train.run import build_plugins
-    cfg = {k: v for k, v in load_config("dragon", overrides={"plugins": ["cross"], "graph_cache": False,
-                                                              "cross_alpha": 1.0, "cross_beta": 1.0,
-                                                              "cross_prototypes": 8}).items() if k != "grid"}
-    model = build_model("dragon", tiny, cfg, torch.device("cpu"))
-    plugin = build_plugins(cfg, tiny, model)[0]
-    assert plugin.width == model.embeddings()[1].shape[1] == 2 * 64
-    batch = _batch(tiny)
-    out = model.loss(batch)
-    terms = plugin.loss(batch, out)
-    total = out.loss + sum(terms.values())
-    assert set(terms) == {"ilda", "dt", "cna", "cla"} and torch.isfinite(total)
-    total.backward()
-    assert model.weight_u.grad.abs().sum() > 0
-    assert set(model.channel_embeddings()) == {"final", "image", "text"}

@@ -1,33 +1,12 @@
-"""GRCN: it learns, CROSS attaches, and its attention, routing, refined edges and loss match brute force."""
+"""GRCN (learning and plug-ins: tests/test_baselines.py): its attention, routing, refined edges and loss match brute
+force."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgraph.data import make_synthetic
-from mmgraph.models.base import Batch
 from mmgraph.models.grcn import edge_attention
-from mmgraph.train import build_model, load_config, train
-from tests.helpers import BASELINE_TRAIN as TRAIN, popularity_recall, random_batch as _batch
-
-
-
-@pytest.fixture(scope="module")
-def synth():
-    return make_synthetic(n_users=400, n_items=300, seed=7)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return make_synthetic(n_users=30, n_items=25, modalities={"image": 6, "text": 5}, seed=3)
-
-
-
-
-def test_grcn_beats_popularity_and_mf(synth):
-    mf = train("mf", synth, load_config("mf", overrides=TRAIN), progress=False)[0]["test"]["recall@20"]
-    result, _ = train("grcn", synth, load_config("grcn", overrides=TRAIN), progress=False)
-    assert result["test"]["recall@20"] > popularity_recall(synth) + 0.01
-    assert result["test"]["recall@20"] > mf
+from mmgraph.train import build_model
+from tests.helpers import mmrec_interleaved_bpr, random_batch as _batch
 
 
 def test_edge_attention_is_a_softmax_over_each_targets_edges():
@@ -105,35 +84,12 @@ def test_grcn_loss_is_mmrec_bpr_plus_reg(tiny):
     batch = _batch(tiny)
     out = model.loss(batch)
     U = tiny.n_users
-    # MMRec's calculate_loss, written as it is (user_tensor / item_tensor interleaved)
-    rep = torch.cat([out.user_emb, out.item_emb])
-    user_tensor = batch.users.repeat_interleave(2)
-    item_tensor = torch.stack([batch.pos + U, batch.neg + U]).t().reshape(-1)
-    score = (rep[user_tensor] * rep[item_tensor]).sum(1).view(-1, 2)
-    bpr = -torch.log(torch.sigmoid(score @ torch.tensor([[1.0], [-1.0]]))).mean()
+    bpr, user_tensor, item_tensor = mmrec_interleaved_bpr(out, batch, U)
     reg = (model.id_emb[user_tensor] ** 2 + model.id_emb[item_tensor] ** 2).mean()
     reg = reg + (model.content["image"].preference ** 2).mean()
     for m in model.modalities:
         reg = reg + (model.content[m].preference[user_tensor] ** 2).mean()
     torch.testing.assert_close(out.loss, bpr + 0.1 * reg, atol=1e-5, rtol=1e-5)
-
-
-def test_cross_attaches_to_grcn(tiny):
-    from mmgraph.train.run import build_plugins
-    cfg = {k: v for k, v in load_config("grcn", overrides={"plugins": ["cross"], "graph_cache": False,
-                                                            "cross_alpha": 1.0, "cross_beta": 1.0,
-                                                            "cross_prototypes": 8}).items() if k != "grid"}
-    model = build_model("grcn", tiny, cfg, torch.device("cpu"))
-    plugin = build_plugins(cfg, tiny, model)[0]
-    assert plugin.width == model.embeddings()[1].shape[1] == 64 + 2 * 64
-    batch = _batch(tiny)
-    out = model.loss(batch)
-    terms = plugin.loss(batch, out)
-    total = out.loss + sum(terms.values())
-    assert set(terms) == {"ilda", "dt", "cna", "cla"} and torch.isfinite(total)
-    total.backward()
-    assert model.id_emb.grad.abs().sum() > 0 and model.confidence.grad.abs().sum() > 0
-    assert set(model.channel_embeddings()) == {"final", "id", "image", "text"}
 
 
 def _gather_parts(model):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_baselines import METHODS
+from tests.test_baselines import ALL_BASELINES
 
 ROOT = Path(__file__).resolve().parents[1]
 CAP_MB = 1024
@@ -70,7 +70,7 @@ def _run(method: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ALL_BASELINES)
 def test_no_dense_square_matrix_at_20k_items_30k_users(method):
     res = _run(method)
     assert res.returncode == 0 and f"ok {method}" in res.stdout, res.stderr[-2000:]

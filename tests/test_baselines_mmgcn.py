@@ -1,26 +1,12 @@
-"""MMGCN: it learns, CROSS attaches, and its layers, frozen-embedding switch and loss match brute force."""
+"""MMGCN: it learns (plug-ins: tests/test_baselines.py), and its layers, frozen-embedding switch and loss match brute
+force."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgraph.data import make_synthetic
-from mmgraph.models.base import Batch
 from mmgraph.models.mmgcn import mean_adj
 from mmgraph.train import build_model, load_config, train
-from tests.helpers import BASELINE_TRAIN as TRAIN, popularity_recall, random_batch as _batch
-
-
-
-@pytest.fixture(scope="module")
-def synth():
-    return make_synthetic(n_users=400, n_items=300, seed=7)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return make_synthetic(n_users=30, n_items=25, modalities={"image": 6, "text": 5}, seed=3)
-
-
+from tests.helpers import BASELINE_TRAIN as TRAIN, mmrec_interleaved_bpr, popularity_recall, random_batch as _batch
 
 
 def _dense_mean(ds):
@@ -75,11 +61,7 @@ def test_mmgcn_loss_is_mmrec_bpr_plus_reg(tiny):
     batch = _batch(tiny)
     out = model.loss(batch)
     U = tiny.n_users
-    rep = torch.cat([out.user_emb, out.item_emb])
-    user_tensor = batch.users.repeat_interleave(2)
-    item_tensor = torch.stack([batch.pos + U, batch.neg + U]).t().reshape(-1)
-    score = (rep[user_tensor] * rep[item_tensor]).sum(1).view(-1, 2)
-    bpr = -torch.log(torch.sigmoid(score @ torch.tensor([[1.0], [-1.0]]))).mean()
+    bpr, user_tensor, item_tensor = mmrec_interleaved_bpr(out, batch, U)
     reg = (model.id_emb[user_tensor] ** 2 + model.id_emb[item_tensor] ** 2).mean()
     reg = reg + (model.gcn["image"].preference ** 2).mean()
     torch.testing.assert_close(out.loss, bpr + 0.01 * reg, atol=1e-5, rtol=1e-5)
@@ -99,20 +81,3 @@ def test_frozen_embeddings_stay_at_their_draw(tiny, frozen):
     assert torch.equal(model.id_emb, before[0]) == frozen
     assert torch.equal(model.gcn["text"].preference, before[1]) == frozen
 
-
-def test_cross_attaches_to_mmgcn(tiny):
-    from mmgraph.train.run import build_plugins
-    cfg = {k: v for k, v in load_config("mmgcn", overrides={"plugins": ["cross"], "graph_cache": False,
-                                                             "cross_alpha": 1.0, "cross_beta": 1.0,
-                                                             "cross_prototypes": 8}).items() if k != "grid"}
-    model = build_model("mmgcn", tiny, cfg, torch.device("cpu"))
-    plugin = build_plugins(cfg, tiny, model)[0]
-    assert plugin.width == model.embeddings()[1].shape[1] == 64
-    batch = _batch(tiny)
-    out = model.loss(batch)
-    terms = plugin.loss(batch, out)
-    total = out.loss + sum(terms.values())
-    assert set(terms) == {"ilda", "dt", "cna", "cla"} and torch.isfinite(total)
-    total.backward()
-    assert model.id_emb.grad.abs().sum() > 0
-    assert set(model.channel_embeddings()) == {"final", "image", "text"}

@@ -1,16 +1,10 @@
 import pytest
 import torch
 
-from mmgraph.data import make_synthetic
 from mmgraph.models.registry import available_methods, get_model_class
 from mmgraph.train.config import load_config
 from mmgraph.train.run import train
 from tests.helpers import popularity_recall
-
-
-@pytest.fixture(scope="module")
-def synth():
-    return make_synthetic(n_users=400, n_items=300, seed=7)
 
 
 @pytest.mark.parametrize("method,extra", [("mf", {}), ("lightgcn", {}),

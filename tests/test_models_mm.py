@@ -4,22 +4,9 @@ import torch
 
 from mmgraph.data import make_synthetic
 from mmgraph.graph.bipartite import normalized_bipartite_adj
-from mmgraph.models.freedom import FREEDOM, DegreeSensitivePruning
-from mmgraph.models.registry import get_model_class
+from mmgraph.models.freedom import DegreeSensitivePruning
 from mmgraph.train import build_model, load_config, train
 from tests.helpers import popularity_recall
-
-
-@pytest.fixture(scope="module")
-def synth():
-    return make_synthetic(n_users=400, n_items=300, seed=7)
-
-
-@pytest.fixture(scope="module")
-def mf_recall(synth):
-    cfg = load_config("mf", overrides={"epochs": 30, "patience": 5, "seed": 1, "learning_rate": 5e-3,
-                                       "batch_size": 256, "log_geometry": False})
-    return train("mf", synth, cfg, progress=False)[0]["test"]["recall@20"]
 
 
 @pytest.mark.parametrize("method,extra", [("vbpr", {}), ("bm3", {}),

@@ -58,8 +58,10 @@ def denoised_knn_graphs(features: Mapping[str, "np.ndarray"], k: int = 10,
     means = {m: mean_cosine(u) for m, u in units.items()}
     kk = min(int(k), n_items)
     block = max(1, int(max_block_elems) // max(n_items, 1))
-    rows: Dict[str, list] = {m: [] for m in names}
-    cols: Dict[str, list] = {m: [] for m in names}
+    # neighbour ids per item, -1 where the support has fewer than k items; written in place so that no
+    # per-block result outlives its block (small survivors between the blocks' [b, I] temporaries keep
+    # glibc from reusing or returning that memory: the process grew by ~1 GB at 20k items)
+    neighbours = {m: torch.full((n_items, kk), -1, dtype=torch.long) for m in names}
     for s in range(0, n_items, block):
         e = min(n_items, s + block)
         sims = {m: units[m][s:e] @ units[m].t() for m in names}          # [b, I] each
@@ -68,13 +70,13 @@ def denoised_knn_graphs(features: Mapping[str, "np.ndarray"], k: int = 10,
             ok = sims[m] >= means[m]
             support = ok if support is None else support & ok
         for m in names:
-            val, idx = torch.topk(sims[m].masked_fill(~support, float("-inf")), kk, dim=1)
-            keep = torch.isfinite(val)
-            r = torch.arange(s, e).unsqueeze(1).expand_as(idx)
-            rows[m].append(r[keep])
-            cols[m].append(idx[keep])
+            val, idx = torch.topk(sims[m].masked_fill_(~support, float("-inf")), kk, dim=1)
+            neighbours[m][s:e] = idx.masked_fill_(torch.isinf(val), -1)
+        del sims, support
     out = {}
     for m in names:
-        g = ItemGraph.from_edges(torch.cat(rows[m]), torch.cat(cols[m]), None, n_items)
+        keep = neighbours[m] >= 0
+        rows = torch.arange(n_items).unsqueeze(1).expand_as(keep)[keep]
+        g = ItemGraph.from_edges(rows, neighbours[m][keep], None, n_items)
         out[m] = normalize_graph(g, "sym")
     return out

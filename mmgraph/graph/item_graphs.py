@@ -216,6 +216,23 @@ def _pair_cosines(xn: np.ndarray, rows: np.ndarray, cols: np.ndarray, budget: in
     return out
 
 
+def _training_pairs(caller: str, features, interactions, n_users: Optional[int], n_items: Optional[int]):
+    """``(features {modality: [I, d_m]}, unique training pairs [N, 2], n_users, n_items)`` from ``features``
+    (a dict or a RecDataset) and ``interactions`` (``[N, 2]`` pairs, a RecDataset, or ``None`` when
+    ``features`` is a RecDataset); counts given explicitly win over the dataset's."""
+    if interactions is None:
+        if not (hasattr(features, "train") and hasattr(features, "n_items")):
+            raise ConfigError(f"{caller} needs interactions (or a RecDataset as features)")
+        interactions = features
+    feats = _features(features)
+    if hasattr(interactions, "train"):
+        n_users = interactions.n_users if n_users is None else n_users
+        n_items = interactions.n_items if n_items is None else n_items
+        interactions = interactions.train
+    pairs = np.unique(np.asarray(interactions, dtype=np.int64).reshape(-1, 2), axis=0)
+    return feats, pairs, n_users, n_items
+
+
 def brmrs_item_graph(features, interactions, k: int = 10, alpha: float = 0.5,
                      betas: Optional[Mapping[str, float]] = None, n_candidates: Optional[int] = None,
                      n_users: Optional[int] = None, n_items: Optional[int] = None, norm: str = "none",
@@ -235,16 +252,7 @@ def brmrs_item_graph(features, interactions, k: int = 10, alpha: float = 0.5,
             train split is used).
         interactions: ``[N, 2]`` training (user, item) pairs.
     """
-    if interactions is None:
-        if not (hasattr(features, "train") and hasattr(features, "n_items")):
-            raise ConfigError("brmrs_item_graph needs interactions (or a RecDataset as features)")
-        interactions = features
-    feats = _features(features)
-    if hasattr(interactions, "train"):
-        n_users = interactions.n_users if n_users is None else n_users
-        n_items = interactions.n_items if n_items is None else n_items
-        interactions = interactions.train
-    pairs = np.unique(np.asarray(interactions, dtype=np.int64).reshape(-1, 2), axis=0)
+    feats, pairs, n_users, n_items = _training_pairs("brmrs_item_graph", features, interactions, n_users, n_items)
     n = next(iter(feats.values())).shape[0]
     n_items = n if n_items is None else int(n_items)
     if n_items != n:
@@ -328,16 +336,7 @@ def brmrs_user_graph(features, interactions, k: int = 10, alpha: float = 0.5,
     per modality + co-occurrence neighbours, ``n_candidates`` each, default ``2k``), no ``U x U`` matrix.
     Returns an :class:`ItemGraph` over the ``U`` users.
     """
-    if interactions is None:
-        if not (hasattr(features, "train") and hasattr(features, "n_users")):
-            raise ConfigError("brmrs_user_graph needs interactions (or a RecDataset as features)")
-        interactions = features
-    feats = _features(features)
-    if hasattr(interactions, "train"):
-        n_users = interactions.n_users if n_users is None else n_users
-        n_items = interactions.n_items if n_items is None else n_items
-        interactions = interactions.train
-    pairs = np.unique(np.asarray(interactions, dtype=np.int64).reshape(-1, 2), axis=0)
+    feats, pairs, n_users, n_items = _training_pairs("brmrs_user_graph", features, interactions, n_users, n_items)
     n_items = next(iter(feats.values())).shape[0] if n_items is None else int(n_items)
     n_users = (int(pairs[:, 0].max()) + 1 if len(pairs) else 0) if n_users is None else int(n_users)
     c = int(n_candidates) if n_candidates else 2 * int(k)
