@@ -85,7 +85,7 @@ def test_loss_matches_mmrec_formula(small, dtype):
     if dtype == torch.float64:
         # gradients against the same formula on the model's own graphs (every node fused, repeated rows)
         content, views = model.views()
-        side = model.fuse(content, views)
+        side = model.side(content, views)
         fin = content + side
         fu, fi = fin[:n_u], fin[n_u:]
         s_p, s_n = (fu[users] * fi[pos]).sum(1), (fu[users] * fi[neg]).sum(1)

@@ -73,8 +73,41 @@ def side_content_loss(model: GraphRecommender, batch: Batch, content: Tensor, vi
                       scores=(s_pos, s_neg))
 
 
+class SideContentRecommender(GraphRecommender):
+    """A content representation plus a node-local side representation of per-view rows, final = content + side,
+    trained by :func:`side_content_loss` (MGCN, SMORE). Subclasses give :meth:`views` and :meth:`side`."""
+
+    #: InfoNCE temperature of the side-vs-content terms
+    cl_temperature: float = CL_TEMPERATURE
+
+    def views(self) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(content [U + I, d], {view: [U + I, d]})``, users first."""
+        raise NotImplementedError
+
+    def side(self, content: Tensor, views: Dict[str, Tensor]) -> Tensor:
+        """The side rows ``[N, d]`` of the nodes whose content rows ``[N, d]`` and view rows are given."""
+        raise NotImplementedError
+
+    def parts(self) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+        """``(content, side, views)``, all over ``U + I`` nodes; final = content + side."""
+        content, views = self.views()
+        return content, self.side(content, views), views
+
+    def forward(self) -> Tuple[Tensor, Tensor]:
+        content, side, _ = self.parts()
+        final = content + side
+        return final[: self.n_users], final[self.n_users:]
+
+    def loss(self, batch: Batch) -> LossOutput:
+        content, views = self.views()
+        return side_content_loss(self, batch, content, views, self.side, self.cl_temperature)
+
+    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
+        return {v: (x[: self.n_users], x[self.n_users:]) for v, x in self.views()[1].items()}
+
+
 @register("mgcn")
-class MGCN(GraphRecommender):
+class MGCN(SideContentRecommender):
     """Behaviour-guided purifier, user-item and item-item views, behaviour-aware fuser (module docstring)."""
 
     multimodal = True
@@ -112,7 +145,7 @@ class MGCN(GraphRecommender):
             out[m] = torch.cat([self.R.matmul(h), h])
         return content, out
 
-    def fuse(self, content: Tensor, views: Dict[str, Tensor]) -> Tensor:
+    def side(self, content: Tensor, views: Dict[str, Tensor]) -> Tensor:
         """The side embeddings ``(sum_m S_m + common) / (M + 1)``."""
         stacked = torch.stack(list(views.values()))                      # [M, N, d]
         att = torch.softmax(self.query_common(stacked).squeeze(-1), dim=0)  # [M, N]
@@ -121,20 +154,3 @@ class MGCN(GraphRecommender):
         for m, v in views.items():
             side = side + self.gate_prefer[m](content) * (v - common)
         return side / (len(views) + 1)
-
-    def parts(self) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
-        """``(content, side, views)``, all over ``U + I`` nodes; final = content + side."""
-        content, views = self.views()
-        return content, self.fuse(content, views), views
-
-    def forward(self) -> Tuple[Tensor, Tensor]:
-        content, side, _ = self.parts()
-        final = content + side
-        return final[: self.n_users], final[self.n_users:]
-
-    def loss(self, batch: Batch) -> LossOutput:
-        content, views = self.views()
-        return side_content_loss(self, batch, content, views, self.fuse, CL_TEMPERATURE)
-
-    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
-        return {m: (v[: self.n_users], v[self.n_users:]) for m, v in self.views()[1].items()}

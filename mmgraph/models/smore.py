@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from mmgraph.graph.hetero import INTERACTS
 from mmgraph.graph.relations import Relation, relation_graph
-from mmgraph.models.base import Batch, GraphRecommender, LossOutput, item_features
+from mmgraph.models.base import item_features
 from mmgraph.models.lattice import simknn_relations
 from mmgraph.models.lgmrec import user_item_matrix
-from mmgraph.models.mgcn import gate, side_content_loss
+from mmgraph.models.mgcn import SideContentRecommender, gate
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
@@ -60,7 +60,7 @@ def query(d: int) -> nn.Sequential:
 
 
 @register("smore")
-class SMORE(GraphRecommender):
+class SMORE(SideContentRecommender):
     """Spectrum fusion, modality-specific and fusion item-item views, modality-aware preference (module
     docstring)."""
 
@@ -128,19 +128,6 @@ class SMORE(GraphRecommender):
         terms.append(self.dropout(self.gate_prefer[FUSION](content)) * fused)
         return torch.stack(terms).mean(0)
 
-    def parts(self) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
-        """``(content, side, views)`` over ``U + I`` nodes; final = content + side."""
-        content, views = self.views()
-        return content, self.side(content, views), views
-
-    def forward(self) -> Tuple[Tensor, Tensor]:
-        content, side, _ = self.parts()
-        final = content + side
-        return final[: self.n_users], final[self.n_users:]
-
-    def loss(self, batch: Batch) -> LossOutput:
-        content, views = self.views()
-        return side_content_loss(self, batch, content, views, self.side, float(self.config["temperature"]))
-
-    def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
-        return {v: (x[: self.n_users], x[self.n_users:]) for v, x in self.views()[1].items()}
+    @property
+    def cl_temperature(self) -> float:
+        return float(self.config["temperature"])
