@@ -327,6 +327,55 @@ class _InfoNCE(torch.autograd.Function):
         return ga, gb, None, None, None
 
 
+class _WeightedLogSumExp(torch.autograd.Function):
+    """``sum_b w_b log sum_j exp(a_b . x_j)`` for ``a [B, d]``, ``x [N, d]`` and constant row weights ``w [B]``.
+
+    The gradients are known up to the incoming scalar once the forward has the softmax rows ``P_b``:
+    ``da_b = w_b P_b x`` and ``dx = P^T (w (.) a)``. So the forward runs by blocks of rows -- scores, row
+    maximum, ``exp``, row sums and both gradient products while the block is in cache -- and never holds
+    the ``[B, N]`` matrix (whose memory traffic, not the arithmetic, dominates when ``d`` is small); the
+    backward only scales."""
+
+    @staticmethod
+    def forward(ctx, a, x, w, block):  # type: ignore[override]
+        need_a, need_x = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        n = a.shape[0]
+        lse = a.new_empty(n)
+        da = a.new_empty(a.shape) if need_a else None
+        dx = torch.zeros_like(x) if need_x else None
+        xt = x.t()
+        buf = a.new_empty(min(block, n), x.shape[0])
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            blk = buf[: hi - lo]
+            torch.mm(a[lo:hi], xt, out=blk)
+            top = blk.amax(1)
+            blk.sub_(top.unsqueeze(1)).exp_()
+            total = blk.sum(1)
+            lse[lo:hi] = total.log() + top
+            q = (w[lo:hi] / total).unsqueeze(1)
+            if need_a:
+                da[lo:hi] = q * (blk @ x)
+            if need_x:
+                dx.addmm_(blk.t(), q * a[lo:hi])
+        ctx.save_for_backward(da, dx)
+        return (w * lse).sum()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        da, dx = ctx.saved_tensors
+        return (None if da is None else da * grad), (None if dx is None else dx * grad), None, None
+
+
+def weighted_logsumexp(a: Tensor, x: Tensor, weights: Optional[Tensor] = None, block: int = 64) -> Tensor:
+    """``sum_b w_b log sum_j exp(a_b . x_j)`` (scalar) for ``a [B, d]`` against every row of ``x [N, d]``, with
+    row weights ``w [B]`` (default 1; constants, no gradient), by blocks of ``block`` rows
+    (:class:`_WeightedLogSumExp`): the same value and gradients as ``(w * logsumexp(a @ x.T, 1)).sum()``
+    without its ``[B, N]`` buffers."""
+    w = a.new_ones(a.shape[0]) if weights is None else weights.detach().to(a.dtype)
+    return _WeightedLogSumExp.apply(a, x, w, int(block))
+
+
 def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Optional[Tensor] = None,
                     normalized: bool = False) -> Tensor:
     """In-batch InfoNCE (cosine logits / ``tau``) over rows that stand for ``counts [n]`` identical rows each.

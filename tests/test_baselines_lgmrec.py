@@ -11,6 +11,7 @@ from mmgraph.data import make_synthetic
 from mmgraph.models import lgmrec as lg
 from mmgraph.models.base import Batch
 from mmgraph.train import build_model
+from tests.helpers import assert_same_gradients
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,23 @@ def test_contrast_over_distinct_nodes_equals_the_per_row_sum(small, monkeypatch)
     users = torch.tensor([3, 3, 5, 7, 3, 5]); pos = torch.tensor([1, 2, 2, 2, 9, 1])
     out = model.loss(Batch(users, pos, torch.tensor([0, 4, 6, 8, 10, 12])))
     _, _, ghes = model.parts()
-    (ua, ia), (ub, ib) = ghes["image"], ghes["text"]
-    rows = lg.hyper_infonce(ua[users], ub[users], ub) + lg.hyper_infonce(ia[pos], ib[pos], ib)
+    ga, gb = ghes["image"], ghes["text"]
+    rows = lg.hyper_infonce(ga.users[users], gb.users[users], gb.users) \
+        + lg.hyper_infonce(ga.items[pos], gb.items[pos], gb.items)
     torch.testing.assert_close(out.terms["hcl"], rows)
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.01])
+@pytest.mark.parametrize("rank", [3, 8])   # below d: the factored cosines; at d: the dense rows
+def test_hyper_infonce_on_factored_rows_equals_the_dense_rows(tau, rank):
+    g = torch.Generator().manual_seed(5)
+    a, p = (torch.randn(9, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    factor = torch.rand(13, rank, generator=g, dtype=torch.float64)
+    factor[[2, 7]] = 0.0                      # rows a dropout emptied: zero vectors, as F.normalize leaves them
+    factor.requires_grad_(True)
+    basis = torch.randn(rank, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    counts = torch.tensor([1, 2, 1, 3, 1, 1, 2, 1, 1])
+    ours = lg.hyper_infonce(a, p, (factor, basis), tau, counts=counts)
+    ref = lg.hyper_infonce(a, p, factor @ basis, tau, counts=counts)
+    torch.testing.assert_close(ours, ref)
+    assert_same_gradients(ours, ref, [a, p, factor, basis], rtol=1e-7, atol=1e-9)

@@ -36,3 +36,22 @@ def test_info_nce_brute_force():
         logits = [float(an[k] @ pn[j]) / 0.2 for j in range(6)]
         ref += -(logits[k] - math.log(sum(math.exp(v) for v in logits)))
     assert abs(float(info_nce(a, p, 0.2)) - ref / 6) < 1e-9
+
+
+def test_weighted_logsumexp_equals_torch_logsumexp_values_and_gradients():
+    from mmgraph.losses import weighted_logsumexp
+    from tests.helpers import assert_same_gradients
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(37, 5, generator=g, dtype=torch.float64) * 8).requires_grad_(True)  # wide score range
+    x = torch.randn(23, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randint(1, 4, (37,), generator=g).to(torch.float64)
+    ref = (w * torch.logsumexp(a @ x.t(), dim=1)).sum()
+    for block in (1, 8, 64):     # blocks that divide the rows, leave a remainder, cover them all
+        ours = weighted_logsumexp(a, x, w, block=block)
+        torch.testing.assert_close(ours, ref)
+        assert_same_gradients(ours * 1.7, ref * 1.7, [a, x])   # the incoming gradient scales both
+    plain = weighted_logsumexp(a, x)
+    torch.testing.assert_close(plain, torch.logsumexp(a @ x.t(), dim=1).sum())
+    # one side without gradient: the other's is unchanged
+    ga = torch.autograd.grad(weighted_logsumexp(a, x.detach(), w), a)[0]
+    torch.testing.assert_close(ga, torch.autograd.grad(ref, a, retain_graph=True)[0])

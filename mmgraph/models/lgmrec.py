@@ -21,7 +21,7 @@ the modality pairs ``(a, b)``, ``a < b`` (MMRec: image vs text). Channels: one p
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
 from mmgraph.graph.hetero import INTERACTS
-from mmgraph.losses import bpr_loss, emb_reg, unit_info_nce
+from mmgraph.losses import bpr_loss, emb_reg, weighted_logsumexp
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
@@ -56,13 +56,39 @@ def user_item_matrix(edge_index: Tensor, n_users: int, n_items: int, norm: str =
     return SparseAdj(torch.stack([u, i]), w, (n_users, n_items))
 
 
-def hyper_infonce(anchor: Tensor, positive: Tensor, all_rows: Tensor, tau: float = TAU,
-                  counts: Optional[Tensor] = None) -> Tensor:
+def hyper_infonce(anchor: Tensor, positive: Tensor, all_rows: Union[Tensor, Tuple[Tensor, Tensor]],
+                  tau: float = TAU, counts: Optional[Tensor] = None) -> Tensor:
     """MMRec LGMRec's ``ssl_triple_loss``: ``sum_b -log(exp(cos(a_b, p_b)/tau) / sum_j exp(cos(a_b, x_j)/tau))``
-    with ``anchor, positive [B, d]`` and ``all_rows [N, d]`` (``B x N`` scores, never ``N x N``); ``counts [B]``
-    weights each row (a distinct batch node standing for its repeats)."""
-    per_row = unit_info_nce(anchor, positive, tau, all_rows=all_rows, reduction="none")
-    return per_row.sum() if counts is None else (per_row * counts.to(per_row.dtype)).sum()
+    with ``anchor, positive [B, d]`` and ``all_rows [N, d]`` (``B x N`` scores by blocks of rows through
+    :func:`~mmgraph.losses.weighted_logsumexp`, never ``N x N``); ``counts [B]`` weights each row (a distinct
+    batch node standing for its repeats).
+
+    ``all_rows`` may also be ``(factor [N, h], basis [h, d])`` standing for ``factor @ basis`` (the hypergraph
+    embeddings' form, ``h`` = ``hyper_num``): with ``h < d`` the cosines come from ``[B, h] x [h, N]`` products,
+    ``cos(a, x_j) = (a_hat basis^T) . factor_j / |factor_j basis|``, instead of ``[B, d] x [d, N]``."""
+    a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    if isinstance(all_rows, tuple) and all_rows[0].shape[1] < all_rows[1].shape[1]:
+        factor, basis = all_rows
+        # |factor_j basis| from the [h, h] Gram matrix, floored as F.normalize floors it (eps 1e-12)
+        norms = ((factor @ (basis @ basis.t())) * factor).sum(-1).clamp_min(1e-24).sqrt()
+        a_side, x_side = a @ (basis.t() / tau), factor / norms.unsqueeze(1)
+    else:
+        rows = all_rows[0] @ all_rows[1] if isinstance(all_rows, tuple) else all_rows
+        a_side, x_side = a / tau, F.normalize(rows, dim=-1)
+    w = None if counts is None else counts.to(a.dtype)
+    positive_term = (a * p).sum(-1) / tau
+    return weighted_logsumexp(a_side, x_side, w) - (positive_term.sum() if w is None else (w * positive_term).sum())
+
+
+class HyperEmbeddings(NamedTuple):
+    """One modality's global (hypergraph) embeddings: ``users = h_users @ lat`` ``[U, d]`` and ``items = h_items
+    @ lat`` ``[I, d]``, kept with their factors (``h_* [., hyper_num]``, ``lat [hyper_num, d]``)."""
+
+    users: Tensor
+    items: Tensor
+    h_users: Tensor
+    h_items: Tensor
+    lat: Tensor
 
 
 @register("lgmrec")
@@ -109,19 +135,18 @@ class LGMRec(GraphRecommender):
         uh = self.R.matmul(ih)
         return (F.gumbel_softmax(uh, TAU, hard=False, dim=1), F.gumbel_softmax(ih, TAU, hard=False, dim=1))
 
-    def hgnn(self, h_users: Tensor, h_items: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
-        """``n_hyper_layer`` rounds of hypergraph message passing: ``(users [U, d], items [I, d])``."""
-        i_ret, u_ret = items, None
+    def hgnn(self, h_users: Tensor, h_items: Tensor, items: Tensor) -> HyperEmbeddings:
+        """``n_hyper_layer`` rounds of hypergraph message passing from the items ``[I, d]``."""
+        if int(self.config["n_hyper_layer"]) < 1:
+            raise ConfigError("lgmrec: n_hyper_layer must be >= 1")
+        i_ret = items
         for _ in range(int(self.config["n_hyper_layer"])):
             lat = h_items.t() @ i_ret
             i_ret = h_items @ lat
-            u_ret = h_users @ lat
-        if u_ret is None:
-            raise ConfigError("lgmrec: n_hyper_layer must be >= 1")
-        return u_ret, i_ret
+        return HyperEmbeddings(h_users @ lat, i_ret, h_users, h_items, lat)
 
-    def parts(self):
-        """``(final [U + I, d], {m: MGE_m}, {m: (GHE users, GHE items)})``."""
+    def parts(self) -> Tuple[Tensor, Dict[str, Tensor], Dict[str, HyperEmbeddings]]:
+        """``(final [U + I, d], {m: MGE_m}, {m: GHE_m})``."""
         cge = self.encoder(torch.cat([self.user_emb.weight, self.item_emb.weight]), self.adj)
         mges, ghes = {}, {}
         for m in self.features.modalities:
@@ -129,7 +154,7 @@ class LGMRec(GraphRecommender):
             mges[m] = self.mge(m)
             ghes[m] = self.hgnn(self.drop(h_users), self.drop(h_items), cge[self.n_users:])
         local = cge + sum(F.normalize(v, dim=1) for v in mges.values())
-        ghe = sum(torch.cat([u, i]) for u, i in ghes.values())
+        ghe = sum(torch.cat([g.users, g.items]) for g in ghes.values())
         return local + float(self.config["alpha"]) * F.normalize(ghe, dim=1), mges, ghes
 
     def forward(self) -> Tuple[Tensor, Tensor]:
@@ -146,9 +171,9 @@ class LGMRec(GraphRecommender):
         users, n_users = torch.unique(batch.users, return_counts=True)
         items, n_items = torch.unique(batch.pos, return_counts=True)
         for a, b in combinations(self.features.modalities, 2):
-            (ua, ia), (ub, ib) = ghes[a], ghes[b]
-            cl = cl + hyper_infonce(ua[users], ub[users], ub, counts=n_users) \
-                + hyper_infonce(ia[items], ib[items], ib, counts=n_items)
+            ga, gb = ghes[a], ghes[b]
+            cl = cl + hyper_infonce(ga.users[users], gb.users[users], (gb.h_users, gb.lat), counts=n_users) \
+                + hyper_infonce(ga.items[items], gb.items[items], (gb.h_items, gb.lat), counts=n_items)
         reg = emb_reg(eu, ep, en)
         total = bpr + float(self.config["cl_weight"]) * cl + float(self.config["reg_weight"]) * reg
         channels = {m: Channel(users=v[: self.n_users], items=v[self.n_users:]) for m, v in mges.items()}
