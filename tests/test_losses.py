@@ -55,3 +55,31 @@ def test_weighted_logsumexp_equals_torch_logsumexp_values_and_gradients():
     # one side without gradient: the other's is unchanged
     ga = torch.autograd.grad(weighted_logsumexp(a, x.detach(), w), a)[0]
     torch.testing.assert_close(ga, torch.autograd.grad(ref, a, retain_graph=True)[0])
+
+
+def test_weighted_logsumexp_column_weights_are_multiplicities():
+    from mmgraph.losses import weighted_logsumexp
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([2, 0, 1, 3, 1, 1])
+    ours = weighted_logsumexp(a, x, col_weights=c, block=4)
+    expanded = x.repeat_interleave(c, dim=0)           # the columns written out with their repeats
+    ref = torch.logsumexp(a @ expanded.t(), dim=1).sum()
+    torch.testing.assert_close(ours, ref)
+    for got, want in zip(torch.autograd.grad(ours, (a, x)), torch.autograd.grad(ref, (a, x))):
+        torch.testing.assert_close(got, want)
+
+
+def test_paired_info_nce_equals_the_repeated_rows():
+    from mmgraph.losses import paired_info_nce, unit_info_nce
+    g = torch.Generator().manual_seed(2)
+    anchor = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    positive = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    ai = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 1, 0])
+    pi = torch.tensor([0, 1, 1, 2, 3, 0, 3, 3, 2, 0])    # a repeated (anchor, positive) pair included
+    ours = paired_info_nce(anchor, positive, ai, pi, 0.2)
+    ref = unit_info_nce(anchor[ai], positive[pi], 0.2)
+    torch.testing.assert_close(ours, ref)
+    for got, want in zip(torch.autograd.grad(ours, (anchor, positive)), torch.autograd.grad(ref, (anchor, positive))):
+        torch.testing.assert_close(got, want)

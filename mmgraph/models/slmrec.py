@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
-from mmgraph.losses import info_nce_counts, unit_info_nce
+from mmgraph.losses import info_nce_counts, paired_info_nce
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
@@ -134,13 +134,15 @@ class SLMRec(GraphRecommender):
 
     def loss(self, batch: Batch) -> LossOutput:
         """InfoNCE of the fused (user, positive) rows + ``ssl_alpha`` FAC. The fusion is a Linear per node, so
-        only the batch's rows are fused (other rows on demand for plug-ins); FAC runs on the distinct positives
-        with their counts. The same values and gradients as fusing every node and repeating rows."""
+        only the batch's distinct users and positives are fused (other rows on demand for plug-ins); the InfoNCE
+        (:func:`~mmgraph.losses.paired_info_nce`) and FAC run on them with their counts. The same values and
+        gradients as fusing every node and repeating rows."""
         bu, bi = self.branches()
         user_rows = lambda ids: self.user_fuse(bu[ids].flatten(1))  # noqa: E731
         item_rows = lambda ids: self.item_fuse(bi[ids].flatten(1))  # noqa: E731
-        main = unit_info_nce(user_rows(batch.users), item_rows(batch.pos), float(self.config["temp"]))
-        items, counts = torch.unique(batch.pos, return_counts=True)
+        users, u_index = torch.unique(batch.users, return_inverse=True)
+        items, i_index, counts = torch.unique(batch.pos, return_inverse=True, return_counts=True)
+        main = paired_info_nce(user_rows(users), item_rows(items), u_index, i_index, float(self.config["temp"]))
         pos = unique_rows(bi, items)
         fac = self.fac(pos[:, 0], {m: pos[:, j + 1] for j, m in enumerate(self.mods)}, float(self.config["ssl_temp"]),
                        counts)
