@@ -265,84 +265,25 @@ def unit_info_nce(anchor: Tensor, positive: Tensor, temperature: float = 0.2,
     return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
-#: rows of logits per block in :class:`_InfoNCE` (a ``[128, n]`` float32 block stays in cache)
-_NCE_BLOCK = 128
-
-
-class _InfoNCE(torch.autograd.Function):
-    """``sum_k w_k (log sum_l c_l exp(a_k . b_l / tau) - a_k . b_k / tau)`` for rows ``a, b [n, d]``,
-    column multiplicities ``c [n]`` and row weights ``w [n]``.
-
-    With ``E = exp(logits - rowmax)`` and ``s = E c``, ``dL/dlogits_kl = w_k (c_l E_kl / s_k - 1[k = l])``
-    (times the incoming scalar gradient ``g``), so ``da = g (q (.) E (c (.) b) - w (.) b) / tau`` and
-    ``db = g (c (.) E^T (q (.) a) - w (.) a) / tau`` with ``q = w / s``: everything but the factor ``g`` is
-    known in the forward. The forward therefore runs by blocks of rows -- logits, row maximum, ``exp``,
-    row sums and the two gradient products while the block is in cache -- and never materialises the
-    ``[n, n]`` matrix; the backward only scales. The same products (``O(n^2 d)``) as the plain autograd
-    form, without its ``[n, n]`` buffers."""
-
-    @staticmethod
-    def forward(ctx, a, b, c, w, tau):  # type: ignore[override]
-        need_a, need_b = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        scaled = a * (1.0 / tau)
-        pos = (scaled * b).sum(-1)
-        n, d = a.shape
-        bt = b.t()
-        # right-hand side of the row sums (and of da): [c (.) b | c]
-        rhs = torch.cat([b * c.unsqueeze(1), c.unsqueeze(1)], 1) if need_a else c
-        lse = a.new_empty(n)
-        da = a.new_empty(n, d) if need_a else None
-        db = a.new_zeros(b.shape[0], d) if need_b else None
-        buf = a.new_empty(min(_NCE_BLOCK, n), b.shape[0])
-        for lo in range(0, n, _NCE_BLOCK):
-            hi = min(lo + _NCE_BLOCK, n)
-            blk = buf[: hi - lo]
-            torch.mm(scaled[lo:hi], bt, out=blk)
-            top = blk.amax(1)
-            blk.sub_(top.unsqueeze(1)).exp_()
-            if need_a:
-                prod = blk @ rhs
-                total = prod[:, d]
-            else:
-                total = blk @ c
-            lse[lo:hi] = total.log() + top
-            q = (w[lo:hi] / total).unsqueeze(1)
-            if need_a:
-                da[lo:hi] = q * prod[:, :d]
-            if need_b:
-                db.addmm_(blk.t(), q * a[lo:hi])
-        ctx.save_for_backward(a, b, c, w, da, db)
-        ctx.tau = tau
-        return (w * (lse - pos)).sum()
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        a, b, c, w, da, db = ctx.saved_tensors
-        gw = w.unsqueeze(1)
-        ga = gb = None
-        if ctx.needs_input_grad[0]:
-            ga = (da - gw * b) * (grad / ctx.tau)
-        if ctx.needs_input_grad[1]:
-            gb = (c.unsqueeze(1) * db - gw * a) * (grad / ctx.tau)
-        return ga, gb, None, None, None
-
-
 class _WeightedLogSumExp(torch.autograd.Function):
     """``sum_b w_b log sum_j c_j exp(a_b . x_j)`` for ``a [B, d]``, ``x [N, d]``, constant row weights ``w [B]``
     and column weights ``c [N]`` (or ``None``: 1).
 
     The gradients are known up to the incoming scalar once the forward has the softmax rows ``P_b``:
     ``da_b = w_b P_b x`` and ``dx = P^T (w (.) a)``. So the forward runs by blocks of rows -- scores, row
-    maximum, ``exp``, row sums and both gradient products while the block is in cache -- and never holds
-    the ``[B, N]`` matrix (whose memory traffic, not the arithmetic, dominates when ``d`` is small); the
-    backward only scales."""
+    maximum, ``exp``, row sums and both gradient products while the block is in cache (a ``[128, N]`` float32
+    block) -- and never holds the ``[B, N]`` matrix (whose memory traffic, not the arithmetic, dominates when
+    ``d`` is small); the backward only scales."""
 
     @staticmethod
     def forward(ctx, a, x, w, c, block):  # type: ignore[override]
         need_a, need_x = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        n = a.shape[0]
+        n, d = a.shape
+        cw = x.new_ones(x.shape[0]) if c is None else c
+        # right-hand side of the row sums and of da in one product: [c (.) x | c]
+        rhs = torch.cat([x * cw.unsqueeze(1), cw.unsqueeze(1)], 1) if need_a else cw
         lse = a.new_empty(n)
-        da = a.new_empty(a.shape) if need_a else None
+        da = a.new_empty(n, d) if need_a else None
         dx = torch.zeros_like(x) if need_x else None
         xt = x.t()
         buf = a.new_empty(min(block, n), x.shape[0])
@@ -352,15 +293,19 @@ class _WeightedLogSumExp(torch.autograd.Function):
             torch.mm(a[lo:hi], xt, out=blk)
             top = blk.amax(1)
             blk.sub_(top.unsqueeze(1)).exp_()
-            if c is not None:
-                blk.mul_(c)
-            total = blk.sum(1)
+            if need_a:
+                prod = blk @ rhs
+                total = prod[:, d]
+            else:
+                total = blk @ cw
             lse[lo:hi] = total.log() + top
             q = (w[lo:hi] / total).unsqueeze(1)
             if need_a:
-                da[lo:hi] = q * (blk @ x)
+                da[lo:hi] = q * prod[:, :d]
             if need_x:
                 dx.addmm_(blk.t(), q * a[lo:hi])
+        if need_x and c is not None:
+            dx.mul_(c.unsqueeze(1))
         ctx.save_for_backward(da, dx)
         return (w * lse).sum()
 
@@ -371,7 +316,7 @@ class _WeightedLogSumExp(torch.autograd.Function):
 
 
 def weighted_logsumexp(a: Tensor, x: Tensor, weights: Optional[Tensor] = None,
-                       col_weights: Optional[Tensor] = None, block: int = 64) -> Tensor:
+                       col_weights: Optional[Tensor] = None, block: int = 128) -> Tensor:
     """``sum_b w_b log sum_j c_j exp(a_b . x_j)`` (scalar) for ``a [B, d]`` against every row of ``x [N, d]``, with
     row weights ``w [B]`` and column weights (multiplicities) ``c [N]`` (default 1; constants, no gradient), by
     blocks of ``block`` rows (:class:`_WeightedLogSumExp`): the same value and gradients as
@@ -405,17 +350,17 @@ def info_nce_counts(anchor: Tensor, positive: Tensor, tau: float, counts: Option
     tau)_k``). With them it equals ``info_nce`` of the expanded ``[sum(counts), d]`` batch exactly (a
     repeated item is a negative of itself as often as it repeats, as in the released code), in
     ``O(n^2 d)`` instead of ``O(B^2 d)``: ``sum_j c_j (-s_jj + log sum_l c_l exp(s_jl)) / sum_j c_j``.
-    Computed by :class:`_InfoNCE` (by blocks of rows, no ``[n, n]`` buffer). ``normalized``: the rows
+    Computed by :func:`weighted_logsumexp` (by blocks of rows, no ``[n, n]`` buffer). ``normalized``: the rows
     are already L2-normalised.
     """
     a, b = (anchor, positive) if normalized else (F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1))
     n = a.shape[0]
     if counts is None:
-        c, w = a.new_ones(n), a.new_full((n,), 1.0 / n)
+        c, w = None, a.new_full((n,), 1.0 / n)
     else:
         c = counts.to(a.dtype)
         w = c / c.sum()
-    return _InfoNCE.apply(a, b, c, w, float(tau))
+    return weighted_logsumexp(a / tau, b, w, col_weights=c) - (w * (a * b).sum(-1)).sum() / tau
 
 
 def batch_info_nce(anchor: Tensor, positive: Tensor, ids: Tensor, tau: float) -> Tensor:
