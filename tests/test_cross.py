@@ -183,7 +183,7 @@ def test_ilda_and_dt_match_per_item_loops(synth):
     s = item_strengths(u, torch.stack(emb), inv, counts)
     d = direction_sets(s, "dynamic")
     mods = plugin.modalities
-    tau = float(plugin.lambda_f.value)
+    tau = float(plugin.lambda_f.value.detach())
     n, n_dirs = len(items), len(mods) * (len(mods) - 1)
     ilda, dt = 0.0, 0.0
     for a in range(len(mods)):
@@ -256,7 +256,7 @@ def test_cla_matches_row_gather_reference(synth):
     got = plugin.loss(batch, out)["cla"]
     items, inv, _ = batch_items(batch.pos)
     emb = plugin.modality_embeddings(out, items)
-    tau = float(plugin.lambda_c.value)
+    tau = float(plugin.lambda_c.value.detach())
     c_itv, c_ui = F.normalize(plugin.codebook_itv, dim=-1), F.normalize(plugin.codebook_ui, dim=-1)
 
     def l(q, z):
