@@ -222,49 +222,6 @@ class _PairLogMeanExp(torch.autograd.Function):
         return gx, gsim, ghn, None, None, None, None, None
 
 
-class _LogSumExpDot(torch.autograd.Function):
-    """``log sum_j exp(a_b . x_j)`` per row of ``a [B, d]`` against ``x [N, d]`` for BOUNDED scores (no max
-    shift): one ``[B, N]`` buffer, exponentiated in place and reused by the backward (``softmax = e / s``)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
-        e = torch.mm(a, x.t()).exp_()
-        s = e.sum(1)
-        ctx.save_for_backward(a, x, e, s)
-        return s.log()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        a, x, e, s = ctx.saved_tensors
-        w = e * (grad / s).unsqueeze(1)
-        return w @ x, w.t() @ a
-
-
-#: largest |score| the unshifted log-sum-exp takes (exp(50) is far from float32's overflow at ~exp(88))
-_LSE_BOUND = 50.0
-
-
-def unit_logsumexp(a: Tensor, x: Tensor, temperature: float) -> Tensor:
-    """``log sum_j exp(a_b . x_j / temperature)`` ``[B]`` for UNIT rows ``a [B, d]``, ``x [N, d]``: fused
-    (:class:`_LogSumExpDot`, about 2x faster than ``logsumexp(a @ x.T / t)``) when ``1 / t <= 50``."""
-    if 1.0 / float(temperature) <= _LSE_BOUND:
-        return _LogSumExpDot.apply(a / temperature, x)
-    return torch.logsumexp(a @ x.t() / temperature, dim=1)
-
-
-def unit_info_nce(anchor: Tensor, positive: Tensor, temperature: float = 0.2,
-                  all_rows: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
-    """:func:`info_nce` (L2-normalised) computed through :func:`unit_logsumexp`: row ``b`` of ``anchor [B, d]``
-    must pick ``positive[b]`` among the rows of ``all_rows`` (default ``positive``, in-batch);
-    ``reduction`` ``mean`` or ``sum`` over the rows, or ``none`` (``[B]``)."""
-    a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
-    x = p if all_rows is None else F.normalize(all_rows, dim=-1)
-    per_row = unit_logsumexp(a, x, temperature) - (a * p).sum(-1) / temperature
-    if reduction == "none":
-        return per_row
-    return per_row.sum() if reduction == "sum" else per_row.mean()
-
-
 class _WeightedLogSumExp(torch.autograd.Function):
     """``sum_b w_b log sum_j c_j exp(a_b . x_j)`` for ``a [B, d]``, ``x [N, d]``, constant row weights ``w [B]``
     and column weights ``c [N]`` (or ``None``: 1).
@@ -324,6 +281,20 @@ def weighted_logsumexp(a: Tensor, x: Tensor, weights: Optional[Tensor] = None,
     w = a.new_ones(a.shape[0]) if weights is None else weights.detach().to(a.dtype)
     c = None if col_weights is None else col_weights.detach().to(a.dtype)
     return _WeightedLogSumExp.apply(a, x, w, c, int(block))
+
+
+def unit_info_nce(anchor: Tensor, positive: Tensor, temperature: float = 0.2,
+                  all_rows: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """:func:`info_nce` (L2-normalised): row ``b`` of ``anchor [B, d]`` must pick ``positive[b]`` among the rows
+    of ``all_rows`` (default ``positive``, in-batch); ``reduction`` ``mean`` or ``sum`` over the rows (through
+    :func:`weighted_logsumexp`, by blocks of rows), or ``none`` (``[B]``)."""
+    a, p = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    x = p if all_rows is None else F.normalize(all_rows, dim=-1)
+    positive_term = (a * p).sum(-1) / temperature
+    if reduction == "none":
+        return torch.logsumexp(a @ x.t() / temperature, dim=1) - positive_term
+    total = weighted_logsumexp(a / temperature, x) - positive_term.sum()
+    return total if reduction == "sum" else total / a.shape[0]
 
 
 def paired_info_nce(anchor: Tensor, positive: Tensor, anchor_index: Tensor, positive_index: Tensor,

@@ -86,7 +86,7 @@ def test_brmrs_attaches_where_there_are_modality_channels(synth, method):
     assert sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None) > 0
 
 
-@pytest.mark.parametrize("temperature", [0.2, 0.01])   # the fused bounded path, and the logsumexp fallback
+@pytest.mark.parametrize("temperature", [0.2, 0.01])
 def test_unit_info_nce_equals_info_nce_values_and_gradients(temperature):
     from mmgraph.losses import info_nce, unit_info_nce
     g = torch.Generator().manual_seed(0)
