@@ -241,7 +241,7 @@ def test_dt_sign(synth):
         out = model.loss(batch)
         out = type(out)(out.loss, out.terms, out.user_emb.detach(), out.item_emb.detach())
         dt = plugin.loss(batch, out)["dt"]
-        values.append(float(dt))
+        values.append(float(dt.detach()))
         opt.zero_grad()
         dt.backward()
         opt.step()
