@@ -42,6 +42,7 @@ SESSION = "session"
 SESSION_GRAPH = "cocount_items"
 N_PSEUDO = 10
 TEMPERATURE = 0.2
+ND_EPS = 1e-9
 KL_EPS = 1e-7
 
 
@@ -73,27 +74,6 @@ def pseudo_labels(probs: Tensor, own: int, n: int = N_PSEUDO, total: Optional[Te
     return mm_pos, rest.topk(n, dim=1).indices
 
 
-class _ExpRowSum(torch.autograd.Function):
-    """``exp(x * scale).sum(-1)``: one ``exp`` buffer forward (kept for the backward), one product backward."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
-        e = torch.mul(x, scale).exp_()
-        ctx.save_for_backward(e)
-        ctx.scale = scale
-        return e.sum(-1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (e,) = ctx.saved_tensors
-        return e * (grad * ctx.scale).unsqueeze(-1), None
-
-
-def exp_row_sum(x: Tensor, scale: float) -> Tensor:
-    """``exp(x * scale).sum(-1)`` for ``x [..., n]`` -> ``[...]`` (the same values and gradient as the plain form)."""
-    return _ExpRowSum.apply(x, float(scale))
-
-
 def neighbour_discrimination(emb: Tensor, all_emb: Tensor, cos: Tensor, mm_pos: Tensor, single_pos: Tensor,
                              temperature: float = TEMPERATURE, total: Optional[Tensor] = None) -> Tensor:
     """DA-MRS's two-level InfoNCE of the unit rows ``emb [B, d]`` against their pseudo-positives ``mm_pos`` /
@@ -102,44 +82,66 @@ def neighbour_discrimination(emb: Tensor, all_emb: Tensor, cos: Tensor, mm_pos: 
     inv_t = 1.0 / temperature
     mm = ((emb.unsqueeze(1) * all_emb[mm_pos]).sum(-1) * inv_t).exp().sum(1)
     single = ((emb.unsqueeze(1) * all_emb[single_pos]).sum(-1) * inv_t).exp().sum(1)
-    total = exp_row_sum(cos, inv_t) if total is None else total
-    return (-torch.log(mm / total + 1e-9) - torch.log(single / (total - mm) + 1e-9)).mean()
+    total = (cos * inv_t).exp().sum(1) if total is None else total
+    return (-torch.log(mm / total + ND_EPS) - torch.log(single / (total - mm) + ND_EPS)).mean()
 
 
-#: rows of the batch's items per block of :func:`discrimination_loss` (a few ``[V, 128, I]`` buffers: ~10 MB each
-#: on TikTok, instead of ~280 MB ones for the whole batch)
+#: rows of the batch's items per block of :func:`discrimination_loss` (three ``[V, 128, I]`` buffers, ~10 MB each
+#: on TikTok, reused by every block)
 ND_BLOCK = 128
 
 
+def _discrimination_block(rows: Tensor, all_t: Tensor, n_pseudo: int, inv_t: float, weight: float,
+                          buffers: Tuple[Tensor, Tensor, Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+    """``(loss, dL/dcos [V, b, I])`` of one block ``rows [V, b, d]`` against ``all_t [V, d, I]`` (the unit rows
+    of all items, transposed), each row's loss scaled by ``weight``. The returned gradient lives in a buffer."""
+    n_views, b, n_items = rows.shape[0], rows.shape[1], all_t.shape[2]
+    cos, exps, rank = (buf[: n_views * b * n_items].view(n_views, b, n_items) for buf in buffers[:3])
+    total = buffers[3][: b * n_items].view(b, n_items)
+    torch.bmm(rows, all_t, out=cos)
+    torch.mul(cos, inv_t, out=exps).exp_()                      # exp(c / T), the InfoNCE's terms
+    probs = cos.exp_()                                          # softmax over the items (|c| <= 1: no max shift)
+    probs.div_(probs.sum(-1, keepdim=True))
+    torch.add(probs, torch.sum(probs, 0, out=total), out=rank)  # sum_{v != a} P_v + 2 P_a
+    mm_pos = rank.topk(n_pseudo, dim=-1).indices                # [V, b, n]
+    single_pos = probs.scatter_(-1, mm_pos, 0.0).topk(n_pseudo, dim=-1).indices
+    e_mm, e_single = exps.gather(-1, mm_pos), exps.gather(-1, single_pos)
+    mm, single, tot = e_mm.sum(-1), e_single.sum(-1), exps.sum(-1)          # [V, b]
+    rest = tot - mm
+    r1, r2 = mm / tot, single / rest
+    loss = (-(r1 + ND_EPS).log() - (r2 + ND_EPS).log()).sum() * weight
+    # d loss / d exp_j = g_tot + [j in mm_pos] g_mm + [j in single_pos] g_single; d exp_j / d c_j = exp_j / T
+    g_single = -1.0 / ((r2 + ND_EPS) * rest)
+    g_tot = r1 / ((r1 + ND_EPS) * tot) - r2 * g_single
+    g_mm = -1.0 / ((r1 + ND_EPS) * tot) + r2 * g_single
+    scale = weight * inv_t
+    grad = exps.mul_((g_tot * scale).unsqueeze(-1))
+    grad.scatter_add_(-1, mm_pos, e_mm * (g_mm * scale).unsqueeze(-1))
+    grad.scatter_add_(-1, single_pos, e_single * (g_single * scale).unsqueeze(-1))
+    return loss, grad
+
+
 class _Discrimination(torch.autograd.Function):
-    """The neighbour-discrimination loss of all views, by blocks of rows; each block's gradient is taken in the
-    forward (autograd on the block), so no ``[V, n, I]`` buffer outlives its block; backward scales them."""
+    """The neighbour-discrimination loss of all views, by blocks of rows, with its gradient taken analytically
+    in the forward (the pseudo-positives are constants): no ``[V, n, I]`` buffer, and the block buffers are
+    reused (a fresh ``[V, b, I]`` per op is zero-filled page by page by the kernel: that, not the arithmetic, was
+    most of the cost); backward scales the saved gradients."""
 
     @staticmethod
     def forward(ctx, nb: Tensor, nv: Tensor, n_pseudo: int, temperature: float, block: int) -> Tensor:  # type: ignore[override]
-        n_views, n = nb.shape[0], nb.shape[1]
+        n_views, n, n_items = nb.shape[0], nb.shape[1], nv.shape[1]
+        inv_t, weight = 1.0 / temperature, 1.0 / (n * n_views)
+        all_t = nv.transpose(1, 2).contiguous()
+        b = min(block, n)
+        buffers = tuple(nb.new_empty(n_views * b * n_items) for _ in range(3)) + (nb.new_empty(b * n_items),)
         loss = nb.new_zeros(())
-        grad_nb, grad_nv = torch.zeros_like(nb), torch.zeros_like(nv)
-        with torch.enable_grad():
-            all_rows = nv.detach().requires_grad_()
-            for lo in range(0, n, block):
-                rows = nb[:, lo:lo + block].detach().requires_grad_()
-                cos = torch.bmm(rows, all_rows.transpose(1, 2))                 # [V, b, I]
-                with torch.no_grad():
-                    # softmax over the items; cosines lie in [-1, 1], so exp needs no max shift
-                    probs = cos.detach().exp()
-                    probs.div_(probs.sum(-1, keepdim=True))
-                    total = probs.sum(0)
-                    scratch = torch.empty_like(total)
-                    labels = [pseudo_labels(probs, a, n_pseudo, total, scratch) for a in range(n_views)]
-                    del probs, total, scratch
-                sums = exp_row_sum(cos, 1.0 / temperature)                      # [V, b]
-                part = sum(neighbour_discrimination(rows[a], all_rows[a], cos[a], *labels[a], temperature, sums[a])
-                           for a in range(n_views)) * (rows.shape[1] / (n * n_views))
-                g_rows, g_all = torch.autograd.grad(part, (rows, all_rows))
-                grad_nb[:, lo:lo + block] = g_rows
-                grad_nv += g_all
-                loss += part.detach()
+        grad_nb, grad_nv = torch.empty_like(nb), torch.zeros_like(nv)
+        for lo in range(0, n, block):
+            rows = nb[:, lo:lo + block]
+            part, grad_cos = _discrimination_block(rows, all_t, n_pseudo, inv_t, weight, buffers)
+            grad_nb[:, lo:lo + block] = torch.bmm(grad_cos, nv)
+            grad_nv.baddbmm_(grad_cos.transpose(1, 2), rows)
+            loss += part
         ctx.save_for_backward(grad_nb, grad_nv)
         return loss
 
