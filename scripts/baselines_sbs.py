@@ -330,14 +330,23 @@ def is_finished(records: Iterable[Dict[str, Any]], method: str, data: Path, epoc
                and r.get("epochs_max") == epochs and r.get("settings") == settings for r in records)
 
 
+def capped(r: Dict[str, Any]) -> bool:
+    """Whether a record's runs were capped below early stopping (a speed measurement, not a converged one)."""
+    return r.get("epochs_max") not in (None, FULL_EPOCHS)
+
+
 def latest(records: Iterable[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """Per method: its last finished record, else its last failed one."""
+    """Per method: its last finished record run to early stopping, else its last finished capped one, else
+    its last failed one."""
+    def rank(r: Dict[str, Any]) -> int:
+        return 0 if r.get("status") != "ok" else 1 if capped(r) else 2
+
     best: Dict[str, Dict[str, Any]] = {}
     for r in records:
         m = r.get("method")
         if m is None:
             continue
-        if r.get("status") == "ok" or best.get(m, {}).get("status") != "ok":
+        if m not in best or rank(r) >= rank(best[m]):
             best[m] = r
     return best
 
@@ -357,13 +366,14 @@ def table_row(r: Dict[str, Any]) -> str:
         first = (r.get("error") or "failed").strip().splitlines()[-1][:120]
         return f"| {r['method']} | {settings} | failed: {_cell(first)} | | | | | |"
     p, m = r["peer"], r["mmgraph"]
+    name = f"{r['method']} (capped)" if capped(r) else r["method"]
     pr, mr = p.get("recall@20"), m.get("recall@20")
     if pr is None or mr is None:
         delta = "–"
     else:
         rel = f" ({100 * (mr - pr) / pr:+.1f}%)" if pr else ""
         delta = f"{mr - pr:+.4f}{rel}"
-    return (f"| {r['method']} | {settings} | {_f(pr)} / {_f(p.get('ndcg@20'))} | {_f(mr)} / {_f(m.get('ndcg@20'))} "
+    return (f"| {name} | {settings} | {_f(pr)} / {_f(p.get('ndcg@20'))} | {_f(mr)} / {_f(m.get('ndcg@20'))} "
             f"| {delta} | {_f(p.get('s_per_epoch'), 3)} ({p.get('epochs')} ep) "
             f"| {_f(m.get('s_per_epoch'), 3)} ({m.get('epochs')} ep) | x{r['speedup']:.2f} |")
 
@@ -405,11 +415,15 @@ def render_doc(records: Sequence[Dict[str, Any]], notes: Optional[Dict[str, str]
     machines = list(dict.fromkeys(r.get("machine", "") for r in shown if r.get("machine")))
     dates = sorted(r["date"] for r in shown if r.get("date"))
     data = list(dict.fromkeys(Path(r["data"]).name for r in shown if r.get("data")))
-    epochs = sorted({r.get("epochs_max") for r in shown if r.get("epochs_max") is not None})
-    if epochs == [FULL_EPOCHS]:
-        stop = "both sides train to early stopping (up to 1000 epochs; MMRec's rule: 20 validations without gain)"
+    caps = sorted({r["epochs_max"] for r in shown if capped(r)})
+    full = "both sides train to early stopping (up to 1000 epochs; MMRec's rule: 20 validations without gain)"
+    cap_text = f"capped at {', '.join(map(str, caps))} epochs (a speed measurement, not a converged comparison)"
+    if not caps:
+        stop = full
+    elif all(capped(r) for r in shown if r.get("epochs_max") is not None):
+        stop = f"both sides {cap_text}"
     else:
-        stop = f"both sides capped at {', '.join(map(str, epochs))} epochs (not a converged comparison)"
+        stop = f"{full}, except the rows marked (capped): both sides {cap_text}"
     when = "" if not dates else f"; run {dates[0]}" if dates[0] == dates[-1] else f"; runs {dates[0]} to {dates[-1]}"
     cmd = " ; ".join(f"`{d}`" for d in drivers) or "`python scripts/baselines_sbs.py`"
     lines = [

@@ -80,6 +80,14 @@ def test_render_table_and_doc(bsbs):
                  "comparable only within a row", "tiktok"):
         assert text in doc
     assert "capped at 2 epochs" in bsbs.render_doc([_record("vbpr", epochs_max=2)])
+    # a capped (speed-only) row is marked; a run to early stopping wins over it, whatever the order
+    mixed = [_record("lightgcn"), _record("damrs", epochs_max=3)]
+    doc = bsbs.render_doc(mixed)
+    assert "| damrs (capped) |" in doc and "| lightgcn |" in doc
+    assert "early stopping" in doc and "except the rows marked (capped)" in doc and "capped at 3 epochs" in doc
+    for order in (mixed + [_record("damrs")], [_record("damrs")] + mixed):
+        assert bsbs.latest(order)["damrs"]["epochs_max"] == 1000
+    assert bsbs.latest([_record("damrs", epochs_max=3), {"method": "damrs", "status": "error"}])["damrs"]["status"] == "ok"
 
 
 def test_findings_are_printed_for_the_methods_in_the_table(bsbs, tmp_path):
