@@ -5,7 +5,7 @@ For each method: our model is built on tiny synthetic data (seeded, every parame
 parameters are written under MMRec's names; then MMRec's class (``../shared/peers/mmrec/src``, run in
 the peers' Python, e.g. ``/tmp/peers-venv``) is built on the same interactions and feature files,
 loaded with those parameters, and both give the scores of every (user, item) pair (evaluation mode)
-and the loss of one batch. Stochastic parts are switched off on both sides (LGMRec's Gumbel noise and
+and the loss of one batch with its gradients. Stochastic parts are switched off on both sides (LGMRec's Gumbel noise and
 hyperedge dropout, SMORE's dropout at its default 0). Prints one line per method::
 
     python scripts/mmrec_crosscheck.py --methods lattice,lgmrec,mgcn,smore,slmrec \
@@ -34,11 +34,12 @@ from mmgraph.data import make_synthetic  # noqa: E402
 from mmgraph.models.base import Batch  # noqa: E402
 from mmgraph.train import build_model  # noqa: E402
 
-MMREC_NAMES = {"lattice": "LATTICE", "lgmrec": "LGMRec", "mgcn": "MGCN", "smore": "SMORE", "slmrec": "SLMRec"}
+MMREC_NAMES = {"lattice": "LATTICE", "lgmrec": "LGMRec", "mgcn": "MGCN", "smore": "SMORE", "slmrec": "SLMRec",
+               "mmgcn": "MMGCN"}
 #: settings of the check (both sides), beyond the defaults
 EXTRA = {"lgmrec": {"keep_rate": 1.0, "cl_weight": 0.1, "reg_weight": 1e-3},
          "mgcn": {"cl_loss": 0.1, "reg_weight": 1e-3}, "smore": {"cl_loss": 0.1, "reg_weight": 1e-3},
-         "lattice": {"reg_weight": 1e-3}, "slmrec": {"ssl_alpha": 0.5}}
+         "lattice": {"reg_weight": 1e-3}, "slmrec": {"ssl_alpha": 0.5}, "mmgcn": {"reg_weight": 1e-3}}
 
 
 def no_gumbel_noise(x, tau, hard=False, dim=1):
@@ -77,6 +78,19 @@ def mmrec_names(method: str) -> dict:
                    "fac.steps.2.weight": "g_iva_ivat.weight", "fac.steps.2.bias": "g_iva_ivat.bias",
                    "fac.targets.text.weight": "g_t_ivat.weight", "fac.targets.text.bias": "g_t_ivat.bias"},
     }
+    if method == "mmgcn":
+        # MMRec keeps the ID embeddings and the preferences as plain tensors (set as attributes, not loaded)
+        m = {"id_emb": "id_embedding"}
+        for mod, g in (("image", "v_gcn"), ("text", "t_gcn")):
+            m[f"gcn.{mod}.preference"] = f"{g}.preference"
+            if mod == "image":
+                m[f"gcn.{mod}.mlp.weight"], m[f"gcn.{mod}.mlp.bias"] = f"{g}.MLP.weight", f"{g}.MLP.bias"
+            for l in range(3):
+                m[f"gcn.{mod}.conv_weight.{l}"] = f"{g}.conv_embed_{l + 1}.weight"
+                for k in ("weight", "bias"):
+                    m[f"gcn.{mod}.linear.{l}.{k}"] = f"{g}.linear_layer{l + 1}.{k}"
+                    m[f"gcn.{mod}.combine.{l}.{k}"] = f"{g}.g_layer{l + 1}.{k}"
+        names["mmgcn"] = m
     if method == "smore":
         m = dict(names["mgcn"]); del m["query_common.0.weight"], m["query_common.0.bias"], m["query_common.2.weight"]
         for ours, theirs in (("fusion", "gate_f"),):
@@ -116,7 +130,14 @@ def ours(method: str, folder: Path) -> dict:
     np.save(folder / "batch.npy", np.stack([rows[:, 0], rows[:, 1], neg]))
     model.train()
     model.on_epoch_start(0)
-    loss = float(model.loss(Batch(*[torch.from_numpy(x) for x in (rows[:, 0], rows[:, 1], neg)])).loss.detach())
+    loss_t = model.loss(Batch(*[torch.from_numpy(x) for x in (rows[:, 0], rows[:, 1], neg)])).loss
+    loss = float(loss_t.detach())
+    # the batch loss's gradients under MMRec's names (only the tensors that train on our side)
+    named = dict(model.named_parameters())
+    trained = [k for k in names if k in named]
+    grads = torch.autograd.grad(loss_t, [named[k] for k in trained], allow_unused=True)
+    np.savez(folder / "grads.npz", **{names[k]: (torch.zeros_like(named[k]) if g is None else g).numpy()
+                                      for k, g in zip(trained, grads)})
     info = {"loss": loss, "n_users": ds.n_users, "n_items": ds.n_items, "cfg": EXTRA[method],
             "unmapped": [k for k in sd if k not in names]}
     json.dump(info, open(folder / "ours.json", "w"))
@@ -152,6 +173,7 @@ defaults = {
     "MGCN": {"embedding_size": 64, "n_ui_layers": 2, "n_layers": 1, "knn_k": 10, "reg_weight": 1e-4, "cl_loss": 1e-3},
     "SMORE": {"embedding_size": 64, "n_ui_layers": 3, "n_layers": 1, "reg_weight": 1e-5, "cl_loss": 0.01,
               "image_knn_k": 10, "text_knn_k": 10, "dropout_rate": 0.0},
+    "MMGCN": {"embedding_size": 64, "n_layers": 3, "reg_weight": 0.0},
     "SLMRec": {"recdim": 64, "layer_num": 3, "ssl_task": "FAC", "ssl_alpha": 0.01, "ssl_temp": 0.1,
                "mm_fusion_mode": "concat", "temp": 0.2, "init": "xavier", "adj_type": "pre"},
 }[model_name]
@@ -169,7 +191,14 @@ params = dict(np.load(folder / "params.npz"))
 sd = model.state_dict()
 for k, v in params.items():
     t = torch.from_numpy(v)
-    sd[k] = t.view(sd[k].shape)
+    if k in sd:
+        sd[k] = t.view(sd[k].shape)
+    else:   # a plain tensor attribute (MMGCN's id_embedding / preference)
+        *path, leaf = k.split(".")
+        owner = model
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, leaf, t.clone().requires_grad_())
 model.load_state_dict(sd)
 untouched = [k for k in dict(model.named_parameters()) if k not in params]
 model.eval()
@@ -177,6 +206,8 @@ users = torch.arange(n_u)
 with torch.no_grad():
     if model_name == "SLMRec":
         u, i = model.compute(); scores = u @ i.t()
+    elif model_name == "MMGCN":
+        model.forward(); scores = model.full_sort_predict([users])
     else:
         scores = model.full_sort_predict([users])
 ours = torch.from_numpy(np.load(folder / "scores.npy"))
@@ -184,9 +215,26 @@ b = torch.from_numpy(np.load(folder / "batch.npy"))
 model.train()
 if model_name == "LATTICE":
     model.pre_epoch_processing()
-loss = float(model.calculate_loss([b[0], b[1], b[2]]))
+loss_t = model.calculate_loss([b[0], b[1], b[2]])
+loss = float(loss_t)
+# gradients of the batch loss w.r.t. the tensors our side trains, by MMRec's names (plain tensor attributes
+# included: MMRec computes their gradients even where its optimiser never applies them)
+our_grads = dict(np.load(folder / "grads.npz"))
+tensors = {}
+for k in our_grads:
+    owner = model
+    for part in k.split("."):
+        owner = getattr(owner, part)
+    tensors[k] = owner
+theirs_g = torch.autograd.grad(loss_t, list(tensors.values()), allow_unused=True)
+gdiff, gscale = 0.0, 0.0
+for (k, t), g in zip(tensors.items(), theirs_g):
+    g = torch.zeros_like(t) if g is None else g
+    mine = torch.from_numpy(our_grads[k]).view(g.shape)
+    gdiff, gscale = max(gdiff, float((g - mine).abs().max())), max(gscale, float(mine.abs().max()))
 print(model_name, "max |score diff|", float((scores - ours).abs().max()), "score scale", float(ours.abs().max()),
-      "| loss theirs", loss, "ours", info["loss"], "| MMRec params not set:", untouched)
+      "| loss theirs", loss, "ours", info["loss"], "| max |grad diff|", gdiff, "grad scale", gscale,
+      "| MMRec params not set:", untouched)
 '''
 
 
