@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmgraph.data import make_synthetic
 from mmgraph.graph.denoised import denoised_knn_graphs, mean_cosine
 from mmgraph.models.damrs import (KL_EPS, SESSION, bernoulli_kl, discrimination_loss, feedback_weights,
-                                  neighbour_discrimination, pseudo_labels, symmetric_bernoulli_kl)
+                                  symmetric_bernoulli_kl)
 from mmgraph.train import build_model
 from tests.helpers import assert_same_gradients, random_batch as _batch
 from tests.test_baselines_dualgnn import brute_cocount_topk
@@ -81,28 +81,41 @@ def test_behaviour_graph_and_views_match_brute_force(tiny):
     torch.testing.assert_close(items, li + sum(views) / 3, atol=1e-5, rtol=1e-5)
 
 
-def test_pseudo_labels_and_discrimination_match_mmrec():
+def _plain_nd(nb, nv, n_pseudo=10, temperature=0.2):
+    """MMRec's neighbour discrimination over whole matrices: per view a softmax over all items, the pseudo-labels,
+    the two-level InfoNCE, averaged over the views."""
+    cos = [nb[v] @ nv[v].t() for v in range(nv.shape[0])]
+    probs = torch.softmax(torch.stack([c.detach() for c in cos]), dim=-1)
+    nd = 0
+    for a in range(len(cos)):
+        mm = torch.topk(probs.sum(0) + probs[a], n_pseudo, dim=-1).indices
+        single = torch.topk(probs[a].clone().scatter_(1, mm, 0), n_pseudo, dim=-1).indices
+        ex = lambda idx: ((nb[a].unsqueeze(1) * nv[a][idx]).sum(-1) / temperature).exp().sum(1)  # noqa: E731
+        tot = (cos[a] / temperature).exp().sum(1)
+        nd = nd + (-torch.log(ex(mm) / tot + 1e-9) - torch.log(ex(single) / (tot - ex(mm)) + 1e-9)).mean()
+    return nd / len(cos)
+
+
+def test_discrimination_matches_mmrec_row_by_row():
+    """Pseudo-labels and loss as MMRec writes them, one row and one view at a time (scalar sums)."""
     torch.manual_seed(0)
-    probs = torch.softmax(torch.randn(3, 5, 40), -1)
+    nv = F.normalize(torch.randn(3, 40, 8, dtype=torch.float64), dim=-1)
+    iid = torch.tensor([1, 4, 9, 17, 33])
+    nb = nv[:, iid]
+    probs = torch.softmax(torch.bmm(nb, nv.transpose(1, 2)), -1)
+    losses = []
     for own in range(3):
         others = [probs[v] for v in range(3) if v != own]
-        positive = others[0] + others[1] + probs[own] + probs[own]
-        mm = torch.topk(positive, 10, dim=-1).indices
-        p = probs[own].clone()
-        p.scatter_(1, mm, 0)
-        single = torch.topk(p, 10, dim=-1).indices
-        for got in (pseudo_labels(probs, own), pseudo_labels(probs, own, total=probs.sum(0))):
-            assert torch.equal(got[0], mm) and torch.equal(got[1], single)
-    emb, all_emb = torch.randn(5, 8), torch.randn(40, 8)
-    e, a = F.normalize(emb), F.normalize(all_emb)
-    losses = []
-    for b in range(5):
-        ex = lambda j: torch.exp(e[b] @ a[j] / 0.2)   # noqa: E731
-        pos1 = sum(ex(j) for j in mm[b])
-        pos2 = sum(ex(j) for j in single[b])
-        tot = sum(ex(j) for j in range(40))
-        losses.append(-torch.log(pos1 / tot + 1e-9) - torch.log(pos2 / (tot - pos1) + 1e-9))
-    torch.testing.assert_close(neighbour_discrimination(e, a, e @ a.t(), mm, single), torch.stack(losses).mean())
+        mm = torch.topk(others[0] + others[1] + probs[own] + probs[own], 10, dim=-1).indices
+        single = torch.topk(probs[own].clone().scatter_(1, mm, 0), 10, dim=-1).indices
+        assert not set(mm[0].tolist()) & set(single[0].tolist())
+        for b in range(len(iid)):
+            ex = lambda j: torch.exp(nb[own, b] @ nv[own, j] / 0.2)   # noqa: E731
+            pos1 = sum(ex(j) for j in mm[b])
+            pos2 = sum(ex(j) for j in single[b])
+            tot = sum(ex(j) for j in range(40))
+            losses.append(-torch.log(pos1 / tot + 1e-9) - torch.log(pos2 / (tot - pos1) + 1e-9))
+    torch.testing.assert_close(discrimination_loss(nb, nv, 10), torch.stack(losses).mean(), rtol=1e-12, atol=1e-12)
 
 
 def test_feedback_weights_match_mmrec():
@@ -139,17 +152,7 @@ def _plain_loss(model, batch):
     fused = views.mean(0)
     uid, iid = torch.unique(batch.users), torch.unique(torch.cat([batch.pos, batch.neg]))
     nv = F.normalize(views, dim=-1)
-    nb = nv[:, iid]
-    cos = [nb[v] @ nv[v].t() for v in range(nv.shape[0])]
-    probs = torch.softmax(torch.stack([c.detach() for c in cos]), dim=-1)
-    nd = 0
-    for a in range(len(cos)):
-        mm = torch.topk(probs.sum(0) + probs[a], 10, dim=-1).indices
-        single = torch.topk(probs[a].clone().scatter_(1, mm, 0), 10, dim=-1).indices
-        ex = lambda idx: ((nb[a].unsqueeze(1) * nv[a][idx]).sum(-1) / 0.2).exp().sum(1)  # noqa: E731
-        tot = (cos[a] / 0.2).exp().sum(1)
-        nd = nd + (-torch.log(ex(mm) / tot + 1e-9) - torch.log(ex(single) / (tot - ex(mm)) + 1e-9)).mean()
-    nd = nd / len(cos)
+    nd = _plain_nd(nv[:, iid], nv)
     ub = users[uid]
     p_g = torch.sigmoid(ub @ F.normalize(items[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
     p_t = torch.sigmoid(ub @ F.normalize(fused[iid], dim=-1).t()).clamp(KL_EPS, 1 - KL_EPS)
@@ -195,10 +198,7 @@ def test_blocked_discrimination_equals_the_whole_batch_form(block):
     g = torch.Generator().manual_seed(4)
     nv = F.normalize(torch.randn(3, 40, 8, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
     iid = torch.tensor([0, 3, 5, 7, 11, 12, 20, 39, 38])
-    ref_nb = nv[:, iid]
-    cos = torch.bmm(ref_nb, nv.transpose(1, 2))
-    probs = torch.softmax(cos.detach(), -1)
-    ref = sum(neighbour_discrimination(ref_nb[a], nv[a], cos[a], *pseudo_labels(probs, a, 5)) for a in range(3)) / 3
+    ref = _plain_nd(nv[:, iid], nv, 5)
     got = discrimination_loss(nv[:, iid], nv, 5, block=block)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad(3 * got, nv)[0], torch.autograd.grad(3 * ref, nv)[0],

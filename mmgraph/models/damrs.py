@@ -26,7 +26,7 @@ reading of MMRec's ``item_graph_dict_2.npy``, which its preprocessing does not s
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,31 +59,6 @@ def session_adj(data, name: str = SESSION_GRAPH) -> SparseAdj:
     deg = torch.bincount(rows, minlength=n).float()
     inv = deg.rsqrt()
     return SparseAdj(torch.stack([rows, cols]), inv[rows] * inv[cols], (n, n))
-
-
-def pseudo_labels(probs: Tensor, own: int, n: int = N_PSEUDO, total: Optional[Tensor] = None,
-                  out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """``(mm_pos [B, n], single_pos [B, n])`` for view ``own`` of ``probs [V, B, I]``: the top-``n`` of
-    ``sum_{v != own} P_v + 2 P_own``, then the top-``n`` of ``P_own`` with those removed. ``total``:
-    ``probs.sum(0)`` when already computed; ``out``: a ``[B, I]`` scratch buffer to work in (reused across
-    views: a fresh ``[B, I]`` per use is zero-filled page by page by the kernel)."""
-    out = torch.empty_like(probs[own]) if out is None else out
-    positive = torch.add(probs.sum(0) if total is None else total, probs[own], out=out)
-    mm_pos = positive.topk(n, dim=1).indices
-    rest = out.copy_(probs[own]).scatter_(1, mm_pos, 0.0)
-    return mm_pos, rest.topk(n, dim=1).indices
-
-
-def neighbour_discrimination(emb: Tensor, all_emb: Tensor, cos: Tensor, mm_pos: Tensor, single_pos: Tensor,
-                             temperature: float = TEMPERATURE, total: Optional[Tensor] = None) -> Tensor:
-    """DA-MRS's two-level InfoNCE of the unit rows ``emb [B, d]`` against their pseudo-positives ``mm_pos`` /
-    ``single_pos [B, n]`` among the unit rows ``all_emb [I, d]``; ``cos = emb @ all_emb^T [B, I]``; ``total``:
-    ``exp(cos / temperature).sum(1)`` when already computed."""
-    inv_t = 1.0 / temperature
-    mm = ((emb.unsqueeze(1) * all_emb[mm_pos]).sum(-1) * inv_t).exp().sum(1)
-    single = ((emb.unsqueeze(1) * all_emb[single_pos]).sum(-1) * inv_t).exp().sum(1)
-    total = (cos * inv_t).exp().sum(1) if total is None else total
-    return (-torch.log(mm / total + ND_EPS) - torch.log(single / (total - mm) + ND_EPS)).mean()
 
 
 #: rows of the batch's items per block of :func:`discrimination_loss` (three ``[V, 128, I]`` buffers, ~10 MB each
@@ -124,8 +99,8 @@ def _discrimination_block(rows: Tensor, all_t: Tensor, n_pseudo: int, inv_t: flo
 class _Discrimination(torch.autograd.Function):
     """The neighbour-discrimination loss of all views, by blocks of rows, with its gradient taken analytically
     in the forward (the pseudo-positives are constants): no ``[V, n, I]`` buffer, and the block buffers are
-    reused (a fresh ``[V, b, I]`` per op is zero-filled page by page by the kernel: that, not the arithmetic, was
-    most of the cost); backward scales the saved gradients."""
+    reused (autograd's per-op ``[V, b, I]`` temporaries and extra passes cost more than the arithmetic: 1.5x
+    slower); backward scales the saved gradients."""
 
     @staticmethod
     def forward(ctx, nb: Tensor, nv: Tensor, n_pseudo: int, temperature: float, block: int) -> Tensor:  # type: ignore[override]
@@ -154,9 +129,11 @@ class _Discrimination(torch.autograd.Function):
 def discrimination_loss(nb: Tensor, nv: Tensor, n_pseudo: int = N_PSEUDO, temperature: float = TEMPERATURE,
                         block: int = ND_BLOCK) -> Tensor:
     """DA-MRS's neighbour discrimination averaged over the views and the batch's items: for view ``a``, the
-    unit rows ``nb[a] [n, d]`` against the unit rows of all items ``nv[a] [I, d]``, pseudo-positives from the
-    softmax of every view's cosines (:func:`pseudo_labels`), loss :func:`neighbour_discrimination`. Blocks of
-    ``block`` rows; the same value and gradients as the whole-batch form."""
+    unit rows ``nb[a] [n, d]`` against the unit rows of all items ``nv[a] [I, d]``: pseudo-positives ``P1`` = the
+    top-``n_pseudo`` of ``sum_{v != a} P_v + 2 P_a`` (``P_v`` the softmax of view ``v``'s cosines over the items),
+    ``P2`` = the top-``n_pseudo`` of ``P_a`` outside ``P1``; with ``e_j = exp(cos_j / T)``, the row's loss is
+    ``-log(sum_P1 e / sum e + 1e-9) - log(sum_P2 e / (sum e - sum_P1 e) + 1e-9)``. Blocks of ``block`` rows; the
+    same value and gradients as the whole-batch form."""
     return _Discrimination.apply(nb, nv, int(n_pseudo), float(temperature), int(block))
 
 
