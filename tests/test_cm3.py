@@ -14,7 +14,7 @@ from mmgraph.losses import alignment, calibrated_uniformity, clamped_cosine, uni
 from mmgraph.models.base import Batch
 from mmgraph.models.cm3 import CM3, VARIANTS, _ChannelWeights
 from mmgraph.train.run import build_model
-from mmgraph.nn.fusion import row_normalize
+from mmgraph.nn.normalize import row_normalize
 from mmgraph.models.registry import get_model_class
 from mmgraph.nn import slerp
 from mmgraph.nn.conv import LightGCNEncoder

@@ -155,19 +155,19 @@ def test_unique_rows_matches_indexing_values_and_gradients():
         assert not unique_rows(x, idx).requires_grad
 
 
-def test_unit_rows_equals_f_normalize_values_and_gradients():
-    from mmgraph.nn import unit_rows
+def test_row_normalize_equals_f_normalize_values_and_gradients():
+    from mmgraph.nn import row_normalize
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 7, 5, generator=g, dtype=torch.float64)
     x[0, 1] = 0.0                      # a zero row
     x[1, 2] = 1e-14                    # a row below eps: clamped, a linear map
     x.requires_grad_()
     w = torch.randn(2, 7, 5, generator=g, dtype=torch.float64)
-    got, ref = unit_rows(x), torch.nn.functional.normalize(x, dim=-1)
+    got, ref = row_normalize(x), torch.nn.functional.normalize(x, dim=-1)
     torch.testing.assert_close(got, ref, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(torch.autograd.grad((got * w).sum(), x)[0], torch.autograd.grad((ref * w).sum(), x)[0],
                                rtol=1e-10, atol=1e-12)
     smooth = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(unit_rows, (smooth,))
+    assert torch.autograd.gradcheck(row_normalize, (smooth,))
     with torch.no_grad():                # no graph: the plain function
-        torch.testing.assert_close(unit_rows(x), ref.detach())
+        torch.testing.assert_close(row_normalize(x), ref.detach())

@@ -31,7 +31,7 @@ from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_fe
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.normalize import unit_rows
+from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import SparseAdj
 
 
@@ -76,7 +76,7 @@ class ModalityGCN(nn.Module):
 
     def forward(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tensor:
         items = self.mlp(features) if self.mlp is not None else features
-        x = unit_rows(torch.cat([self.preference, items], 0))
+        x = row_normalize(torch.cat([self.preference, items], 0))
         for w, lin, g in zip(self.conv_weight, self.linear, self.combine):
             h = F.leaky_relu(self.conv(x @ w, adj))
             x_hat = F.leaky_relu(lin(x)) + id_emb

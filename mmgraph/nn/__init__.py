@@ -2,8 +2,8 @@
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.edges import EdgeGraph
 from mmgraph.nn.fusion import SphericalBezierFusion, lerp, slerp, spherical_bezier
-from mmgraph.nn.normalize import unit_rows
+from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import SparseAdj
 
 __all__ = ["EdgeGraph", "LightGCNConv", "LightGCNEncoder", "SparseAdj", "SphericalBezierFusion", "lerp", "slerp",
-           "spherical_bezier", "unit_rows"]
+           "row_normalize", "spherical_bezier"]

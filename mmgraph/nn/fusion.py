@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmgraph.nn.normalize import row_normalize
 
 Lam = Union[float, Tensor]
 
@@ -31,32 +32,6 @@ COS_EPS = 1e-7
 SMALL_ANGLE = 1e-4
 
 FUSION_MODES = ("slerp", "linear", "none")
-
-
-class _RowNormalize(torch.autograd.Function):
-    """``F.normalize(x, dim=-1)`` in fewer passes over memory: forward ``y = x / max(|x|, eps)``,
-    backward ``(g - y (g . y)) / max(|x|, eps)``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, eps: float) -> Tensor:  # type: ignore[override]
-        inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(eps).reciprocal_()
-        y = x * inv
-        ctx.save_for_backward(y, inv)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        y, inv = ctx.saved_tensors
-        dot = torch.linalg.vecdot(grad, y).unsqueeze(-1)
-        return torch.addcmul(grad, y, dot, value=-1.0).mul_(inv), None
-
-
-def row_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """Row-wise L2 normalisation (onto the unit sphere): the same values and gradients as
-    ``F.normalize(x, dim=-1)``, with a cheaper backward."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return _RowNormalize.apply(x, eps)
-    return F.normalize(x, dim=-1, eps=eps)
 
 
 def _lam(lam: Lam, ref: Tensor) -> Tensor:
