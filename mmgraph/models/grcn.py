@@ -34,6 +34,7 @@ from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_fe
 from mmgraph.models.registry import register
 from mmgraph.nn.edges import EdgeGraph
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.normalize import row_normalize
 
 
 def edge_attention(x: Tensor, edge_index: "Tensor | EdgeGraph", num_nodes: int) -> Tensor:
@@ -69,8 +70,8 @@ class GraphRefiningLayer(nn.Module):
 
     def forward(self, features: Tensor, graph: EdgeGraph,
                 to_users: Optional[EdgeGraph] = None) -> Tuple[Tensor, Tensor]:
-        content = F.normalize(F.leaky_relu(self.mlp(features)))
-        pref = F.normalize(self.preference)
+        content = row_normalize(F.leaky_relu(self.mlp(features)))
+        pref = row_normalize(self.preference)
         n = self.n_users + content.shape[0]
         for _ in range(self.n_routing):
             if self.user_routing:
@@ -79,7 +80,7 @@ class GraphRefiningLayer(nn.Module):
                 x = torch.cat([pref, content], 0)
                 alpha = edge_attention(x, to_users, n)
                 pref = pref + to_users.propagate(x, alpha)[: self.n_users]
-            pref = F.normalize(pref)
+            pref = row_normalize(pref)
         x = torch.cat([pref, content], 0)
         alpha = edge_attention(x, graph, n)
         return x + graph.propagate(x, alpha), alpha
@@ -123,7 +124,7 @@ class GRCN(Recommender):
             out[m], alpha = self.content[m](self.features.raw(m), self.graph, self.to_users)
             alphas.append(alpha)
         weight = (torch.stack(alphas, 1) * self.confidence[ei[0]]).max(1).values.relu()   # [2E]
-        x = F.normalize(self.id_emb)
+        x = row_normalize(self.id_emb)
         h1 = self.graph.propagate(x, weight)
         h2 = self.graph.propagate(h1, weight)
         return {"id": x + h1 + h2, **out}
