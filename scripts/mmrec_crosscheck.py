@@ -5,10 +5,10 @@ For each method: our model is built on tiny synthetic data (seeded, every parame
 parameters are written under MMRec's names; then MMRec's class (``../shared/peers/mmrec/src``, run in
 the peers' Python, e.g. ``/tmp/peers-venv``) is built on the same interactions and feature files,
 loaded with those parameters, and both give the scores of every (user, item) pair (evaluation mode)
-and the loss of one batch with its gradients. Stochastic parts are switched off on both sides (LGMRec's Gumbel noise and
-hyperedge dropout, SMORE's dropout at its default 0). Prints one line per method::
+and the loss of one batch with its gradients. Stochastic parts are switched off on both sides (LGMRec's
+Gumbel noise and hyperedge dropout, SMORE's dropout at its default 0). Prints one line per method::
 
-    python scripts/mmrec_crosscheck.py --methods lattice,lgmrec,mgcn,smore,slmrec \
+    python scripts/mmrec_crosscheck.py --methods lattice,lgmrec,mgcn,smore,slmrec,mmgcn \
         --peer-python /tmp/peers-venv/bin/python --mmrec ../shared/peers/mmrec/src
 
 MMRec's code runs from a temporary copy (nothing is written into the peers folder) and is never
@@ -187,6 +187,14 @@ import importlib
 cls = getattr(importlib.import_module(f"models.{model_name.lower()}"), model_name)
 torch.manual_seed(0)
 model = cls(cfg, DL())
+def owner_of(name):
+    """``(object, attribute)`` of a dotted name on the model (plain tensor attributes too)."""
+    *path, leaf = name.split(".")
+    owner = model
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, leaf
+
 params = dict(np.load(folder / "params.npz"))
 sd = model.state_dict()
 for k, v in params.items():
@@ -194,11 +202,7 @@ for k, v in params.items():
     if k in sd:
         sd[k] = t.view(sd[k].shape)
     else:   # a plain tensor attribute (MMGCN's id_embedding / preference)
-        *path, leaf = k.split(".")
-        owner = model
-        for part in path:
-            owner = getattr(owner, part)
-        setattr(owner, leaf, t.clone().requires_grad_())
+        setattr(*owner_of(k), t.clone().requires_grad_())
 model.load_state_dict(sd)
 untouched = [k for k in dict(model.named_parameters()) if k not in params]
 model.eval()
@@ -220,12 +224,7 @@ loss = float(loss_t)
 # gradients of the batch loss w.r.t. the tensors our side trains, by MMRec's names (plain tensor attributes
 # included: MMRec computes their gradients even where its optimiser never applies them)
 our_grads = dict(np.load(folder / "grads.npz"))
-tensors = {}
-for k in our_grads:
-    owner = model
-    for part in k.split("."):
-        owner = getattr(owner, part)
-    tensors[k] = owner
+tensors = {k: getattr(*owner_of(k)) for k in our_grads}
 theirs_g = torch.autograd.grad(loss_t, list(tensors.values()), allow_unused=True)
 gdiff, gscale = 0.0, 0.0
 for (k, t), g in zip(tensors.items(), theirs_g):
