@@ -4,7 +4,7 @@ import torch
 
 from mmgraph.graph.bipartite import normalized_bipartite, normalized_bipartite_adj
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
-from mmgraph.nn.sparse import SparseAdj, unique_rows
+from mmgraph.nn.sparse import SparseAdj, split_nodes, unique_rows
 
 
 def _random_pairs(n_users=30, n_items=20, n=150, seed=0):
@@ -153,6 +153,22 @@ def test_unique_rows_matches_indexing_values_and_gradients():
     torch.testing.assert_close(x.grad, ref.grad)
     with torch.no_grad():
         assert not unique_rows(x, idx).requires_grad
+
+
+@pytest.mark.parametrize("used", ["both", "users", "items"])
+def test_split_nodes_matches_slicing_values_and_gradients(used):
+    torch.manual_seed(0)
+    x = torch.randn(17, 5, requires_grad=True)
+    ref = x.detach().clone().requires_grad_()
+    gu, gi = torch.randn(7, 5), torch.randn(10, 5)
+    u, i = split_nodes(x * 2, 7)
+    ru, ri = (ref * 2)[:7], (ref * 2)[7:]
+    assert torch.equal(u, ru) and torch.equal(i, ri)
+    pick = {"both": lambda a, b: (a * gu).sum() + (b * gi).sum(), "users": lambda a, b: (a * gu).sum(),
+            "items": lambda a, b: (b * gi).sum()}[used]
+    pick(u, i).backward()
+    pick(ru, ri).backward()
+    assert torch.equal(x.grad, ref.grad)
 
 
 def test_row_normalize_equals_f_normalize_values_and_gradients():

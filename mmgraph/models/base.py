@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mmgraph.graph.relations import Relation, interaction_adj, node_counts, node_features
 from mmgraph.nn.conv import LightGCNEncoder
-from mmgraph.nn.sparse import SparseAdj, unique_rows
+from mmgraph.nn.sparse import SparseAdj, split_nodes, unique_rows
 
 FINAL = "final"
 
@@ -247,7 +247,7 @@ class GraphRecommender(Recommender):
     def propagate(self, adj: Optional[SparseAdj] = None) -> Tuple[Tensor, Tensor]:
         x = torch.cat([self.user_emb.weight, self.item_emb.weight], 0)
         h = self.encoder(x, self.adj if adj is None else adj)
-        return h[: self.n_users], h[self.n_users:]
+        return split_nodes(h, self.n_users)
 
     # ---- mini-batch graph training (graph_batching: sampled) ------------------------------------
     @property

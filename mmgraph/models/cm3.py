@@ -40,7 +40,7 @@ from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import unique_rows
+from mmgraph.nn.sparse import split_nodes, unique_rows
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class CM3(Recommender):
         """LightGCN with SUM readout over layers ``0..n_ui_layers`` on the symmetric-normalised
         user-item graph (eq. 4-6): ``[U, C d]``, ``[I, C d]``."""
         h = self.encoder(torch.cat([users, items], 0), self.adj)
-        return h[: self.n_users], h[self.n_users:]
+        return split_nodes(h, self.n_users)
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         users, items, _ = self.encode()

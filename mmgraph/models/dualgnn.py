@@ -37,7 +37,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, split_nodes
 
 USER_GRAPH = "user_cocount"
 LN2 = math.log(2.0)
@@ -135,7 +135,7 @@ class DualGraphBase(Recommender):
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all, channels=channels)
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
-        return {m: (p[: self.n_users], p[self.n_users:]) for m, p in self.parts().items()}
+        return {m: split_nodes(p, self.n_users) for m, p in self.parts().items()}
 
 
 @register("dualgnn")

@@ -35,6 +35,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.edges import EdgeGraph
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.normalize import row_normalize
+from mmgraph.nn.sparse import split_nodes
 
 
 def edge_attention(x: Tensor, edge_index: "Tensor | EdgeGraph", num_nodes: int) -> Tensor:
@@ -131,12 +132,12 @@ class GRCN(Recommender):
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         rep = torch.cat(list(self.parts().values()), 1)
-        return rep[: self.n_users], rep[self.n_users:]
+        return split_nodes(rep, self.n_users)
 
     def loss(self, batch: Batch) -> LossOutput:
         parts = self.parts()
         rep = torch.cat(list(parts.values()), 1)
-        u_all, i_all = rep[: self.n_users], rep[self.n_users:]
+        u_all, i_all = split_nodes(rep, self.n_users)
         eu = u_all[batch.users]
         bpr = bpr_loss((eu * i_all[batch.pos]).sum(-1), (eu * i_all[batch.neg]).sum(-1))
         # MMRec: mean over the 2B (user, item) rows of E_id[u]^2 + E_id[i]^2, i.e. users counted twice
@@ -152,4 +153,4 @@ class GRCN(Recommender):
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all, channels=channels)
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
-        return {name: (p[: self.n_users], p[self.n_users:]) for name, p in self.parts().items()}
+        return {name: split_nodes(p, self.n_users) for name, p in self.parts().items()}

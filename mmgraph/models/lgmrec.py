@@ -34,7 +34,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, split_nodes
 
 TAU = 0.2  # MMRec LGMRec: Gumbel-softmax temperature and InfoNCE temperature
 
@@ -159,11 +159,11 @@ class LGMRec(GraphRecommender):
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         final = self.parts()[0]
-        return final[: self.n_users], final[self.n_users:]
+        return split_nodes(final, self.n_users)
 
     def loss(self, batch: Batch) -> LossOutput:
         final, mges, ghes = self.parts()
-        u_all, i_all = final[: self.n_users], final[self.n_users:]
+        u_all, i_all = split_nodes(final, self.n_users)
         eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         cl = final.new_zeros(())
@@ -183,5 +183,5 @@ class LGMRec(GraphRecommender):
         out = {}
         for m in self.features.modalities:
             v = self.mge(m)
-            out[m] = (v[: self.n_users], v[self.n_users:])
+            out[m] = split_nodes(v, self.n_users)
         return out

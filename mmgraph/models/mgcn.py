@@ -32,7 +32,7 @@ from mmgraph.models.lgmrec import user_item_matrix
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import unique_rows
+from mmgraph.nn.sparse import split_nodes, unique_rows
 
 CL_TEMPERATURE = 0.2  # MMRec MGCN: InfoNCE(side, content, 0.2)
 
@@ -96,14 +96,14 @@ class SideContentRecommender(GraphRecommender):
     def forward(self) -> Tuple[Tensor, Tensor]:
         content, side, _ = self.parts()
         final = content + side
-        return final[: self.n_users], final[self.n_users:]
+        return split_nodes(final, self.n_users)
 
     def loss(self, batch: Batch) -> LossOutput:
         content, views = self.views()
         return side_content_loss(self, batch, content, views, self.side, self.cl_temperature)
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
-        return {v: (x[: self.n_users], x[self.n_users:]) for v, x in self.views()[1].items()}
+        return {v: split_nodes(x, self.n_users) for v, x in self.views()[1].items()}
 
 
 @register("mgcn")

@@ -32,7 +32,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, split_nodes
 
 
 def mean_adj(edge_index: Tensor, n_users: int, n_items: int) -> SparseAdj:
@@ -117,7 +117,7 @@ class MMGCN(Recommender):
 
     def _split(self, parts: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
         rep = torch.stack(list(parts.values())).mean(0)
-        return rep[: self.n_users], rep[self.n_users:]
+        return split_nodes(rep, self.n_users)
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self._split(self.parts())
@@ -137,4 +137,4 @@ class MMGCN(Recommender):
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all, channels=channels)
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
-        return {m: (p[: self.n_users], p[self.n_users:]) for m, p in self.parts().items()}
+        return {m: split_nodes(p, self.n_users) for m, p in self.parts().items()}

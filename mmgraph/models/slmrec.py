@@ -32,7 +32,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.sparse import unique_rows
+from mmgraph.nn.sparse import split_nodes, unique_rows
 
 ID = "id"
 
@@ -124,7 +124,7 @@ class SLMRec(GraphRecommender):
         items = torch.stack([self.item_emb.weight] + [self.dense[m](self.features.raw(m)) for m in self.mods], 1)
         users = self.user_emb.weight.unsqueeze(1).expand(-1, items.shape[1], -1)
         out = self.encoder(torch.cat([users, items]), self.adj)
-        return out[: self.n_users], out[self.n_users:]
+        return split_nodes(out, self.n_users)
 
     def fuse(self, users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
         return self.user_fuse(users.flatten(1)), self.item_fuse(items.flatten(1))
