@@ -82,9 +82,11 @@ class _CSRMatMul(torch.autograd.Function):
 
 
 def _power_sum(x: Tensor, adj: Tensor, n_layers: int, mean: bool) -> Tensor:
-    total = x.clone(memory_format=torch.contiguous_format)
-    cur = x
-    for _ in range(n_layers):
+    if n_layers == 0:
+        return x.clone(memory_format=torch.contiguous_format)
+    cur = csr_mm(adj, x)
+    total = torch.add(cur, x)  # one pass, where a copy of x and an add would make two
+    for _ in range(n_layers - 1):
         cur = csr_mm(adj, cur)
         total.add_(cur)
     return total.div_(n_layers + 1) if mean else total
