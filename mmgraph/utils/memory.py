@@ -14,7 +14,8 @@ def tune_glibc_malloc(threshold_mb: int = 32, large_blocks: bool = True) -> bool
     what keeps a trainable ``[I, 4096]`` feature table's per-step gradient and row gathers from faulting
     in 100+ MB a step (a FREEDOM step on Amazon Baby: ~51k page faults and 270-282 ms -> none and 140 ms).
     This is the in-process equivalent of ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_MMAP_MAX_=0`` /
-    ``MALLOC_TRIM_THRESHOLD_`` (PyTorch's CPU tuning guide suggests jemalloc/tcmalloc for the same reason). Process-wide, once; a no-op off glibc.
+    ``MALLOC_TRIM_THRESHOLD_`` (PyTorch's CPU tuning guide suggests jemalloc/tcmalloc for the same reason).
+    Process-wide, once; a no-op off glibc.
     Returns whether it was applied.
     """
     global _MALLOC_TUNED
