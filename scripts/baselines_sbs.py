@@ -19,6 +19,10 @@ Each method's result is appended to ``OUT/results.jsonl`` as it finishes; a fini
 epochs and settings) is skipped when the command runs again (``--rerun`` runs it again), a failing one
 records its error and the next method runs. ``OUT/baselines.md`` (and ``--doc FILE``) holds the table;
 ``OUT/logs/<method>.log`` each run's output. Timings are comparable only within a row (back to back).
+
+``--doc FILE`` keeps the records its table is rendered from beside it, in ``FILE`` with the suffix ``.jsonl``
+(``docs/baselines.jsonl``, committed with the doc): every run's record is added to it, and the doc's table is
+rendered from all of them, so a row survives the loss of the ``--out`` folder (scratch runs on another machine).
 """
 from __future__ import annotations
 
@@ -325,6 +329,24 @@ def append_result(path: Path, record: Dict[str, Any]) -> None:
         fh.write(old + json.dumps(record) + "\n")
 
 
+def merge_records(*groups: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The records of ``groups`` in order, each distinct record once (a record copied into the doc's file and
+    still in an ``--out`` folder counts once)."""
+    seen, merged = set(), []
+    for group in groups:
+        for r in group:
+            key = json.dumps(r, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                merged.append(r)
+    return merged
+
+
+def doc_records(doc: Path) -> Path:
+    """Where ``--doc FILE`` keeps the records of its table: ``FILE`` with the suffix ``.jsonl``."""
+    return Path(doc).with_suffix(".jsonl")
+
+
 def is_finished(records: Iterable[Dict[str, Any]], method: str, data: Path, epochs: int, settings: str) -> bool:
     return any(r.get("status") == "ok" and r.get("method") == method and r.get("data") == str(data)
                and r.get("epochs_max") == epochs and r.get("settings") == settings for r in records)
@@ -438,7 +460,8 @@ def render_doc(records: Sequence[Dict[str, Any]], notes: Optional[Dict[str, str]
         "",
         f"Machine: {' ; '.join(machines) or 'unrecorded'}{when}. The machine may be shared and its load "
         "drifts: timings are comparable only within a row (the two runs of a row are back to back), not "
-        "between rows. Per-run commands and raw numbers: `results.jsonl` in the output folder.",
+        "between rows. Per-run commands and raw numbers: `results.jsonl` in the output folder, and every row's "
+        "record in the `.jsonl` file beside this one.",
         "",
         render_table(records),
         *render_notes(records, notes or {}),
@@ -447,7 +470,17 @@ def render_doc(records: Sequence[Dict[str, Any]], notes: Optional[Dict[str, str]
 
 
 def write_reports(out: Path, doc: Optional[Path], notes: Optional[Path] = NOTES) -> str:
-    text = render_doc(load_results(out / RESULTS), load_notes(notes))
+    """Render ``OUT/baselines.md`` (and ``doc``): from ``OUT/results.jsonl``, plus, with ``doc``, the records kept
+    beside it (:func:`doc_records`), which then gain ``OUT``'s."""
+    records = load_results(out / RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    if doc:
+        kept = load_results(doc_records(doc))
+        records = merge_records(kept, records)
+        if len(records) > len(kept) or not doc_records(doc).is_file():
+            with atomic_write(doc_records(doc)) as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in records))
+    text = render_doc(records, load_notes(notes))
     for path in [out / TABLE] + ([doc] if doc else []):
         with atomic_write(path) as fh:
             fh.write(text)
@@ -472,14 +505,15 @@ def main(argv: Optional[List[str]] = None,
     p.add_argument("--doc", type=Path, help="also write the table to this file (e.g. docs/baselines.md)")
     p.add_argument("--peers", type=Path, help="the peers folder with sbs.sh (default: ../shared/peers)")
     p.add_argument("--rerun", action="store_true", help="run finished methods again")
-    p.add_argument("--report", action="store_true", help="only re-render the table from OUT/results.jsonl")
+    p.add_argument("--report", action="store_true", help="only re-render the table from OUT/results.jsonl "
+                   "(and, with --doc FILE, the records kept in FILE.jsonl)")
     p.add_argument("--notes", type=Path, default=NOTES, help="YAML method -> finding, printed under the table "
                    "(default: docs/baselines_notes.yaml)")
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.report:
-        if not (out / RESULTS).is_file():
-            p.error(f"--report: no {out / RESULTS}")
+        if not (out / RESULTS).is_file() and not (args.doc and doc_records(args.doc).is_file()):
+            p.error(f"--report: no {out / RESULTS}" + (f" and no {doc_records(args.doc)}" if args.doc else ""))
         print(write_reports(out, args.doc, args.notes))
         return 0
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,43 @@ def test_runs_resumes_and_records_failures(bsbs, tmp_path):
     (out / "baselines.md").unlink()
     assert bsbs.main(["--report", "--out", str(out)], runner=fake) == 0
     assert calls == ["lightgcn"] and "lightgcn" in (out / "baselines.md").read_text()
+
+
+def test_doc_keeps_its_records_beside_it(bsbs, tmp_path):
+    """--doc FILE keeps the rows' records in FILE.jsonl: the table survives the loss of the --out folder."""
+    peers, data, out, doc = tmp_path / "peers", tmp_path / "tiktok", tmp_path / "out", tmp_path / "doc.md"
+    peers.mkdir()
+    (peers / "sbs.sh").write_text("exit 1\n")
+    data.mkdir()
+
+    def fake(cmd, env, log):
+        capture = Path(env["BSBS_CAPTURE"])
+        (capture / "peer_line").write_text(PEER + "\n")
+        (capture / "final_metrics.json").write_text(json.dumps({"test": {"recall@20": 0.0631, "ndcg@20": 0.0322}}))
+        return 0, SBS + "\n"
+
+    base = ["--epochs", "3", "--data", str(data), "--peers", str(peers), "--doc", str(doc)]
+    assert bsbs.main(base + ["--methods", "lightgcn", "--out", str(out)], runner=fake) == 0
+    kept = bsbs.load_results(bsbs.doc_records(doc))
+    assert bsbs.doc_records(doc) == tmp_path / "doc.jsonl" and [r["method"] for r in kept] == ["lightgcn"]
+    shutil.rmtree(out)
+    # another --out folder: its row joins the kept one, which is neither lost nor duplicated
+    other = tmp_path / "other"
+    assert bsbs.main(base + ["--methods", "vbpr", "--out", str(other)], runner=fake) == 0
+    assert bsbs.main(["--report", "--out", str(other), "--doc", str(doc)], runner=fake) == 0
+    assert [r["method"] for r in bsbs.load_results(bsbs.doc_records(doc))] == ["lightgcn", "vbpr"]
+    text = doc.read_text()
+    assert "| lightgcn (capped) |" in text and "| vbpr (capped) |" in text
+    # --report from the kept records alone
+    shutil.rmtree(other)
+    assert bsbs.main(["--report", "--out", str(tmp_path / "gone"), "--doc", str(doc)], runner=fake) == 0
+    assert doc.read_text() == text
+    assert bsbs.merge_records([{"a": 1}], [{"a": 1}, {"a": 2}]) == [{"a": 1}, {"a": 2}]
+
+
+def test_shipped_doc_matches_its_records(bsbs):
+    """docs/baselines.md is the rendering of docs/baselines.jsonl and the notes (re-render after editing either)."""
+    doc = bsbs.ROOT / "docs" / "baselines.md"
+    records = bsbs.load_results(bsbs.doc_records(doc))
+    assert records and all(r["method"] in bsbs.METHODS for r in records)
+    assert doc.read_text() == bsbs.render_doc(records, bsbs.load_notes(bsbs.NOTES))
