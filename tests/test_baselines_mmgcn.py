@@ -1,5 +1,7 @@
 """MMGCN: it learns (plug-ins: tests/test_baselines.py), and its layers, frozen-embedding switch and loss match brute
 force."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,7 +63,8 @@ def test_mmgcn_loss_is_mmrec_bpr_plus_reg(tiny):
     batch = _batch(tiny)
     out = model.loss(batch)
     U = tiny.n_users
-    bpr, user_tensor, item_tensor = mmrec_interleaved_bpr(out, batch, U)
+    users, items = model()   # the full tables; the loss builds only the batch's rows of the last layer
+    bpr, user_tensor, item_tensor = mmrec_interleaved_bpr(SimpleNamespace(user_emb=users, item_emb=items), batch, U)
     reg = (model.id_emb[user_tensor] ** 2 + model.id_emb[item_tensor] ** 2).mean()
     reg = reg + (model.gcn["image"].preference ** 2).mean()
     torch.testing.assert_close(out.loss, bpr + 0.01 * reg, atol=1e-5, rtol=1e-5)
@@ -81,3 +84,34 @@ def test_frozen_embeddings_stay_at_their_draw(tiny, frozen):
     assert torch.equal(model.id_emb, before[0]) == frozen
     assert torch.equal(model.gcn["text"].preference, before[1]) == frozen
 
+
+
+def test_mmgcn_loss_on_batch_rows_equals_the_full_tables(tiny):
+    """The loss finishes the last layer only on the rows it needs: the same loss, gradients and rows (final and per
+    modality, for plug-ins) as the full ``[U + I, d]`` tables."""
+    from mmgraph.losses import bpr_loss
+    torch.manual_seed(0)
+    model = build_model("mmgcn", tiny, {"reg_weight": 0.01, "graph_cache": False})
+    batch = _batch(tiny)
+    out = model.loss(batch)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    parts = model.parts()
+    users, items = model._split(parts)
+    eu = users[batch.users]
+    U = tiny.n_users
+    _, user_tensor, item_tensor = mmrec_interleaved_bpr(SimpleNamespace(user_emb=users, item_emb=items), batch, U)
+    reg = (model.id_emb[user_tensor] ** 2 + model.id_emb[item_tensor] ** 2).mean()
+    reg = reg + (model.gcn["image"].preference ** 2).mean()
+    ref = bpr_loss((eu * items[batch.pos]).sum(-1), (eu * items[batch.neg]).sum(-1)) + 0.01 * reg
+    torch.testing.assert_close(out.loss, ref)
+    ref.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    ids = torch.tensor([0, 3, 3, 1])
+    torch.testing.assert_close(out.user_rows(ids), users[ids])
+    torch.testing.assert_close(out.item_rows(ids), items[ids])
+    for m in model.modalities:
+        torch.testing.assert_close(out.channel(m).user_rows(ids), parts[m][ids])
+        torch.testing.assert_close(out.channel(m).item_rows(ids), parts[m][U + ids])

@@ -32,7 +32,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import SparseAdj, split_nodes
+from mmgraph.nn.sparse import SparseAdj, split_nodes, unique_rows
 
 
 def mean_adj(edge_index: Tensor, n_users: int, n_items: int) -> SparseAdj:
@@ -75,13 +75,36 @@ class ModalityGCN(nn.Module):
         self.combine = nn.ModuleList([_xavier_linear(dims[l] + dim, dim, xavier=l == 0) for l in range(n_layers)])
 
     def forward(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tensor:
+        return self.last(*self.hidden(features, id_emb, adj), id_emb)
+
+    def hidden(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tuple[Tensor, Optional[Tensor]]:
+        """Every layer but the last's combination, over all nodes: the last layer's input ``x`` and its
+        aggregation ``h = LeakyReLU(A x W_conv)`` (``[U + I, d_l]`` each; ``h`` is None without layers).
+        :meth:`last` finishes the layer on the rows that are needed: its combination is row-wise."""
         items = self.mlp(features) if self.mlp is not None else features
         x = row_normalize(torch.cat([self.preference, items], 0))
-        for w, lin, g in zip(self.conv_weight, self.linear, self.combine):
+        h: Optional[Tensor] = None
+        for layer, w in enumerate(self.conv_weight):
+            if h is not None:
+                x = self._combine(layer - 1, x, h, id_emb)
             h = F.leaky_relu(self.conv(x @ w, adj))
-            x_hat = F.leaky_relu(lin(x)) + id_emb
-            x = F.leaky_relu(g(torch.cat([h, x_hat], 1)))
-        return x
+        return x, h
+
+    def last(self, x: Tensor, h: Optional[Tensor], id_emb: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """The last layer's output ``[U + I, d]``, or its rows ``rows`` (distinct node ids) ``[n, d]``."""
+        if h is None:
+            return x if rows is None else unique_rows(x, rows)
+        if rows is not None:
+            x, h, id_emb = unique_rows(x, rows), unique_rows(h, rows), id_emb[rows]
+        return self._combine(len(self.conv_weight) - 1, x, h, id_emb)
+
+    def _combine(self, layer: int, x: Tensor, h: Tensor, id_emb: Tensor) -> Tensor:
+        """``LeakyReLU(Linear_g([h ; LeakyReLU(Linear(x)) + E_id]))``, the concatenation as two products (the
+        same values, without copying ``h`` into a wider buffer and its gradient out of it)."""
+        x_hat = F.leaky_relu(self.linear[layer](x)) + id_emb
+        g = self.combine[layer]
+        width = h.shape[1]
+        return F.leaky_relu(torch.addmm(F.linear(h, g.weight[:, :width], g.bias), x_hat, g.weight[:, width:].t()))
 
 
 @register("mmgcn")
@@ -123,18 +146,36 @@ class MMGCN(Recommender):
         return self._split(self.parts())
 
     def loss(self, batch: Batch) -> LossOutput:
-        parts = self.parts()
-        u_all, i_all = self._split(parts)
-        eu = u_all[batch.users]
-        bpr = bpr_loss((eu * i_all[batch.pos]).sum(-1), (eu * i_all[batch.neg]).sum(-1))
+        # every layer but the last's combination runs over all nodes (the aggregations need them); the last
+        # combination only on the batch's distinct users and items, and on the rows a plug-in asks for
+        states = {m: self.gcn[m].hidden(self.features.raw(m), self.id_emb, self.adj) for m in self.modalities}
+
+        def modality_rows(m: str, nodes: Tensor) -> Tensor:
+            return self.gcn[m].last(*states[m], self.id_emb, nodes)
+
+        def rows(nodes: Tensor, modality: Optional[str] = None) -> Tensor:
+            """Final (or one modality's) representations of the node ids ``nodes`` (repeats allowed)."""
+            uniq, inv = torch.unique(nodes, return_inverse=True)
+            if modality is not None:
+                return modality_rows(modality, uniq)[inv]
+            return torch.stack([modality_rows(m, uniq) for m in self.modalities]).mean(0)[inv]
+
+        n = batch.users.shape[0]
+        items = self.n_users + torch.cat([batch.pos, batch.neg])
+        rep = rows(torch.cat([batch.users, items]))
+        eu, ep, en = rep[:n], rep[n:2 * n], rep[2 * n:]
+        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         idu = self.id_emb[batch.users]
-        idi = self.id_emb[self.n_users + torch.cat([batch.pos, batch.neg])]
+        idi = self.id_emb[items]
         reg = (2 * idu.pow(2).sum() + idi.pow(2).sum()) / idi.numel()
         if "image" in self.gcn:
             reg = reg + self.gcn["image"].preference.pow(2).mean()
         reg = float(self.config["reg_weight"]) * reg
-        channels = {m: Channel(users=p[: self.n_users], items=p[self.n_users:]) for m, p in parts.items()}
-        return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all, channels=channels)
+        offset = self.n_users
+        channels = {m: Channel(user_fn=lambda ids, m=m: rows(ids, m), item_fn=lambda ids, m=m: rows(ids + offset, m))
+                    for m in self.modalities}
+        return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, user_rows=lambda ids: rows(ids),
+                          item_rows=lambda ids: rows(ids + offset), channels=channels)
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         return {m: split_nodes(p, self.n_users) for m, p in self.parts().items()}
