@@ -6,9 +6,11 @@ parameters are written under MMRec's names; then MMRec's class (``../shared/peer
 the peers' Python, e.g. ``/tmp/peers-venv``) is built on the same interactions and feature files,
 loaded with those parameters, and both give the scores of every (user, item) pair (evaluation mode)
 and the loss of one batch with its gradients. Stochastic parts are switched off on both sides (LGMRec's
-Gumbel noise and hyperedge dropout, SMORE's dropout at its default 0). Prints one line per method::
+Gumbel noise and hyperedge dropout, SMORE's dropout at its default 0). DA-MRS reads its behaviour graph
+(MMRec's ``item_graph_dict_2.npy``) from the data folder: the check writes it from the same interactions
+(items sharing at least two users, the 200 most shared per item). Prints one line per method::
 
-    python scripts/mmrec_crosscheck.py --methods lattice,lgmrec,mgcn,smore,slmrec,mmgcn \
+    python scripts/mmrec_crosscheck.py --methods lattice,lgmrec,mgcn,smore,slmrec,mmgcn,damrs \
         --peer-python /tmp/peers-venv/bin/python --mmrec ../shared/peers/mmrec/src
 
 MMRec's code runs from a temporary copy (nothing is written into the peers folder) and is never
@@ -35,11 +37,12 @@ from mmgraph.models.base import Batch  # noqa: E402
 from mmgraph.train import build_model  # noqa: E402
 
 MMREC_NAMES = {"lattice": "LATTICE", "lgmrec": "LGMRec", "mgcn": "MGCN", "smore": "SMORE", "slmrec": "SLMRec",
-               "mmgcn": "MMGCN"}
+               "mmgcn": "MMGCN", "damrs": "DAMRS"}
 #: settings of the check (both sides), beyond the defaults
 EXTRA = {"lgmrec": {"keep_rate": 1.0, "cl_weight": 0.1, "reg_weight": 1e-3},
          "mgcn": {"cl_loss": 0.1, "reg_weight": 1e-3}, "smore": {"cl_loss": 0.1, "reg_weight": 1e-3},
-         "lattice": {"reg_weight": 1e-3}, "slmrec": {"ssl_alpha": 0.5}, "mmgcn": {"reg_weight": 1e-3}}
+         "lattice": {"reg_weight": 1e-3}, "slmrec": {"ssl_alpha": 0.5}, "mmgcn": {"reg_weight": 1e-3},
+         "damrs": {"neighbor_weight": 0.1}}
 
 
 def no_gumbel_noise(x, tau, hard=False, dim=1):
@@ -77,6 +80,7 @@ def mmrec_names(method: str) -> dict:
                    "fac.steps.1.weight": "g_iv_iva.weight", "fac.steps.1.bias": "g_iv_iva.bias",
                    "fac.steps.2.weight": "g_iva_ivat.weight", "fac.steps.2.bias": "g_iva_ivat.bias",
                    "fac.targets.text.weight": "g_t_ivat.weight", "fac.targets.text.bias": "g_t_ivat.bias"},
+        "damrs": {"user_emb.weight": "user_embedding.weight", "item_emb.weight": "item_id_embedding.weight"},
     }
     if method == "mmgcn":
         # MMRec keeps the ID embeddings and the preferences as plain tensors (set as attributes, not loaded)
@@ -174,6 +178,9 @@ defaults = {
     "SMORE": {"embedding_size": 64, "n_ui_layers": 3, "n_layers": 1, "reg_weight": 1e-5, "cl_loss": 0.01,
               "image_knn_k": 10, "text_knn_k": 10, "dropout_rate": 0.0},
     "MMGCN": {"embedding_size": 64, "n_layers": 3, "reg_weight": 0.0},
+    "DAMRS": {"embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 1, "knn_k": 10, "kl_weight": 1.0,
+              "neighbor_weight": 0.001, "lambda_coeff": 0.9, "cf_model": "lightgcn", "reg_weight": 0.0,
+              "item_graph_dict_file": "item_graph_dict_2.npy"},
     "SLMRec": {"recdim": 64, "layer_num": 3, "ssl_task": "FAC", "ssl_alpha": 0.01, "ssl_temp": 0.1,
                "mm_fusion_mode": "concat", "temp": 0.2, "init": "xavier", "adj_type": "pre"},
 }[model_name]
@@ -181,6 +188,20 @@ cfg = {"USER_ID_FIELD": "u", "ITEM_ID_FIELD": "i", "NEG_PREFIX": "neg_", "train_
        "device": torch.device("cpu"), "end2end": False, "is_multimodal_model": True,
        "data_path": str(folder.parent) + "/", "dataset": folder.name,
        "vision_feature_file": "image_feat.npy", "text_feature_file": "text_feat.npy", **defaults, **info["cfg"]}
+if model_name == "DAMRS":   # the behaviour graph MMRec reads: items sharing >= 2 users, the 200 most shared
+    r = sp.csr_matrix((np.ones(len(train), np.float32), (train[:, 0], train[:, 1])), shape=(n_u, n_i))
+    co = (r.T @ r).tolil()
+    co.setdiag(0)
+    co = co.tocsr()
+    graph = {}
+    for i in range(n_i):
+        cols, vals = co.indices[co.indptr[i]:co.indptr[i + 1]], co.data[co.indptr[i]:co.indptr[i + 1]]
+        keep = vals >= 2
+        cols, vals = cols[keep], vals[keep]
+        order = np.argsort(-vals, kind="stable")[:200]
+        if len(order):
+            graph[i] = [cols[order].tolist(), vals[order].tolist()]
+    np.save(folder / "item_graph_dict_2.npy", graph, allow_pickle=True)
 if model_name == "LGMRec":
     F.gumbel_softmax = lambda x, tau, hard=False, dim=1: torch.softmax(x / tau, dim)
 import importlib
