@@ -4,7 +4,7 @@ import torch
 
 from mmgraph.graph.bipartite import normalized_bipartite, normalized_bipartite_adj
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
-from mmgraph.nn.sparse import SparseAdj, split_nodes, unique_rows
+from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
 
 
 def _random_pairs(n_users=30, n_items=20, n=150, seed=0):
@@ -153,6 +153,28 @@ def test_unique_rows_matches_indexing_values_and_gradients():
     torch.testing.assert_close(x.grad, ref.grad)
     with torch.no_grad():
         assert not unique_rows(x, idx).requires_grad
+
+
+@pytest.mark.parametrize("index_shape", [(40,), (8, 6)])
+def test_gather_rows_matches_indexing_values_and_gradients(index_shape):
+    """Repeated rows (40-48 draws from the first 10 of 30 rows), a 2-d index and trailing dims: the values and
+    the gradient of plain indexing (the gradient up to the order repeated rows are summed in)."""
+    torch.manual_seed(0)
+    x = torch.randn(30, 3, 4, requires_grad=True)
+    idx = torch.randint(0, 10, index_shape)
+    assert len(torch.unique(idx)) < idx.numel()
+    g = torch.randn(*index_shape, 3, 4)
+    out = gather_rows(x, idx)
+    ref = x.detach().clone().requires_grad_()
+    assert out.shape == ref[idx].shape == (*index_shape, 3, 4)
+    torch.testing.assert_close(out, ref[idx], rtol=0, atol=0)
+    (out * g).sum().backward()
+    (ref[idx] * g).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
+    # rows never gathered get a zero gradient, not garbage
+    unused = torch.ones(30, dtype=torch.bool)
+    unused[idx.reshape(-1)] = False
+    assert unused.sum() >= 20 and torch.count_nonzero(x.grad[unused]) == 0
 
 
 @pytest.mark.parametrize("used", ["both", "users", "items"])

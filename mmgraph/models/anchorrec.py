@@ -53,7 +53,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.sparse import SparseAdj, unique_rows
+from mmgraph.nn.sparse import SparseAdj, gather_rows, unique_rows
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class AnchorRec(GraphRecommender):
         for m in self.scoring:
             r = unique_rows(i_id if m == ID else h[m], uniq)
             rows = r if rows is None else rows + r
-        return self.correct(rows, unique_rows(h[ANCHOR], uniq))[inv]
+        return gather_rows(self.correct(rows, unique_rows(h[ANCHOR], uniq)), inv)
 
     def user_table(self, u_id: Tensor, h: Dict[str, Tensor]) -> Tensor:
         """The scoring users ``[U, d]`` (as :meth:`fuse`): one sparse product per content modality (cheaper
@@ -468,9 +468,9 @@ class AnchorRec(GraphRecommender):
         base = None
         for m in self.scoring:
             base = got[m] if base is None else base + got[m]
-        rows = (base + lam * self.recon(p_mm) if lam else base)[inv]
+        rows = gather_rows(base + lam * self.recon(p_mm) if lam else base, inv)
         users = self.user_table(u_id, h)
-        eu, ep, en = users[batch.users], rows[:n_pos], rows[n_pos:]
+        eu, ep, en = gather_rows(users, batch.users), rows[:n_pos], rows[n_pos:]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         terms = {"bpr": bpr, "reg": float(cfg["reg_weight"]) * l2_reg(eu, ep, en)}
         if float(cfg["ui_cosine_weight"]):
@@ -513,7 +513,7 @@ class AnchorRec(GraphRecommender):
                 # later differentiable use: that would silently drop the gradient through the users
                 if y is None or (torch.is_grad_enabled() and h[m].requires_grad and not y.requires_grad):
                     y = cache["y"] = self.user_agg.matmul(h[m])
-                return y[ids]
+                return gather_rows(y, ids)
 
             channels[m] = Channel(items=h[m], user_fn=user_fn)
         return channels

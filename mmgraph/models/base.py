@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mmgraph.graph.relations import Relation, interaction_adj, node_counts, node_features
 from mmgraph.nn.conv import LightGCNEncoder
-from mmgraph.nn.sparse import SparseAdj, split_nodes, unique_rows
+from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
 
 FINAL = "final"
 
@@ -85,7 +85,7 @@ class Channel:
 
 def _rows(table: Optional[Tensor], fn: Optional[RowFn], ids: Tensor, distinct: bool, what: str) -> Tensor:
     if table is not None:
-        return unique_rows(table, ids) if distinct else table[ids]
+        return unique_rows(table, ids) if distinct else gather_rows(table, ids)
     if fn is None:
         raise ValueError(f"channel has no {what} representations")
     return fn(ids)

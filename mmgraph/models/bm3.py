@@ -11,6 +11,7 @@ from mmgraph.losses import emb_reg
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.features import ModalityEncoder
+from mmgraph.nn.sparse import gather_rows
 
 
 def _cos_loss(online: Tensor, target: Tensor) -> Tensor:
@@ -56,10 +57,10 @@ class BM3(GraphRecommender):
         p = float(self.config["dropout"])
         users, items = batch.users, batch.pos
         with torch.no_grad():
-            u_target = F.dropout(u_all[users], p)
-            i_target = F.dropout(i_all[items], p)
-        u_online = self.predictor(u_all[users])
-        i_online = self.predictor(i_all[items])
+            u_target = F.dropout(gather_rows(u_all, users), p)
+            i_target = F.dropout(gather_rows(i_all, items), p)
+        u_online = self.predictor(gather_rows(u_all, users))
+        i_online = self.predictor(gather_rows(i_all, items))
         loss_ui = _cos_loss(u_online, i_target)
         loss_iu = _cos_loss(i_online, u_target)
         cl = u_all.new_zeros(())
@@ -74,14 +75,14 @@ class BM3(GraphRecommender):
         total = loss_ui + loss_iu + self.config["cl_weight"] * cl + reg
 
         def user_rows(ids: Tensor) -> Tensor:   # one function for every channel; the batch's users reuse u_online
-            return u_online if ids is users else self.predictor(u_all[ids])
+            return u_online if ids is users else self.predictor(gather_rows(u_all, ids))
         channels = {m: Channel(user_fn=user_rows, item_fn=lambda ids, m=m: self.predicted_modality(m, ids),
                                item_table=lambda m=m: self.predicted_modality(m),
                                item_affine=lambda m=m: self.predicted_affine(m))
                     for m in self.modal.modalities}
         return LossOutput(total, {"ui": loss_ui + loss_iu, "cl": cl, "reg": reg},
                           user_rows=user_rows,
-                          item_rows=lambda ids: self.predictor(i_all[ids]), channels=channels)
+                          item_rows=lambda ids: self.predictor(gather_rows(i_all, ids)), channels=channels)
 
     @torch.no_grad()
     def embeddings(self) -> Tuple[Tensor, Tensor]:

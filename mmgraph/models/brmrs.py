@@ -45,7 +45,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.affine import affine_row_scores, affine_table
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import SparseAdj, split_nodes
+from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes
 
 ITEM_GRAPH = "brmrs_item"
 USER_GRAPH = "brmrs_user"
@@ -118,15 +118,9 @@ def synergy_loss(delta_fused: Tensor, delta_modal: Tensor, theta: float) -> Tens
     return bpr_loss(delta_fused - float(theta), delta_modal.max(dim=0).values)
 
 
-def gather(rows: Tensor, ids: Tensor) -> Tensor:
-    """``rows[ids]`` for ``ids`` of any shape -> ``ids.shape + rows.shape[1:]`` via ``index_select`` (on CPU many times
-    faster than advanced indexing with a 2-d index, and its backward is an ``index_add_``)."""
-    return rows.index_select(0, ids.reshape(-1)).view(*ids.shape, *rows.shape[1:])
-
-
 def user_rows(channel: Channel, users: Tensor) -> Tensor:
-    """The channel's user rows ``[B, d]`` (a table is gathered with :func:`gather`)."""
-    return gather(channel.users, users) if channel.users is not None else channel.user_rows(users)
+    """The channel's user rows ``[B, d]`` (a table is gathered with :func:`~mmgraph.nn.sparse.gather_rows`)."""
+    return gather_rows(channel.users, users) if channel.users is not None else channel.user_rows(users)
 
 
 def item_rows(channel: Channel, groups: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor]]:
@@ -237,7 +231,7 @@ class BRMRSObjective:
                 if self.strategy == "fused":
                     f_rows, (f_ix,) = item_rows(fused, [cand])
                     f_scores = torch.einsum("bd,bnd->bn", rows_of.users(fused).detach(),
-                                             gather(f_rows.detach(), f_ix))
+                                             gather_rows(f_rows.detach(), f_ix))
                 at = hard_positions(scores, self.strategy, self.modalities, f_scores)       # [M, B]
         # per modality ONE gather (and one backward scatter) of the rows of i+, i- and the hard negative
         s_pos, s_neg, s_hard = [], [], []
@@ -248,7 +242,7 @@ class BRMRSObjective:
             if affine[k] is not None:
                 s = affine_row_scores(u, *affine[k], torch.stack(parts), table=rows)
             else:
-                s = (u.unsqueeze(0) * gather(rows, torch.cat(parts)).view(len(parts), len(users), -1)).sum(-1)
+                s = (u.unsqueeze(0) * gather_rows(rows, torch.cat(parts)).view(len(parts), len(users), -1)).sum(-1)
             s_pos.append(s[0])
             if use_neg:
                 s_neg.append(s[1])
@@ -262,7 +256,7 @@ class BRMRSObjective:
             if fused_scores is None:
                 f_rows, (f_pos, f_neg) = item_rows(fused, [pos, neg])
                 s = (rows_of.users(fused).unsqueeze(0) *
-                     gather(f_rows, torch.cat([f_pos, f_neg])).view(2, len(users), -1)).sum(-1)
+                     gather_rows(f_rows, torch.cat([f_pos, f_neg])).view(2, len(users), -1)).sum(-1)
                 fused_scores = (s[0], s[1])
             delta_f = fused_scores[0] - fused_scores[1]
             delta_modal = torch.stack(s_pos) - torch.stack(s_neg)
@@ -422,12 +416,14 @@ class BRMRS(Recommender):
         fused = Channel(users=pf, items=qf)
         terms = self.objective.terms(batch, modal, fused)
         if self.fused_bpr:
-            eu = gather(pf, batch.users)
-            terms["bpr"] = bpr_loss((eu * gather(qf, batch.pos)).sum(-1), (eu * gather(qf, batch.neg)).sum(-1))
+            eu = gather_rows(pf, batch.users)
+            qp, qn = gather_rows(qf, batch.pos), gather_rows(qf, batch.neg)
+            terms["bpr"] = bpr_loss((eu * qp).sum(-1), (eu * qn).sum(-1))
         if self.reg_weight > 0:
             items = torch.cat([batch.pos, batch.neg])
             x_i = torch.stack([self.items_in.project(m, items) for m in self.modalities], 1)
-            terms["reg"] = self.reg_weight * l2_reg(gather(self.user_emb, batch.users), x_i, batch_size=len(batch))
+            terms["reg"] = self.reg_weight * l2_reg(gather_rows(self.user_emb, batch.users), x_i,
+                                                    batch_size=len(batch))
         total = sum(terms.values())
         return LossOutput(total, terms, pf, qf, channels={**modal, FUSED: fused})
 

@@ -40,7 +40,7 @@ from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import split_nodes, unique_rows
+from mmgraph.nn.sparse import gather_rows, split_nodes, unique_rows
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +291,8 @@ class CM3(Recommender):
     def weight_users(self, u_rep: Tensor, ids: Optional[Tensor] = None, distinct: bool = False) -> Tensor:
         """Eq. 7: per-user softmax weights over the channel blocks of ``u_rep`` (all users, or the rows
         ``ids``; ``distinct`` says ``ids`` has no repeats, which makes the backward cheaper)."""
-        pref = self.user_pref if ids is None else self.user_pref[ids]
-        rows = u_rep if ids is None else (unique_rows(u_rep, ids) if distinct else u_rep[ids])
+        pref = self.user_pref if ids is None else gather_rows(self.user_pref, ids)
+        rows = u_rep if ids is None else (unique_rows(u_rep, ids) if distinct else gather_rows(u_rep, ids))
         n = rows.shape[0]
         weights = torch.softmax(pref, dim=1)  # [n, C, 1]
         return _ChannelWeights.apply(weights, rows.view(n, self.n_channels, -1)).reshape(n, -1)
@@ -343,12 +343,12 @@ class CM3(Recommender):
             iid, iinv, icount = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True,
                                              return_counts=True)
             i = row_normalize(unique_rows(items_all, iid))
-            i_pos = i[iinv[:n_pos]]
+            i_pos = gather_rows(i, iinv[:n_pos])
         else:
             iid, icount = torch.unique(batch.neg, return_counts=True)
             i = row_normalize(unique_rows(items_all, iid))
-            i_pos = row_normalize(items_all[batch.pos])
-        align = alignment(u[uinv], i_pos)
+            i_pos = row_normalize(gather_rows(items_all, batch.pos))
+        align = alignment(gather_rows(u, uinv), i_pos)
         uni_u = calibrated_uniformity(u, None, t, ucount if cfg["user_pairs"] == "rows" else None)
         feats = None
         if cfg["uniformity"] == "calibrated":  # s_ab = clamp(cos(h_a, h_b), min_sim, max_sim)
@@ -366,7 +366,7 @@ class CM3(Recommender):
             of one call share one computation."""
             if memo.get("ids") is not ids or memo["grad"] != torch.is_grad_enabled():
                 memo["ids"], memo["grad"] = ids, torch.is_grad_enabled()
-                memo["rows"] = w_u[uinv] if ids is batch.users else self.weight_users(u_rep, ids)
+                memo["rows"] = gather_rows(w_u, uinv) if ids is batch.users else self.weight_users(u_rep, ids)
             return memo["rows"]
         channels = {name: Channel(items=items_all[:, k * d:(k + 1) * d],
                                   user_fn=lambda ids, k=k: user_rows(ids)[:, k * d:(k + 1) * d])

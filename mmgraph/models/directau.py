@@ -10,6 +10,7 @@ from torch import Tensor
 from mmgraph.losses import alignment, uniformity
 from mmgraph.models.base import Batch, GraphRecommender, LossOutput
 from mmgraph.models.registry import register
+from mmgraph.nn.sparse import gather_rows
 
 
 @register("directau")
@@ -33,8 +34,8 @@ class DirectAU(GraphRecommender):
 
     def loss(self, batch: Batch) -> LossOutput:
         u, i = self.forward()
-        eu = F.normalize(u[batch.users], dim=-1)
-        ei = F.normalize(i[batch.pos], dim=-1)
+        eu = F.normalize(gather_rows(u, batch.users), dim=-1)
+        ei = F.normalize(gather_rows(i, batch.pos), dim=-1)
         align = alignment(eu, ei)
         t = float(self.config["uniformity_t"])
         uni_u = uniformity(F.normalize(u[torch.unique(batch.users)], dim=-1), t)

@@ -37,7 +37,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import SparseAdj, split_nodes
+from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes
 
 USER_GRAPH = "user_cocount"
 LN2 = math.log(2.0)
@@ -127,9 +127,10 @@ class DualGraphBase(Recommender):
     def loss(self, batch: Batch) -> LossOutput:
         parts = self.parts()
         u_all, i_all = self.fuse(parts)
-        eu = u_all[batch.users]
-        bpr = bpr_loss((eu * i_all[batch.pos]).sum(-1), (eu * i_all[batch.neg]).sum(-1)) / LN2  # log2, as MMRec
-        reg = sum(self.branches[m].preference[batch.users].pow(2).mean() for m in self.modalities)
+        eu = gather_rows(u_all, batch.users)
+        ep, en = gather_rows(i_all, batch.pos), gather_rows(i_all, batch.neg)
+        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1)) / LN2  # log2, as MMRec
+        reg = sum(gather_rows(self.branches[m].preference, batch.users).pow(2).mean() for m in self.modalities)
         reg = float(self.config["reg_weight"]) * (reg + self.extra_reg())
         channels = {m: Channel(users=p[: self.n_users], items=p[self.n_users:]) for m, p in parts.items()}
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all, channels=channels)

@@ -21,7 +21,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import SparseAdj, unique_rows
+from mmgraph.nn.sparse import SparseAdj, gather_rows, unique_rows
 
 ITEM_GRAPH = "knn_mm"
 
@@ -114,7 +114,7 @@ class FREEDOM(GraphRecommender):
         sub = batch.extras.get("subgraph")
         if sub is None:
             u_all, i_all = self.forward(self.train_adj)
-            eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
+            eu, ep, en = gather_rows(u_all, batch.users), gather_rows(i_all, batch.pos), gather_rows(i_all, batch.neg)
             user_rows = None
         else:  # graph_batching: sampled: the user-item part on the sampled subgraph, the item graph exactly
             hu, hi = self.propagate_subgraph(sub)
@@ -131,7 +131,7 @@ class FREEDOM(GraphRecommender):
         total = bpr
         if sub is None:
             def user_rows_full(ids: Tensor) -> Tensor:   # the batch's users reuse this step's rows
-                return eu if ids is batch.users else u_all[ids]
+                return eu if ids is batch.users else gather_rows(u_all, ids)
         channels = {m: Channel(user_fn=user_rows if sub is not None else user_rows_full,
                                item_fn=lambda ids, m=m: self.modal.project(m, ids),
                                item_table=lambda m=m: self.modal.project(m),
@@ -154,7 +154,7 @@ class FREEDOM(GraphRecommender):
         items, inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         total = users.new_zeros(())
         for name in self.modal.modalities:
-            rows = self.modal.proj[name](unique_rows(self.modal.table(name), items))[inv]
+            rows = gather_rows(self.modal.proj[name](unique_rows(self.modal.table(name), items)), inv)
             total = total + bpr_loss((users * rows[:b]).sum(-1), (users * rows[b:]).sum(-1))
         return total
 

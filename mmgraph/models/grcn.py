@@ -35,7 +35,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.edges import EdgeGraph
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import split_nodes
+from mmgraph.nn.sparse import gather_rows, split_nodes
 
 
 def edge_attention(x: Tensor, edge_index: "Tensor | EdgeGraph", num_nodes: int) -> Tensor:
@@ -48,7 +48,7 @@ def edge_attention(x: Tensor, edge_index: "Tensor | EdgeGraph", num_nodes: int) 
     if isinstance(edge_index, EdgeGraph):
         return softmax(edge_index.dot(x), edge_index.dst, num_nodes=num_nodes)
     src, dst = edge_index
-    logits = (x[src] * x[dst]).sum(-1)
+    logits = (gather_rows(x, src) * gather_rows(x, dst)).sum(-1)
     return softmax(logits, dst, num_nodes=num_nodes)
 
 
@@ -138,16 +138,16 @@ class GRCN(Recommender):
         parts = self.parts()
         rep = torch.cat(list(parts.values()), 1)
         u_all, i_all = split_nodes(rep, self.n_users)
-        eu = u_all[batch.users]
-        bpr = bpr_loss((eu * i_all[batch.pos]).sum(-1), (eu * i_all[batch.neg]).sum(-1))
+        eu = gather_rows(u_all, batch.users)
+        bpr = bpr_loss((eu * gather_rows(i_all, batch.pos)).sum(-1), (eu * gather_rows(i_all, batch.neg)).sum(-1))
         # MMRec: mean over the 2B (user, item) rows of E_id[u]^2 + E_id[i]^2, i.e. users counted twice
-        idu = self.id_emb[batch.users]
+        idu = gather_rows(self.id_emb, batch.users)
         idi = self.id_emb[self.n_users + torch.cat([batch.pos, batch.neg])]
         reg = (2 * idu.pow(2).sum() + idi.pow(2).sum()) / idi.numel()
         if "image" in self.content:
             reg = reg + self.content["image"].preference.pow(2).mean()
         for m in self.modalities:
-            reg = reg + self.content[m].preference[batch.users].pow(2).mean()
+            reg = reg + gather_rows(self.content[m].preference, batch.users).pow(2).mean()
         reg = float(self.config["reg_weight"]) * reg
         channels = {name: Channel(users=p[: self.n_users], items=p[self.n_users:]) for name, p in parts.items()}
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all, channels=channels)

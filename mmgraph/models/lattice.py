@@ -34,7 +34,7 @@ from mmgraph.models.base import Batch, GraphRecommender, LossOutput, item_featur
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, gather_rows
 from mmgraph.utils.faiss_utils import search_ip
 
 CF_MODELS = ("lightgcn", "mf")
@@ -76,7 +76,7 @@ def knn_indices(x: Tensor, k: int) -> Tuple[Tensor, Tensor]:
 def pair_cosines(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """``cos(x[rows], x[cols])`` as ``[E]``, differentiable (all-zero rows give 0)."""
     xn = F.normalize(x, dim=1)
-    return (xn[rows] * xn[cols]).sum(-1)
+    return (gather_rows(xn, rows) * gather_rows(xn, cols)).sum(-1)
 
 
 def sym_normalize_rows(rows: Tensor, cols: Tensor, weight: Tensor, n: int) -> Tensor:
@@ -204,7 +204,7 @@ class LATTICE(GraphRecommender):
         else:
             graph = self._fixed_graph
         u_all, i_all = self.forward(graph)
-        eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
+        eu, ep, en = gather_rows(u_all, batch.users), gather_rows(i_all, batch.pos), gather_rows(i_all, batch.neg)
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         reg = float(self.config["reg_weight"]) * l2_reg(eu, ep, en, batch_size=self.batch_size)
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all)

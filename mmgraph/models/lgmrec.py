@@ -34,7 +34,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.sparse import SparseAdj, split_nodes
+from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
 
 TAU = 0.2  # MMRec LGMRec: Gumbel-softmax temperature and InfoNCE temperature
 
@@ -164,7 +164,7 @@ class LGMRec(GraphRecommender):
     def loss(self, batch: Batch) -> LossOutput:
         final, mges, ghes = self.parts()
         u_all, i_all = split_nodes(final, self.n_users)
-        eu, ep, en = u_all[batch.users], i_all[batch.pos], i_all[batch.neg]
+        eu, ep, en = gather_rows(u_all, batch.users), gather_rows(i_all, batch.pos), gather_rows(i_all, batch.neg)
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         cl = final.new_zeros(())
         # a batch row's term depends on its node only: each distinct node once, weighted by its repeats
@@ -172,8 +172,10 @@ class LGMRec(GraphRecommender):
         items, n_items = torch.unique(batch.pos, return_counts=True)
         for a, b in combinations(self.features.modalities, 2):
             ga, gb = ghes[a], ghes[b]
-            cl = cl + hyper_infonce(ga.users[users], gb.users[users], (gb.h_users, gb.lat), counts=n_users) \
-                + hyper_infonce(ga.items[items], gb.items[items], (gb.h_items, gb.lat), counts=n_items)
+            cl = cl + hyper_infonce(unique_rows(ga.users, users), unique_rows(gb.users, users), (gb.h_users, gb.lat),
+                                    counts=n_users) \
+                + hyper_infonce(unique_rows(ga.items, items), unique_rows(gb.items, items), (gb.h_items, gb.lat),
+                                counts=n_items)
         reg = emb_reg(eu, ep, en)
         total = bpr + float(self.config["cl_weight"]) * cl + float(self.config["reg_weight"]) * reg
         channels = {m: Channel(users=v[: self.n_users], items=v[self.n_users:]) for m, v in mges.items()}

@@ -32,7 +32,7 @@ from mmgraph.models.lgmrec import user_item_matrix
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import split_nodes, unique_rows
+from mmgraph.nn.sparse import gather_rows, split_nodes, unique_rows
 
 CL_TEMPERATURE = 0.2  # MMRec MGCN: InfoNCE(side, content, 0.2)
 
@@ -59,7 +59,7 @@ def side_content_loss(model: GraphRecommender, batch: Batch, content: Tensor, vi
     c_rows = unique_rows(content, rows)
     side = side_fn(c_rows, {v: unique_rows(x, rows) for v, x in views.items()})
     final = c_rows + side
-    eu, ep, en = final[inv[:b]], final[inv[b:2 * b]], final[inv[2 * b:]]
+    eu, ep, en = gather_rows(final, inv).split(b)
     s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
     bpr = bpr_loss(s_pos, s_neg)
     reg = float(cfg["reg_weight"]) * l2_reg(eu, ep, en, batch_size=model.batch_size)

@@ -32,7 +32,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import SparseAdj, split_nodes, unique_rows
+from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
 
 
 def mean_adj(edge_index: Tensor, n_users: int, n_items: int) -> SparseAdj:
@@ -157,16 +157,16 @@ class MMGCN(Recommender):
             """Final (or one modality's) representations of the node ids ``nodes`` (repeats allowed)."""
             uniq, inv = torch.unique(nodes, return_inverse=True)
             if modality is not None:
-                return modality_rows(modality, uniq)[inv]
-            return torch.stack([modality_rows(m, uniq) for m in self.modalities]).mean(0)[inv]
+                return gather_rows(modality_rows(modality, uniq), inv)
+            return gather_rows(torch.stack([modality_rows(m, uniq) for m in self.modalities]).mean(0), inv)
 
         n = batch.users.shape[0]
         items = self.n_users + torch.cat([batch.pos, batch.neg])
         rep = rows(torch.cat([batch.users, items]))
         eu, ep, en = rep[:n], rep[n:2 * n], rep[2 * n:]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
-        idu = self.id_emb[batch.users]
-        idi = self.id_emb[items]
+        idu = gather_rows(self.id_emb, batch.users)
+        idi = gather_rows(self.id_emb, items)
         reg = (2 * idu.pow(2).sum() + idi.pow(2).sum()) / idi.numel()
         if "image" in self.gcn:
             reg = reg + self.gcn["image"].preference.pow(2).mean()

@@ -32,7 +32,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.sparse import split_nodes, unique_rows
+from mmgraph.nn.sparse import gather_rows, split_nodes, unique_rows
 
 ID = "id"
 
@@ -138,8 +138,8 @@ class SLMRec(GraphRecommender):
         (:func:`~mmgraph.losses.paired_info_nce`) and FAC run on them with their counts. The same values and
         gradients as fusing every node and repeating rows."""
         bu, bi = self.branches()
-        user_rows = lambda ids: self.user_fuse(bu[ids].flatten(1))  # noqa: E731
-        item_rows = lambda ids: self.item_fuse(bi[ids].flatten(1))  # noqa: E731
+        user_rows = lambda ids: self.user_fuse(gather_rows(bu, ids).flatten(1))  # noqa: E731
+        item_rows = lambda ids: self.item_fuse(gather_rows(bi, ids).flatten(1))  # noqa: E731
         users, u_index = torch.unique(batch.users, return_inverse=True)
         items, i_index, counts = torch.unique(batch.pos, return_inverse=True, return_counts=True)
         main = paired_info_nce(user_rows(users), item_rows(items), u_index, i_index, float(self.config["temp"]))

@@ -10,6 +10,7 @@ from mmgraph.losses import bpr_loss, emb_reg
 from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.sparse import gather_rows
 
 
 @register("vbpr")
@@ -33,7 +34,7 @@ class VBPR(Recommender):
         self.item_linear = nn.Linear(sum(self.features.dims.values()), d)
 
     def item_representation(self, items: Optional[Tensor] = None) -> Tensor:
-        ids = self.item_emb if items is None else self.item_emb[items]
+        ids = self.item_emb if items is None else gather_rows(self.item_emb, items)
         return torch.cat([ids, self.item_linear(self.features.concat(items))], -1)
 
     def forward(self) -> Tuple[Tensor, Tensor]:
@@ -53,7 +54,7 @@ class VBPR(Recommender):
         return self.features.raw(name, items) @ self.modality_weight(name).t()
 
     def loss(self, batch: Batch) -> LossOutput:
-        eu = self.user_emb[batch.users]
+        eu = gather_rows(self.user_emb, batch.users)
         ep, en = self.item_representation(batch.pos), self.item_representation(batch.neg)
         s_pos, s_neg = (eu * ep).sum(-1), (eu * en).sum(-1)
         bpr = bpr_loss(s_pos, s_neg)
@@ -61,7 +62,7 @@ class VBPR(Recommender):
         d = self.embedding_size
 
         def feature_users(ids: Tensor) -> Tensor:   # theta_u[d:]; the batch's users reuse this step's rows
-            return eu[:, d:] if ids is batch.users else self.user_emb[ids, d:]
+            return eu[:, d:] if ids is batch.users else gather_rows(self.user_emb, ids)[:, d:]
         channels = {"id": Channel(users=self.user_emb[:, :d], items=self.item_emb)}
         channels.update({m: Channel(user_fn=feature_users, item_fn=lambda ids, m=m: self.modality_items(m, ids),
                                     item_table=lambda m=m: self.modality_items(m),

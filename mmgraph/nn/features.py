@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmgraph.nn.sparse import gather_rows
+
 
 def _as_tensor(feat) -> Tensor:
     return torch.as_tensor(np.asarray(feat) if not torch.is_tensor(feat) else feat, dtype=torch.float32)
@@ -45,7 +47,7 @@ class FeatureTables(nn.Module):
     def raw(self, name: str, items: Optional[Tensor] = None) -> Tensor:
         """Rows ``items`` (default all) of modality ``name``: ``[len(items), d_m]``."""
         table = self.table(name)
-        return table if items is None else table[items]
+        return table if items is None else gather_rows(table, items)
 
     def concat(self, items: Optional[Tensor] = None) -> Tensor:
         """``[n, sum_m d_m]``: the modalities side by side, in :attr:`modalities` order."""

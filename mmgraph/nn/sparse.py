@@ -47,6 +47,17 @@ def unique_rows(x: Tensor, index: Tensor) -> Tensor:
     return x.index_select(0, index)
 
 
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for an integer ``index`` of any shape, repeats allowed: ``index.shape + x.shape[1:]``.
+
+    The same values as advanced indexing. The backward is ``index_select``'s, an ``index_add_`` into zeros,
+    where ``x[index]``'s backward runs an accumulating ``index_put_``, which on CPU is 4-8x slower (4,096
+    rows into a ``[6710, 64]`` table: 0.26 vs 1.05 ms): every training step gathers its batch's rows this
+    way. The gradient equals plain indexing's up to the order in which repeated rows are summed.
+    """
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
+
+
 def split_nodes(h: Tensor, n_users: int) -> Tuple[Tensor, Tensor]:
     """``(h[:n_users], h[n_users:])`` for a joint ``[U + I, ...]`` node table: users ``[U, ...]``, items ``[I, ...]``.
 
@@ -199,7 +210,7 @@ class SparseAdj(nn.Module):
         from ``rows`` in ``power`` steps are computed (O(len(rows) * nnz_per_row^power)); differentiable
         w.r.t. ``x``."""
         if power <= 0:
-            return x[rows]
+            return gather_rows(x, rows)
         crow, col, val = self.csr.crow_indices(), self.csr.col_indices(), self.csr.values()
         start = crow[rows]
         counts = crow[rows + 1] - start
@@ -210,7 +221,7 @@ class SparseAdj(nn.Module):
         cols, inverse = torch.unique(col[entry], return_inverse=True)
         h = self.rows_matmul(x, cols, power - 1)
         out = x.new_zeros((len(rows),) + tuple(x.shape[1:]))
-        return out.index_add(0, out_pos, h[inverse] * val[entry].to(x.dtype).unsqueeze(-1))
+        return out.index_add(0, out_pos, gather_rows(h, inverse) * val[entry].to(x.dtype).unsqueeze(-1))
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, nnz={self.nnz}, symmetric={self.symmetric}"
