@@ -209,3 +209,28 @@ def test_row_normalize_equals_f_normalize_values_and_gradients():
     assert torch.autograd.gradcheck(row_normalize, (smooth,))
     with torch.no_grad():                # no graph: the plain function
         torch.testing.assert_close(row_normalize(x), ref.detach())
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+def test_dropout_keeps_each_entry_with_probability_1_minus_p_and_rescales(p):
+    from mmgraph.nn.dropout import Dropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.rand(400, 250).add_(0.5).requires_grad_()     # no zero entries: kept <=> nonzero output
+    torch.manual_seed(1)
+    y = dropout(x, p)
+    kept = y != 0
+    n = x.numel()
+    # the keep rate is Binomial(n, 1 - p) / n: within 5 standard deviations
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * ((p * (1 - p) / n) ** 0.5)
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    # seeded: the same mask again; eval mode, p = 0 and p = 1 as nn.Dropout
+    torch.manual_seed(1)
+    torch.testing.assert_close(dropout(x.detach(), p), y.detach())
+    module = Dropout(p).eval()
+    assert module(x) is x and dropout(x, 0.0) is x
+    assert torch.count_nonzero(dropout(x, 1.0)) == 0
+    with pytest.raises(ValueError, match="dropout probability"):
+        dropout(x, 1.5)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from mmgraph.losses import emb_reg
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
+from mmgraph.nn.dropout import dropout
 from mmgraph.nn.features import ModalityEncoder
 from mmgraph.nn.sparse import gather_rows
 
@@ -57,8 +58,8 @@ class BM3(GraphRecommender):
         p = float(self.config["dropout"])
         users, items = batch.users, batch.pos
         with torch.no_grad():
-            u_target = F.dropout(gather_rows(u_all, users), p)
-            i_target = F.dropout(gather_rows(i_all, items), p)
+            u_target = dropout(gather_rows(u_all, users), p)
+            i_target = dropout(gather_rows(i_all, items), p)
         u_online = self.predictor(gather_rows(u_all, users))
         i_online = self.predictor(gather_rows(i_all, items))
         loss_ui = _cos_loss(u_online, i_target)
@@ -68,7 +69,7 @@ class BM3(GraphRecommender):
             feat = self.modal.project(name, items)
             feat_online = self.predictor(feat)
             with torch.no_grad():
-                feat_target = F.dropout(feat, p)
+                feat_target = dropout(feat, p)
             cl = cl + _cos_loss(feat_online, i_target) + _cos_loss(feat_online, feat_target)
         # MMRec: EmbLoss over ALL user and item rows, divided by the number of items (its last argument)
         reg = self.config["reg_weight"] * emb_reg(u_all, i_all)

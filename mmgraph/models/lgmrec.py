@@ -33,6 +33,7 @@ from mmgraph.losses import bpr_loss, emb_reg, weighted_logsumexp
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
+from mmgraph.nn.dropout import Dropout
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
 
@@ -120,7 +121,7 @@ class LGMRec(GraphRecommender):
                                      for m, dim in self.features.dims.items()})
         self.hyper = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.zeros(dim, hyper)))
                                        for m, dim in self.features.dims.items()})
-        self.drop = nn.Dropout(p=1.0 - float(cfg["keep_rate"]))
+        self.drop = Dropout(p=1.0 - float(cfg["keep_rate"]))
 
     # ---- pieces
     def mge(self, m: str) -> Tensor:

@@ -33,6 +33,7 @@ from mmgraph.models.lgmrec import user_item_matrix
 from mmgraph.models.mgcn import SideContentRecommender, gate
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
+from mmgraph.nn.dropout import Dropout
 from mmgraph.nn.features import ModalityEncoder
 from mmgraph.nn.sparse import SparseAdj
 
@@ -92,7 +93,7 @@ class SMORE(SideContentRecommender):
         self.gate_item = nn.ModuleDict({v: gate(d) for v in views})
         self.gate_prefer = nn.ModuleDict({v: gate(d) for v in views})
         self.query = nn.ModuleDict({m: query(d) for m in mods})
-        self.dropout = nn.Dropout(float(cfg["dropout_rate"]))
+        self.dropout = Dropout(float(cfg["dropout_rate"]))
         self.conv = LightGCNConv()
 
     def spectrum(self) -> Dict[str, Tensor]:
