@@ -42,6 +42,11 @@ class Batch:
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
+    def rows(self, users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The batch's rows of a user table ``[U, ...]`` and an item table ``[I, ...]``: ``(users[self.users],
+        items[self.pos], items[self.neg])``, each ``[B, ...]``, gathered with :func:`~mmgraph.nn.sparse.gather_rows`."""
+        return gather_rows(users, self.users), gather_rows(items, self.pos), gather_rows(items, self.neg)
+
 
 RowFn = Callable[[Tensor], Tensor]
 

@@ -36,7 +36,7 @@ from mmgraph.graph.relations import Relation, relation_adj, relation_graph
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
-from mmgraph.nn.sparse import SparseAdj, gather_rows, unique_rows
+from mmgraph.nn.sparse import SparseAdj, unique_rows
 
 SESSION = "session"
 SESSION_GRAPH = "cocount_items"
@@ -215,10 +215,10 @@ class DAMRS(GraphRecommender):
         kl = symmetric_bernoulli_kl(ub @ F.normalize(unique_rows(items, iid), dim=-1).t(),
                                     ub @ F.normalize(unique_rows(fused, iid), dim=-1).t()).mean()
         # denoised BPR
-        eu = gather_rows(users, batch.users)
-        w_pos, w_neg = feedback_weights(eu, views[:, batch.pos], views[:, batch.neg])
         item_all = items + fused
-        diff = (eu * gather_rows(item_all, batch.pos)).sum(-1) - (eu * gather_rows(item_all, batch.neg)).sum(-1)
+        eu, ep, en = batch.rows(users, item_all)
+        w_pos, w_neg = feedback_weights(eu, views[:, batch.pos], views[:, batch.neg])
+        diff = (eu * ep).sum(-1) - (eu * en).sum(-1)
         bpr = -(F.logsigmoid(diff) * w_pos + F.logsigmoid(-diff) * w_neg).mean()
         total = bpr + float(self.config["neighbor_weight"]) * nd + float(self.config["kl_weight"]) * kl
         channels = {v: Channel(users=users, items=views[k]) for k, v in enumerate(self.view_names)}

@@ -127,8 +127,7 @@ class DualGraphBase(Recommender):
     def loss(self, batch: Batch) -> LossOutput:
         parts = self.parts()
         u_all, i_all = self.fuse(parts)
-        eu = gather_rows(u_all, batch.users)
-        ep, en = gather_rows(i_all, batch.pos), gather_rows(i_all, batch.neg)
+        eu, ep, en = batch.rows(u_all, i_all)
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1)) / LN2  # log2, as MMRec
         reg = sum(gather_rows(self.branches[m].preference, batch.users).pow(2).mean() for m in self.modalities)
         reg = float(self.config["reg_weight"]) * (reg + self.extra_reg())

@@ -114,7 +114,7 @@ class FREEDOM(GraphRecommender):
         sub = batch.extras.get("subgraph")
         if sub is None:
             u_all, i_all = self.forward(self.train_adj)
-            eu, ep, en = gather_rows(u_all, batch.users), gather_rows(i_all, batch.pos), gather_rows(i_all, batch.neg)
+            eu, ep, en = batch.rows(u_all, i_all)
             user_rows = None
         else:  # graph_batching: sampled: the user-item part on the sampled subgraph, the item graph exactly
             hu, hi = self.propagate_subgraph(sub)

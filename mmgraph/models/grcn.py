@@ -138,8 +138,8 @@ class GRCN(Recommender):
         parts = self.parts()
         rep = torch.cat(list(parts.values()), 1)
         u_all, i_all = split_nodes(rep, self.n_users)
-        eu = gather_rows(u_all, batch.users)
-        bpr = bpr_loss((eu * gather_rows(i_all, batch.pos)).sum(-1), (eu * gather_rows(i_all, batch.neg)).sum(-1))
+        eu, ep, en = batch.rows(u_all, i_all)
+        bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         # MMRec: mean over the 2B (user, item) rows of E_id[u]^2 + E_id[i]^2, i.e. users counted twice
         idu = gather_rows(self.id_emb, batch.users)
         idi = self.id_emb[self.n_users + torch.cat([batch.pos, batch.neg])]

@@ -20,7 +20,7 @@ similarities are recomputed row by row with gradient; the mixed graph is a spars
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -204,7 +204,7 @@ class LATTICE(GraphRecommender):
         else:
             graph = self._fixed_graph
         u_all, i_all = self.forward(graph)
-        eu, ep, en = gather_rows(u_all, batch.users), gather_rows(i_all, batch.pos), gather_rows(i_all, batch.neg)
+        eu, ep, en = batch.rows(u_all, i_all)
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         reg = float(self.config["reg_weight"]) * l2_reg(eu, ep, en, batch_size=self.batch_size)
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u_all, i_all)

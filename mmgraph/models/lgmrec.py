@@ -21,7 +21,7 @@ the modality pairs ``(a, b)``, ``a < b`` (MMRec: image vs text). Channels: one p
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.dropout import Dropout
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
+from mmgraph.nn.sparse import SparseAdj, split_nodes, unique_rows
 
 TAU = 0.2  # MMRec LGMRec: Gumbel-softmax temperature and InfoNCE temperature
 
@@ -165,7 +165,7 @@ class LGMRec(GraphRecommender):
     def loss(self, batch: Batch) -> LossOutput:
         final, mges, ghes = self.parts()
         u_all, i_all = split_nodes(final, self.n_users)
-        eu, ep, en = gather_rows(u_all, batch.users), gather_rows(i_all, batch.pos), gather_rows(i_all, batch.neg)
+        eu, ep, en = batch.rows(u_all, i_all)
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         cl = final.new_zeros(())
         # a batch row's term depends on its node only: each distinct node once, weighted by its repeats

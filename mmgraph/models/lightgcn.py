@@ -8,7 +8,6 @@ from torch import Tensor
 from mmgraph.losses import bpr_loss, emb_reg
 from mmgraph.models.base import Batch, GraphRecommender, LossOutput, subgraph_rows
 from mmgraph.models.registry import register
-from mmgraph.nn.sparse import gather_rows
 
 
 @register("lightgcn")
@@ -25,7 +24,7 @@ class LightGCN(GraphRecommender):
         sub = batch.extras.get("subgraph")
         if sub is None:
             u, i = self.forward()
-            eu, ep, en = gather_rows(u, batch.users), gather_rows(i, batch.pos), gather_rows(i, batch.neg)
+            eu, ep, en = batch.rows(u, i)
         else:  # graph_batching: sampled -- only the batch's sampled neighbourhood is propagated
             hu, hi = self.propagate_subgraph(sub)
             eu = hu[sub["user"].src_index]

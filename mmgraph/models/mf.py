@@ -8,7 +8,6 @@ from torch import Tensor
 from mmgraph.losses import bpr_loss, emb_reg
 from mmgraph.models.base import Batch, LossOutput, Recommender, xavier_embedding
 from mmgraph.models.registry import register
-from mmgraph.nn.sparse import gather_rows
 
 
 @register("mf")
@@ -27,7 +26,7 @@ class MFBPR(Recommender):
 
     def loss(self, batch: Batch) -> LossOutput:
         u, i = self.forward()
-        eu, ep, en = gather_rows(u, batch.users), gather_rows(i, batch.pos), gather_rows(i, batch.neg)
+        eu, ep, en = batch.rows(u, i)
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
         reg = self.config["reg_weight"] * emb_reg(eu, ep, en)
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, u, i)
