@@ -416,8 +416,7 @@ class BRMRS(Recommender):
         fused = Channel(users=pf, items=qf)
         terms = self.objective.terms(batch, modal, fused)
         if self.fused_bpr:
-            eu = gather_rows(pf, batch.users)
-            qp, qn = gather_rows(qf, batch.pos), gather_rows(qf, batch.neg)
+            eu, qp, qn = batch.rows(pf, qf)
             terms["bpr"] = bpr_loss((eu * qp).sum(-1), (eu * qn).sum(-1))
         if self.reg_weight > 0:
             items = torch.cat([batch.pos, batch.neg])

@@ -6,6 +6,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _probability(p: float) -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    return p
+
+
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """Inverted dropout of ``x [...]``: each entry kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``.
 
@@ -15,9 +22,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     Bernoulli(1 - p) law, from a different stream of the generator, so a seeded run draws different masks
     than ``F.dropout`` would. On other devices ``F.dropout`` (fused there) is used.
     """
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    p = _probability(p)
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
@@ -34,9 +39,7 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = _probability(p)
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
