@@ -134,6 +134,14 @@ def test_sinkhorn_marginals(n, p):
     q = sinkhorn(scores, 0.05, 300)
     torch.testing.assert_close(q.sum(1), torch.ones(n), atol=1e-5, rtol=0)
     torch.testing.assert_close(q.sum(0), torch.full((p,), n / p), atol=1e-3, rtol=1e-3)
+    # scale: the codes of scale * scores, without modifying the scores unless inplace
+    kept = scores.clone()
+    scaled = sinkhorn(scores, 0.05, 3, scale=torch.tensor(0.3))
+    torch.testing.assert_close(scaled, sinkhorn(scores * 0.3, 0.05, 3))
+    assert torch.equal(scores, kept)
+    torch.testing.assert_close(sinkhorn(scores.clone(), 0.05, 3, inplace=True, scale=0.3), scaled)
+    with pytest.raises(ValueError, match="scale / eps > 0"):
+        sinkhorn(scores, 0.05, 3, scale=0.0)
 
 
 # ------------------------------------------------------------------------------ CNA neighbours

@@ -71,6 +71,29 @@ def test_weighted_logsumexp_column_weights_are_multiplicities():
         torch.testing.assert_close(got, want)
 
 
+def test_soft_cross_entropy_equals_the_log_softmax_expression():
+    import pytest
+
+    from mmgraph.losses import soft_cross_entropy
+    from tests.helpers import assert_same_gradients
+    g = torch.Generator().manual_seed(2)
+    z = (torch.randn(11, 7, generator=g, dtype=torch.float64) * 9).requires_grad_(True)  # wide logit range
+    r = torch.rand(11, 7, generator=g, dtype=torch.float64)
+    r[3] = 0.0                                              # a row with no target mass
+    r[5] *= 4.0                                             # rows need not sum to 1
+    for scale in (1.0, 1 / 11, 0.37):
+        ref = -scale * (r * F.log_softmax(z, dim=1)).sum()
+        ours = soft_cross_entropy(z, r, scale)
+        torch.testing.assert_close(ours, ref)
+        assert_same_gradients(ours * 1.3, ref * 1.3, [z])    # the incoming gradient scales it
+    # the target gets no gradient, even when it has one upstream
+    rg = r.clone().requires_grad_(True)
+    soft_cross_entropy(z, rg).backward()
+    assert rg.grad is None
+    with pytest.raises(ValueError, match="differ in shape"):
+        soft_cross_entropy(z, r[:, :3])
+
+
 def test_paired_info_nce_equals_the_repeated_rows():
     from mmgraph.losses import paired_info_nce, unit_info_nce
     g = torch.Generator().manual_seed(2)

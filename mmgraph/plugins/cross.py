@@ -37,7 +37,8 @@ from mmgraph.errors import ConfigError
 from mmgraph.graph.relations import Relation, neighbour_lists, node_counts, relation_graph
 from mmgraph.models.base import Batch, LossOutput, item_features
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.sparse import unique_rows
+from mmgraph.losses import soft_cross_entropy, weighted_logsumexp
+from mmgraph.nn.sparse import csr_mm, gather_rows, unique_rows
 from mmgraph.plugins import register_plugin
 from mmgraph.plugins.base import Plugin
 
@@ -99,8 +100,9 @@ def direction_sets(strengths: Tensor, strategy: str = "dynamic") -> Tensor:
 
 
 @torch.no_grad()
-def sinkhorn(scores: Tensor, eps: float = 0.05, n_iters: int = 3, inplace: bool = False) -> Tensor:
-    """SwAV's Sinkhorn-Knopp: codes ``q [n, P]`` from scores ``[n, P]``.
+def sinkhorn(scores: Tensor, eps: float = 0.05, n_iters: int = 3, inplace: bool = False,
+             scale: float | Tensor = 1.0) -> Tensor:
+    """SwAV's Sinkhorn-Knopp: codes ``q [n, P]`` from scores ``[n, P]`` (times ``scale > 0``).
 
     SwAV: ``Q = exp(scores / eps)^T [P, n]``, ``Q /= sum(Q)``, then ``n_iters`` rounds of (each prototype
     row gets mass 1/P; each sample column gets mass 1/n), and ``q = n Q^T``: every row (sample) of ``q``
@@ -110,11 +112,18 @@ def sinkhorn(scores: Tensor, eps: float = 0.05, n_iters: int = 3, inplace: bool 
     updated in turn (``a = 1 / (P K^T b)``, ``b = 1 / (n K a)``): the same result as rescaling the matrix
     in place, with two matrix-vector products per round instead of six passes over ``[n, P]``.
     ``inplace``: ``scores`` (float32, not needed afterwards) becomes the result, no ``[n, P]`` copy.
+    ``scale``: the scores used are ``scale * scores`` (CROSS passes logits divided by a temperature and
+    the temperature), applied in the pass that forms ``K``.
     """
     s = scores.detach()
-    s = s if inplace and s.dtype == torch.float32 else s.to(torch.float32, copy=True)
+    if s.dtype != torch.float32:
+        s, inplace = s.float(), True
+    c = float(scale) / eps
+    if not c > 0:
+        raise ValueError(f"sinkhorn needs scale / eps > 0, got scale {float(scale)}, eps {eps}")
     n, p = s.shape
-    k = s.sub_(s.max()).div_(eps).exp_()                     # the shift cancels in the normalisation
+    shift = s.max() * c                                      # the shift cancels in the normalisation
+    k = (s.mul_(c).sub_(shift) if inplace else torch.add(-shift, s, alpha=c)).exp_()
     if int(n_iters) == 0:   # SwAV with no round: Q / sum(Q), scaled by n
         return k.mul_(n / k.sum()).to(scores.dtype)
     b = torch.ones(n, dtype=k.dtype, device=k.device)
@@ -126,12 +135,16 @@ def sinkhorn(scores: Tensor, eps: float = 0.05, n_iters: int = 3, inplace: bool 
 
 def swapped_prediction(q: Tensor, z: Tensor, temperature: Tensor) -> Tensor:
     """``l(q, z) = - mean_rows sum_k q_k log softmax(z / temperature)_k``."""
-    return -(q * F.log_softmax(z / temperature, dim=-1)).sum(-1).mean()
+    return soft_cross_entropy(z / temperature, q, 1.0 / max(q.shape[0], 1))
 
 
-def _swapped_from_log_probs(q: Tensor, log_p: Tensor) -> Tensor:
-    """``- mean_rows sum_k q_k log_p_k`` as one dot product (no ``[n, P]`` temporary)."""
-    return -torch.dot(q.reshape(-1), log_p.reshape(-1)) / q.shape[0]
+def _others_sum(q: List[Tensor], b: int) -> Tensor:
+    """``sum_{a != b} q[a]`` (a new tensor unless only one term remains)."""
+    rest = [x for a, x in enumerate(q) if a != b]
+    out = rest[0] if len(rest) == 1 else torch.add(rest[0], rest[1])
+    for x in rest[2:]:
+        out.add_(x)
+    return out
 
 
 def neighbour_targets(emb: Tensor, nb_pos: Tensor, valid: Tensor) -> Tensor:
@@ -140,7 +153,7 @@ def neighbour_targets(emb: Tensor, nb_pos: Tensor, valid: Tensor) -> Tensor:
     ``emb [N, d]``, ``nb_pos [n, K]`` rows of ``emb`` (anything where ``valid`` is False), ``valid [n, K]``.
     Rows without any neighbour give zero vectors.
     """
-    neigh = emb[nb_pos] * valid.unsqueeze(-1).to(emb.dtype)                     # [n, K, d]
+    neigh = gather_rows(emb, nb_pos) * valid.unsqueeze(-1).to(emb.dtype)        # [n, K, d]
     mean = neigh.sum(1) / valid.sum(1, keepdim=True).clamp(min=1).to(emb.dtype)
     return F.normalize(mean, dim=-1)
 
@@ -309,8 +322,10 @@ class CROSS(Plugin):
         ilda = emb[0].new_zeros(())
         dt = emb[0].new_zeros(())
         cnt = counts.to(emb[0].dtype)
-        for a, src in enumerate(self.modalities):
-            for b, dst in enumerate(self.modalities):
+        for b, dst in enumerate(self.modalities):
+            # the directions into b share the teacher sg(j^b): their rows form one InfoNCE block
+            students, picked = [], []
+            for a, src in enumerate(self.modalities):
                 if a == b:
                     continue
                 mask = dirs[a, b]
@@ -320,15 +335,20 @@ class CROSS(Plugin):
                 x = unique_rows(emb[a], idx)
                 mapped = F.normalize(x + self.maps[f"{src}_to_{dst}"](x), dim=-1)  # f_{a->b}(i^a), [k, d]
                 if self.use_ilda:
-                    logits = (mapped * inv_tau) @ targets[b].t()                   # [k, n] vs sg(j^b)
-                    ilda = ilda + F.cross_entropy(logits, idx, reduction="sum")
+                    students.append(mapped)
+                    picked.append(idx)
                 if self.use_dt:
                     rows = mask[inv].nonzero().squeeze(1)                           # batch rows of D items
                     slot = torch.cumsum(mask.long(), 0) - 1                         # item -> row of mapped
                     r_item = inv[rows]
-                    score = (u_sg[rows] * mapped[slot[r_item]]).sum(-1)             # cos(sg(u), f(i^a))
-                    post = emb[0].new_zeros(n).index_add_(0, r_item, score)[idx] / cnt[idx]
+                    score = (u_sg[rows] * gather_rows(mapped, slot[r_item])).sum(-1)  # cos(sg(u), f(i^a))
+                    post = emb[0].new_zeros(n).index_add_(0, r_item, score).index_select(0, idx) / cnt[idx]
                     dt = dt - (post - strengths[a, idx]).sum()
+            if students:
+                # sum over the rows of -log softmax_j(f(i^a) . sg(j^b) / lambda_f) at j = i
+                logits = torch.cat(students) * inv_tau
+                own = targets[b].index_select(0, torch.cat(picked))
+                ilda = ilda + weighted_logsumexp(logits, targets[b]) - (logits * own).sum()
         denom = self.n_dirs * n
         return ilda / denom, dt / denom
 
@@ -337,14 +357,14 @@ class CROSS(Plugin):
         has = valid.any(1)
         if not bool(has.any()):
             return emb[0].new_zeros(())
+        rows = has.nonzero().squeeze(1)
         total = emb[0].new_zeros(())
         for x, x_all in zip(emb, all_emb):                                   # [n, d], [N, d]
-            target = neighbour_targets(x_all, nb_pos[has], valid[has])      # [h, d]
-            xs = x[has] * (1.0 / self.lambda_n)
+            target = neighbour_targets(x_all, nb_pos[rows], valid[rows])    # [h, d]
+            xs = unique_rows(x, rows) * (1.0 / self.lambda_n)
             if self.cna_negatives == "items":
-                pos = (xs * target).sum(-1)
-                neg = torch.logsumexp(xs @ x.t(), dim=1)
-                total = total + (neg - pos).mean()
+                # mean over the rows of logsumexp_j(x_i . x_j / lambda_n) - x_i . target_i / lambda_n
+                total = total + (weighted_logsumexp(xs, x) - (xs * target).sum()) / len(rows)
             else:
                 logits = xs @ target.t()
                 total = total + F.cross_entropy(logits, torch.arange(len(xs), device=xs.device))
@@ -356,7 +376,8 @@ class CROSS(Plugin):
         The user-item part runs over the batch rows (interacted pairs); codes and Sinkhorn targets are
         computed once per distinct user / item and the per-row sums are aggregated with a sparse
         ``[items, users]`` count matrix instead of gathering ``[B, P]`` rows. The temperature scales the
-        (small) codebook rather than the ``[n, P]`` codes.
+        (small) codebook rather than the ``[n, P]`` codes; each ``l`` is one :func:`soft_cross_entropy`
+        (the gradient formed in its forward pass), the ``l(q^a, z^b)`` of one ``b`` summed into one target.
         """
         with torch.no_grad():
             self.codebook_itv.copy_(F.normalize(self.codebook_itv, dim=-1))
@@ -366,30 +387,26 @@ class CROSS(Plugin):
         m = len(emb)
         scaled = self.codebook_itv / tau                                      # [P, d]
         zs = [e @ scaled.t() for e in emb]                                    # z^m / lambda_c, [n, P]
-        q = [sinkhorn(z.detach() * t, self.eps, self.iters, inplace=True) for z in zs]  # Sinkhorn(sg(z^m))
-        q_all = sum(q)
-        # sum over ordered pairs a != b of l(q^a, z^b) = sum_b [l(sum_a q^a, z^b) - l(q^b, z^b)]
-        itv = zs[0].new_zeros(())
-        for b in range(m):
-            log_p = F.log_softmax(zs[b], dim=-1)
-            itv = itv + _swapped_from_log_probs(q_all, log_p) - _swapped_from_log_probs(q[b], log_p)
-        itv = itv / max(m * (m - 1), 1)
+        q = [sinkhorn(z, self.eps, self.iters, scale=t) for z in zs]          # Sinkhorn(sg(z^m))
+        # sum over ordered pairs a != b of l(q^a, z^b) = sum_b l(sum_{a != b} q^a, z^b)
+        pair_scale = 1.0 / (zs[0].shape[0] * max(m * (m - 1), 1))
+        itv = sum(soft_cross_entropy(zs[b], _others_sum(q, b), pair_scale) for b in range(m))
 
         uniq_users, uinv = torch.unique(users, return_inverse=True)
         scaled_ui = self.codebook_ui / tau
         zu = F.normalize(self.user_rows(output, uniq_users, distinct=True), dim=-1) @ scaled_ui.t()  # z_u / lambda_c
         zi = emb[0] @ scaled_ui.t()                                                     # z_i / lambda_c
-        qu = sinkhorn(zu.detach() * t, self.eps, self.iters, inplace=True)
-        qi = sinkhorn(zi.detach() * t, self.eps, self.iters, inplace=True)
+        qu = sinkhorn(zu, self.eps, self.iters, scale=t)
+        qi = sinkhorn(zi, self.eps, self.iters, scale=t)
         rows = users.numel()
         with torch.no_grad():
             pairs = torch.sparse_coo_tensor(torch.stack([inv, uinv]), torch.ones_like(inv, dtype=qu.dtype),
                                             (zi.shape[0], zu.shape[0]), check_invariants=False).coalesce()
-            q_for_items = torch.sparse.mm(pairs, qu)                   # sum of q_u over each item's rows
-            q_for_users = torch.sparse.mm(pairs.t(), qi)               # sum of q_i over each user's rows
-        # l(q_u, z_i) and l(q_i, z_u) over the rows, as dot products
-        l_ui = -torch.dot(q_for_items.reshape(-1), F.log_softmax(zi, dim=-1).reshape(-1)) / rows
-        l_iu = -torch.dot(q_for_users.reshape(-1), F.log_softmax(zu, dim=-1).reshape(-1)) / rows
+            q_for_items = csr_mm(pairs.to_sparse_csr(), qu)                    # sum of q_u over each item's rows
+            q_for_users = csr_mm(pairs.t().coalesce().to_sparse_csr(), qi)     # sum of q_i over each user's rows
+        # l(q_u, z_i) and l(q_i, z_u) over the rows
+        l_ui = soft_cross_entropy(zi, q_for_items, 1.0 / rows)
+        l_iu = soft_cross_entropy(zu, q_for_users, 1.0 / rows)
         return 0.5 * (l_ui + l_iu) + itv
 
     def extra_repr(self) -> str:
