@@ -28,16 +28,15 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmgraph.errors import ConfigError
 from mmgraph.graph.relations import Relation, neighbour_lists, node_counts, relation_graph
+from mmgraph.losses import soft_cross_entropy, weighted_logsumexp
 from mmgraph.models.base import Batch, LossOutput, item_features
 from mmgraph.nn.features import FeatureTables
-from mmgraph.losses import soft_cross_entropy, weighted_logsumexp
 from mmgraph.nn.sparse import csr_mm, gather_rows, unique_rows
 from mmgraph.plugins import register_plugin
 from mmgraph.plugins.base import Plugin
