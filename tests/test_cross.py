@@ -261,11 +261,11 @@ def test_cla_matches_row_gather_reference(synth):
     model, plugin, _ = _build(synth, cross_ilda=False, cross_dt=False, cross_cna=False, cross_beta=1.0)
     batch = _batch(synth, seed=5)
     out = model.loss(batch)
-    got = plugin.loss(batch, out)["cla"]
+    got = plugin.loss(batch, out)["cla"]    # normalises the codebooks in place first
     items, inv, _ = batch_items(batch.pos)
     emb = plugin.modality_embeddings(out, items)
-    tau = float(plugin.lambda_c.value.detach())
-    c_itv, c_ui = F.normalize(plugin.codebook_itv, dim=-1), F.normalize(plugin.codebook_ui, dim=-1)
+    tau = plugin.lambda_c.value
+    c_itv, c_ui = plugin.codebook_itv, plugin.codebook_ui
 
     def l(q, z):
         return -(q * F.log_softmax(z / tau, dim=-1)).sum(-1).mean()
@@ -280,6 +280,13 @@ def test_cla_matches_row_gather_reference(synth):
     qu, qi = _swav_reference(zu.detach(), 0.05, 3).float(), _swav_reference(zi.detach(), 0.05, 3).float()
     ui = 0.5 * (l(qu[uinv], zi[inv]) + l(qi[inv], zu[uinv]))
     torch.testing.assert_close(got, ui + itv, rtol=1e-4, atol=1e-5)
+    # and the same gradients: codebooks, temperature, the modality projections and the backbone
+    params = [p for p in list(plugin.parameters()) + list(model.parameters()) if p.requires_grad]
+    for a, r in zip(torch.autograd.grad(got, params, allow_unused=True, retain_graph=True),
+                    torch.autograd.grad(ui + itv, params, allow_unused=True)):
+        assert (a is None) == (r is None)
+        if r is not None:
+            torch.testing.assert_close(a, r, rtol=1e-3, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ plug-in behaviour
