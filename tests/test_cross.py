@@ -177,6 +177,13 @@ def test_cna_loss_matches_equation_9(synth):
             terms.append(den - num)
         total = total + torch.stack(terms).mean()
     torch.testing.assert_close(got["cna"], total / len(emb_all), rtol=1e-4, atol=1e-5)
+    params = [p for p in list(plugin.parameters()) + list(model.parameters()) if p.requires_grad]
+    for a, r in zip(torch.autograd.grad(got["cna"], params, allow_unused=True, retain_graph=True),
+                    torch.autograd.grad(total / len(emb_all), params, allow_unused=True)):
+        if r is None:
+            assert a is None or not a.any()
+        else:
+            torch.testing.assert_close(a, r, rtol=1e-3, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ ILDA / DT / CLA vs loops
@@ -188,10 +195,11 @@ def test_ilda_and_dt_match_per_item_loops(synth):
     items, inv, counts = batch_items(batch.pos)
     emb = plugin.modality_embeddings(out, items)
     u = F.normalize(out.user_emb[batch.users], dim=-1)
-    s = item_strengths(u, torch.stack(emb), inv, counts)
+    s = item_strengths(u, torch.stack(emb), inv, counts).detach()      # strengths: no gradient
     d = direction_sets(s, "dynamic")
     mods = plugin.modalities
-    tau = float(plugin.lambda_f.value.detach())
+    tau = plugin.lambda_f.value
+    teacher = [e.detach() for e in emb]                                  # sg(j^b)
     n, n_dirs = len(items), len(mods) * (len(mods) - 1)
     ilda, dt = 0.0, 0.0
     for a in range(len(mods)):
@@ -203,13 +211,22 @@ def test_ilda_and_dt_match_per_item_loops(synth):
                 if not d[a, b, k]:
                     continue
                 f = F.normalize(emb[a][k] + w @ emb[a][k], dim=0)
-                logits = torch.stack([f @ emb[b][j] for j in range(n)]) / tau
+                logits = torch.stack([f @ teacher[b][j] for j in range(n)]) / tau
                 ilda = ilda - torch.log_softmax(logits, 0)[k]
                 rows = (inv == k).nonzero().squeeze(1)
-                post = torch.stack([u[r] @ f for r in rows]).mean()
+                post = torch.stack([u[r].detach() @ f for r in rows]).mean()   # sg(u)
                 dt = dt - (post - s[a, k])
     torch.testing.assert_close(got["ilda"], ilda / (n_dirs * n), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(got["dt"], dt / (n_dirs * n), rtol=1e-4, atol=1e-6)
+    # the same gradients (maps, temperature, projections, backbone)
+    params = [p for p in list(plugin.parameters()) + list(model.parameters()) if p.requires_grad]
+    for term, ref in (("ilda", ilda), ("dt", dt)):
+        for a, r in zip(torch.autograd.grad(got[term], params, allow_unused=True, retain_graph=True),
+                        torch.autograd.grad(ref / (n_dirs * n), params, allow_unused=True, retain_graph=True)):
+            if r is None:
+                assert a is None or not a.any()
+            else:
+                torch.testing.assert_close(a, r, rtol=1e-3, atol=1e-6)
 
 
 def test_ilda_teacher_is_stop_gradient(synth, monkeypatch):
