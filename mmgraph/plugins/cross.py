@@ -317,10 +317,12 @@ class CROSS(Plugin):
             targets = [e.detach() for e in emb]
             strengths = item_strengths(u_sg, torch.stack(targets), inv, counts)   # [M, n]
             dirs = direction_sets(strengths, self.strategy)                        # [M, M, n]
+            # DT's mean over an item's batch rows of cos(sg(u), f(i^a)) is f(i^a) . (mean of those users)
+            mean_users = u_sg.new_zeros(n, u_sg.shape[1]).index_add_(0, inv, u_sg)
+            mean_users /= counts.to(u_sg.dtype).clamp(min=1).unsqueeze(1)
         inv_tau = 1.0 / self.lambda_f()
         ilda = emb[0].new_zeros(())
         dt = emb[0].new_zeros(())
-        cnt = counts.to(emb[0].dtype)
         for b, dst in enumerate(self.modalities):
             # the directions into b share the teacher sg(j^b): their rows form one InfoNCE block
             students, picked = [], []
@@ -337,11 +339,7 @@ class CROSS(Plugin):
                     students.append(mapped)
                     picked.append(idx)
                 if self.use_dt:
-                    rows = mask[inv].nonzero().squeeze(1)                           # batch rows of D items
-                    slot = torch.cumsum(mask.long(), 0) - 1                         # item -> row of mapped
-                    r_item = inv[rows]
-                    score = (u_sg[rows] * gather_rows(mapped, slot[r_item])).sum(-1)  # cos(sg(u), f(i^a))
-                    post = emb[0].new_zeros(n).index_add_(0, r_item, score).index_select(0, idx) / cnt[idx]
+                    post = (mapped * mean_users.index_select(0, idx)).sum(-1)       # post-alignment strength
                     dt = dt - (post - strengths[a, idx]).sum()
             if students:
                 # sum over the rows of -log softmax_j(f(i^a) . sg(j^b) / lambda_f) at j = i
