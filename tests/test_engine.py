@@ -147,7 +147,9 @@ def test_training_step_propagates_through_message_passing(small, method):
     extra = {"encoder": "lightgcn"} if method == "directau" else {}   # a key only DirectAU declares
     model = build_model(method, small, _cfg(method, **extra))
     calls = []
-    handles = [m.register_message_and_aggregate_forward_hook(lambda mod, inp, out: calls.append(out.shape))
+    # a bipartite graph's user and item tables come out of one call as a pair
+    handles = [m.register_message_and_aggregate_forward_hook(
+        lambda mod, inp, out: calls.append(out.shape if torch.is_tensor(out) else [o.shape for o in out]))
                for m in model.modules() if isinstance(m, LightGCNConv)]
     assert handles, "the model has no LightGCNConv"
     batch = Batch(torch.as_tensor(small.train[:64, 0]), torch.as_tensor(small.train[:64, 1]),

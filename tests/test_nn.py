@@ -141,6 +141,43 @@ def test_power_sum_equals_dense_polynomial_values_and_gradients(symmetric, mean,
         assert torch.equal(adj.power_sum(x, n_layers, mean), out)
 
 
+@pytest.mark.parametrize("readout", ["mean", "sum"])
+@pytest.mark.parametrize("n_layers", [1, 3])
+@pytest.mark.parametrize("used", ["both", "users", "items"])
+def test_bipartite_propagation_equals_the_joint_table(readout, n_layers, used):
+    """``LightGCNEncoder.bipartite`` on an ``interaction_adj``-style graph (blocks kept) gives bit for bit the
+    joint ``[users; items]`` encoder's values and gradients (one table's output unused included); without the
+    blocks it falls back to the joint path; a non-bipartite edge or a wrong user count is refused."""
+    n_users, n_items = 30, 20
+    pairs = _random_pairs(n_users, n_items)
+    adj = normalized_bipartite_adj(pairs, n_users, n_items)
+    assert adj.bipartite and adj.n_users == n_users
+    enc = LightGCNEncoder(n_layers, readout)
+    g = torch.Generator().manual_seed(n_layers)
+    users = torch.randn(n_users, 4, generator=g, requires_grad=True)
+    items = torch.randn(n_items, 4, generator=g, requires_grad=True)
+    gu, gi = torch.randn(n_users, 4, generator=g), torch.randn(n_items, 4, generator=g)
+
+    def loss(u, i):
+        return (u * gu).sum() * (used != "items") + (i * gi).sum() * (used != "users")
+
+    out = enc.bipartite(users, items, adj)
+    grads = torch.autograd.grad(loss(*out), [users, items])
+    ju, ji = users.detach().clone().requires_grad_(True), items.detach().clone().requires_grad_(True)
+    joint = split_nodes(enc(torch.cat([ju, ji], 0), adj), n_users)
+    joint_grads = torch.autograd.grad(loss(*joint), [ju, ji])
+    for a, b in zip(out + grads, joint + joint_grads):
+        assert torch.equal(a, b)
+    plain = SparseAdj.from_csr(adj.csr, symmetric=True)            # no blocks: the joint path, same values
+    assert not plain.bipartite
+    for a, b in zip(enc.bipartite(users, items, plain), out):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="users"):
+        enc.bipartite(users[:-1], items, adj)
+    with pytest.raises(ValueError, match="not bipartite"):
+        SparseAdj(torch.tensor([[0, 1], [1, 0]]), None, (3, 3), symmetric=True, n_users=2)
+
+
 def test_unique_rows_matches_indexing_values_and_gradients():
     torch.manual_seed(0)
     x = torch.randn(50, 3, 4, requires_grad=True)

@@ -44,4 +44,4 @@ def normalized_bipartite_adj(pairs, n_users: int, n_items: int):
     from mmgraph.nn.sparse import SparseAdj
     edge_index, weight = normalized_bipartite(pairs, n_users, n_items)
     n = n_users + n_items
-    return SparseAdj(edge_index, weight, (n, n), symmetric=True)
+    return SparseAdj(edge_index, weight, (n, n), symmetric=True, n_users=n_users)

@@ -389,7 +389,7 @@ def bipartite_adj(edge_index: Tensor, n_users: int, n_items: int):
     u, i = edge_index[0], edge_index[1] + n_users
     both = torch.stack([torch.cat([u, i]), torch.cat([i, u])])
     n = n_users + n_items
-    return SparseAdj(both, sym_norm_weights(both, n), (n, n), symmetric=True)
+    return SparseAdj(both, sym_norm_weights(both, n), (n, n), symmetric=True, n_users=n_users)
 
 
 def relation_adj(data, name: str, node: str = "item", symmetric: bool = False):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mmgraph.graph.relations import Relation, interaction_adj, node_counts, node_features
 from mmgraph.nn.conv import LightGCNEncoder
-from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
+from mmgraph.nn.sparse import SparseAdj, gather_rows, unique_rows
 
 FINAL = "final"
 
@@ -250,9 +250,7 @@ class GraphRecommender(Recommender):
         self._subgraph_batches = None
 
     def propagate(self, adj: Optional[SparseAdj] = None) -> Tuple[Tensor, Tensor]:
-        x = torch.cat([self.user_emb.weight, self.item_emb.weight], 0)
-        h = self.encoder(x, self.adj if adj is None else adj)
-        return split_nodes(h, self.n_users)
+        return self.encoder.bipartite(self.user_emb.weight, self.item_emb.weight, self.adj if adj is None else adj)
 
     # ---- mini-batch graph training (graph_batching: sampled) ------------------------------------
     @property

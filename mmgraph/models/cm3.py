@@ -40,7 +40,7 @@ from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion
 from mmgraph.nn.normalize import row_normalize
-from mmgraph.nn.sparse import gather_rows, split_nodes, unique_rows
+from mmgraph.nn.sparse import gather_rows, unique_rows
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +307,7 @@ class CM3(Recommender):
     def propagate(self, users: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
         """LightGCN with SUM readout over layers ``0..n_ui_layers`` on the symmetric-normalised
         user-item graph (eq. 4-6): ``[U, C d]``, ``[I, C d]``."""
-        h = self.encoder(torch.cat([users, items], 0), self.adj)
-        return split_nodes(h, self.n_users)
+        return self.encoder.bipartite(users, items, self.adj)
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         users, items, _ = self.encode()

@@ -9,7 +9,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import spmm
 
 from mmgraph.graph.bipartite import sym_norm_weights
-from mmgraph.nn.sparse import SparseAdj
+from mmgraph.nn.sparse import SparseAdj, split_nodes
 
 #: an adjacency: a fixed :class:`SparseAdj` (fused CSR path), a PyG ``edge_index [2, E]`` (source ->
 #: target, gather/scatter path) or a ``torch.sparse`` ``adj_t [N_target, N_source]``
@@ -75,9 +75,9 @@ class LightGCNConv(MessagePassing):
                 # sym_norm_weights uses the (row, col) convention: target first
                 edge_weight = sym_norm_weights(edge_index.flip(0), max(n_out, shape[0]), edge_weight)
             size = (shape[0], n_out)
-        # propagate_type: (x: Tensor, edge_weight: Optional[Tensor], sparse: Optional[SparseAdj], power: Optional[Tuple[int, bool]])
+        # propagate_type: (x: Tensor, edge_weight: Optional[Tensor], sparse: Optional[SparseAdj], power: Optional[Tuple[int, bool]], items: Optional[Tensor])
         out = self.propagate(edge_index, x=flat, edge_weight=edge_weight, sparse=sparse, power=None,
-                             size=size)
+                             items=None, size=size)
         return out.view((n_out,) + tuple(shape[1:]))
 
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
@@ -89,12 +89,23 @@ class LightGCNConv(MessagePassing):
         gradients as ``hops`` calls of :meth:`forward` summed, with an in-place forward and a backward by
         Horner's rule (:meth:`SparseAdj.power_sum`). Shapes as :meth:`forward` (square ``adj``)."""
         flat = x.reshape(x.shape[0], -1)
-        out = self.propagate(adj.csr, x=flat, edge_weight=None, sparse=adj, power=(int(hops), bool(mean)))
+        out = self.propagate(adj.csr, x=flat, edge_weight=None, sparse=adj, power=(int(hops), bool(mean)), items=None)
         return out.view(x.shape)
 
+    def bipartite_power_sum(self, users: Tensor, items: Tensor, adj: SparseAdj, hops: int,
+                            mean: bool = False) -> Tuple[Tensor, Tensor]:
+        """:meth:`power_sum` of ``[users; items]`` on a bipartite :class:`SparseAdj` (users first, built with
+        ``n_users``), in ONE :meth:`propagate` over its user-item block, returned as ``(users [U, F], items
+        [I, F])`` (:meth:`SparseAdj.bipartite_power_sum`: the same values and gradients, with no joint table)."""
+        return self.propagate(adj.block_ui, x=users, edge_weight=None, sparse=adj, power=(int(hops), bool(mean)),
+                              items=items)
+
     def message_and_aggregate(self, adj_t: Tensor, x: Tensor, sparse: Optional[SparseAdj],
-                              power: Optional[Tuple[int, bool]] = None) -> Tensor:
+                              power: Optional[Tuple[int, bool]] = None,
+                              items: Optional[Tensor] = None) -> "Tensor | Tuple[Tensor, Tensor]":
         if sparse is not None:
+            if items is not None:          # bipartite: x holds the users, items the items
+                return sparse.bipartite_power_sum(x, items, *power)
             return sparse.matmul(x) if power is None else sparse.power_sum(x, *power)
         return spmm(adj_t, x, reduce=self.aggr)
 
@@ -106,7 +117,8 @@ class LightGCNEncoder(nn.Module):
         n_layers: number of propagation layers ``L``.
         readout: ``"mean"`` (LightGCN) or ``"sum"`` (CM3) or ``"last"``.
 
-    ``forward(x [N, ...], adj)`` returns the readout ``[N, ...]``.
+    ``forward(x [N, ...], adj)`` returns the readout ``[N, ...]``; :meth:`bipartite` takes and returns the user and
+    item tables of a bipartite graph separately.
     """
 
     def __init__(self, n_layers: int, readout: str = "mean"):
@@ -141,3 +153,14 @@ class LightGCNEncoder(nn.Module):
             x = self.conv(x, adj, edge_weight)
             total = total + x
         return total / (self.n_layers + 1) if self.readout == "mean" else total
+
+    def bipartite(self, users: Tensor, items: Tensor, adj: Adjacency) -> Tuple[Tensor, Tensor]:
+        """:meth:`forward` of ``[users; items]`` split back into ``(users [U, F], items [I, F])``. On a bipartite
+        :class:`SparseAdj` (``interaction_adj``) with a mean or sum readout the two tables are propagated
+        separately (:meth:`SparseAdj.bipartite_power_sum`: the same values, and no ``[U + I, F]`` table
+        concatenated forward or split backward -- ~0.3 ms of a LightGCN step on TikTok, ~3 ms of CM3's)."""
+        if isinstance(adj, SparseAdj) and adj.bipartite and self.n_layers > 0 and self.readout != "last":
+            if adj.n_users != users.shape[0]:
+                raise ValueError(f"bipartite propagation: the graph has {adj.n_users} users, the table {users.shape[0]}")
+            return self.conv.bipartite_power_sum(users, items, adj, self.n_layers, self.readout == "mean")
+        return split_nodes(self(torch.cat([users, items], 0), adj), users.shape[0])

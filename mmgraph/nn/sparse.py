@@ -122,6 +122,45 @@ class _PowerSum(torch.autograd.Function):
         return h, None, None, None, None
 
 
+def _bipartite_power_sum(users: Tensor, items: Tensor, ui: Tensor, iu: Tensor, n_layers: int,
+                         mean: bool) -> Tuple[Tensor, Tensor]:
+    cur_u, cur_i = csr_mm(ui, items), csr_mm(iu, users)
+    total_u, total_i = torch.add(cur_u, users), torch.add(cur_i, items)
+    for _ in range(n_layers - 1):
+        cur_u, cur_i = csr_mm(ui, cur_i), csr_mm(iu, cur_u)
+        total_u.add_(cur_u)
+        total_i.add_(cur_i)
+    if mean:
+        total_u.div_(n_layers + 1)
+        total_i.div_(n_layers + 1)
+    return total_u, total_i
+
+
+class _BipartitePowerSum(torch.autograd.Function):
+    """:class:`_PowerSum` of a bipartite ``A = [[0, B], [B^T, 0]]`` on the two node tables separately: the same
+    products row for row (so the same values), without the joint ``[U + I, F]`` input and output tables."""
+
+    @staticmethod
+    def forward(ctx, users: Tensor, items: Tensor, ui: Tensor, iu: Tensor, n_layers: int,  # type: ignore[override]
+                mean: bool) -> Tuple[Tensor, Tensor]:
+        ctx.ui, ctx.iu, ctx.n_layers, ctx.mean = ui, iu, n_layers, mean
+        return _bipartite_power_sum(users, items, ui, iu, n_layers, mean)
+
+    @staticmethod
+    def backward(ctx, grad_u: Optional[Tensor], grad_i: Optional[Tensor]):  # type: ignore[override]
+        gu = torch.zeros(ctx.ui.shape[0], *grad_i.shape[1:], dtype=grad_i.dtype, device=grad_i.device) \
+            if grad_u is None else grad_u
+        gi = torch.zeros(ctx.iu.shape[0], *gu.shape[1:], dtype=gu.dtype, device=gu.device) if grad_i is None else grad_i
+        if ctx.mean:
+            gu, gi = gu / (ctx.n_layers + 1), gi / (ctx.n_layers + 1)
+        else:
+            gu, gi = gu.contiguous(), gi.contiguous()
+        hu, hi = gu, gi
+        for _ in range(ctx.n_layers):    # Horner's rule, h <- g + A^T h, A symmetric
+            hu, hi = csr_mm(ctx.ui, hi).add_(gu), csr_mm(ctx.iu, hu).add_(gi)
+        return hu, hi, None, None, None, None
+
+
 def _coo(edge_index: Tensor, edge_weight: Optional[Tensor], shape) -> Tensor:
     n, m = int(shape[0]), int(shape[1])
     if edge_weight is None:
@@ -142,16 +181,39 @@ class SparseAdj(nn.Module):
     and ``csr_t_`` (``A^T``, absent when symmetric).
     """
 
-    def __init__(self, edge_index: Tensor, edge_weight: Optional[Tensor], shape, symmetric: bool = False):
+    def __init__(self, edge_index: Tensor, edge_weight: Optional[Tensor], shape, symmetric: bool = False,
+                 n_users: Optional[int] = None):
         super().__init__()
         coo = _coo(edge_index, edge_weight, shape)
         self._init(coo.to_sparse_csr(), None if symmetric else coo.t().coalesce().to_sparse_csr(), symmetric)
+        if n_users is not None:
+            self._init_blocks(coo, int(n_users))
 
     def _init(self, csr: Tensor, csr_t: Optional[Tensor], symmetric: bool) -> None:
         self.shape = tuple(csr.shape)
         self.symmetric = bool(symmetric)
+        self.n_users: Optional[int] = None
         self.register_buffer("csr", csr, persistent=False)
         self.register_buffer("csr_t_", csr_t, persistent=False)
+        self.register_buffer("block_ui", None, persistent=False)
+        self.register_buffer("block_iu", None, persistent=False)
+
+    def _init_blocks(self, coo: Tensor, n_users: int) -> None:
+        """Keep the two blocks of a symmetric bipartite ``A = [[0, B], [B^T, 0]]`` (users first):
+        ``B [U, I]`` and ``B^T [I, U]`` as CSR, for :meth:`bipartite_power_sum`."""
+        if not self.symmetric or self.shape[0] != self.shape[1]:
+            raise ValueError("SparseAdj: n_users (a bipartite graph's blocks) needs a square symmetric matrix")
+        rows, cols = coo.indices()
+        values, n = coo.values(), self.shape[0]
+        upper = rows < n_users
+        if bool(((cols < n_users) == upper).any()):
+            raise ValueError(f"SparseAdj: an edge joins two users or two items; not bipartite at {n_users} users")
+        for name, keep, shift_r, shift_c, size in (("block_ui", upper, 0, n_users, (n_users, n - n_users)),
+                                                   ("block_iu", ~upper, n_users, 0, (n - n_users, n_users))):
+            idx = torch.stack([rows[keep] - shift_r, cols[keep] - shift_c])
+            block = torch.sparse_coo_tensor(idx, values[keep], size, check_invariants=False).coalesce()
+            setattr(self, name, block.to_sparse_csr())
+        self.n_users = n_users
 
     @classmethod
     def from_csr(cls, csr: Tensor, symmetric: bool = False) -> "SparseAdj":
@@ -204,6 +266,24 @@ class SparseAdj(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             return _PowerSum.apply(x, self.csr, self.csr_t, int(n_layers), bool(mean))
         return _power_sum(x, self.csr, int(n_layers), bool(mean))
+
+    @property
+    def bipartite(self) -> bool:
+        """Whether the matrix was built as a bipartite user-item graph (``n_users`` given): its blocks are kept."""
+        return self.block_ui is not None
+
+    def bipartite_power_sum(self, users: Tensor, items: Tensor, n_layers: int,
+                            mean: bool = False) -> Tuple[Tensor, Tensor]:
+        """:meth:`power_sum` of the joint ``[users; items]`` for a bipartite matrix, returned as ``(users [U, F],
+        items [I, F])``: the same values, computed on the two tables with the blocks ``B``, ``B^T`` (one
+        product each per layer), so no joint ``[U + I, F]`` table is concatenated forward or split backward."""
+        if not self.bipartite:
+            raise ValueError("bipartite_power_sum needs a SparseAdj built with n_users (a bipartite graph)")
+        if int(n_layers) < 1:
+            raise ValueError(f"bipartite_power_sum needs n_layers >= 1, got {n_layers}")
+        if torch.is_grad_enabled() and (users.requires_grad or items.requires_grad):
+            return _BipartitePowerSum.apply(users, items, self.block_ui, self.block_iu, int(n_layers), bool(mean))
+        return _bipartite_power_sum(users, items, self.block_ui, self.block_iu, int(n_layers), bool(mean))
 
     def rows_matmul(self, x: Tensor, rows: Tensor, power: int = 1) -> Tensor:
         """``(A^power @ x)[rows]`` -> ``[len(rows), F]`` without the full product: only the rows reachable
