@@ -168,6 +168,9 @@ def test_bipartite_propagation_equals_the_joint_table(readout, n_layers, used):
     joint_grads = torch.autograd.grad(loss(*joint), [ju, ji])
     for a, b in zip(out + grads, joint + joint_grads):
         assert torch.equal(a, b)
+    u3, i3 = users.detach().view(n_users, 2, 2), items.detach().view(n_items, 2, 2)   # channel tables [N, C, d]
+    for a, b in zip(enc.bipartite(u3, i3, adj), split_nodes(enc(torch.cat([u3, i3], 0), adj), n_users)):
+        assert a.shape == b.shape and torch.equal(a, b)
     plain = SparseAdj.from_csr(adj.csr, symmetric=True)            # no blocks: the joint path, same values
     assert not plain.bipartite
     for a, b in zip(enc.bipartite(users, items, plain), out):

@@ -45,7 +45,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.affine import affine_row_scores, affine_table
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
-from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes
+from mmgraph.nn.sparse import SparseAdj, gather_rows
 
 ITEM_GRAPH = "brmrs_item"
 USER_GRAPH = "brmrs_user"
@@ -380,8 +380,7 @@ class BRMRS(Recommender):
     def encode(self) -> Tuple[Tensor, Tensor]:
         """Per-modality representations: users ``p [U, M, d]``, items ``q [I, M, d]``."""
         x_u, x_i = self.inputs()
-        h = self.encoder(torch.cat([x_u, x_i], 0), self.adj)
-        p, q = split_nodes(h, self.n_users)
+        p, q = self.encoder.bipartite(x_u, x_i, self.adj)
         src_u, src_i = (p, q) if self.config["brmrs_hop"] == "output" else (x_u, x_i)
         if self.item_graph is not None:
             q = q + self.item_graph.matmul(src_i.reshape(self.n_items, -1)).view_as(q)

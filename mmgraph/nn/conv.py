@@ -95,10 +95,12 @@ class LightGCNConv(MessagePassing):
     def bipartite_power_sum(self, users: Tensor, items: Tensor, adj: SparseAdj, hops: int,
                             mean: bool = False) -> Tuple[Tensor, Tensor]:
         """:meth:`power_sum` of ``[users; items]`` on a bipartite :class:`SparseAdj` (users first, built with
-        ``n_users``), in ONE :meth:`propagate` over its user-item block, returned as ``(users [U, F], items
-        [I, F])`` (:meth:`SparseAdj.bipartite_power_sum`: the same values and gradients, with no joint table)."""
-        return self.propagate(adj.block_ui, x=users, edge_weight=None, sparse=adj, power=(int(hops), bool(mean)),
-                              items=items)
+        ``n_users``), in ONE :meth:`propagate` over its user-item block, returned as ``(users [U, ...], items
+        [I, ...])`` (:meth:`SparseAdj.bipartite_power_sum`: the same values and gradients, with no joint table)."""
+        flat_u, flat_i = users.reshape(users.shape[0], -1), items.reshape(items.shape[0], -1)
+        out_u, out_i = self.propagate(adj.block_ui, x=flat_u, edge_weight=None, sparse=adj,
+                                      power=(int(hops), bool(mean)), items=flat_i)
+        return out_u.view(users.shape), out_i.view(items.shape)
 
     def message_and_aggregate(self, adj_t: Tensor, x: Tensor, sparse: Optional[SparseAdj],
                               power: Optional[Tuple[int, bool]] = None,
