@@ -160,9 +160,10 @@ class LightGCNEncoder(nn.Module):
         """:meth:`forward` of ``[users; items]`` split back into ``(users [U, F], items [I, F])``. On a bipartite
         :class:`SparseAdj` (``interaction_adj``) with a mean or sum readout the two tables are propagated
         separately (:meth:`SparseAdj.bipartite_power_sum`: the same values, and no ``[U + I, F]`` table
-        concatenated forward or split backward -- ~0.3 ms of a LightGCN step on TikTok, ~3 ms of CM3's)."""
+        concatenated forward or split backward -- ~0.6 ms of FREEDOM's step on TikTok, 2-3 ms of CM3's)."""
         if isinstance(adj, SparseAdj) and adj.bipartite and self.n_layers > 0 and self.readout != "last":
             if adj.n_users != users.shape[0]:
-                raise ValueError(f"bipartite propagation: the graph has {adj.n_users} users, the table {users.shape[0]}")
+                raise ValueError(f"bipartite propagation: the graph has {adj.n_users} users, the table "
+                                 f"{users.shape[0]}")
             return self.conv.bipartite_power_sum(users, items, adj, self.n_layers, self.readout == "mean")
         return split_nodes(self(torch.cat([users, items], 0), adj), users.shape[0])

@@ -141,8 +141,8 @@ class _BipartitePowerSum(torch.autograd.Function):
     products row for row (so the same values), without the joint ``[U + I, F]`` input and output tables."""
 
     @staticmethod
-    def forward(ctx, users: Tensor, items: Tensor, ui: Tensor, iu: Tensor, n_layers: int,  # type: ignore[override]
-                mean: bool) -> Tuple[Tensor, Tensor]:
+    def forward(ctx, users: Tensor, items: Tensor, ui: Tensor, iu: Tensor,  # type: ignore[override]
+                n_layers: int, mean: bool) -> Tuple[Tensor, Tensor]:
         ctx.ui, ctx.iu, ctx.n_layers, ctx.mean = ui, iu, n_layers, mean
         return _bipartite_power_sum(users, items, ui, iu, n_layers, mean)
 
