@@ -193,10 +193,14 @@ def main(argv=None) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     out = Path(args.out)
-    sections = []
+    sections, used = [], set()
     for spec in args.data:
         dataset = load_dataset(spec)
-        folder = out / dataset.name
+        label = dataset.name
+        while label in used:   # two folders with one dataset name: never reuse the other's runs
+            label += "_"
+        used.add(label)
+        folder = out / label
         results = {}
         for method in methods:
             run_dir = folder / method
@@ -209,7 +213,7 @@ def main(argv=None) -> int:
             table = analyze_overlap([folder / m for m in multimodal], folder / "overlap", k=args.k)
             raw = raw_overlaps(table, multimodal)
             claims = claim_rows(table, multimodal)
-        sections.append(dataset_section(dataset.name, results, raw, claims, args.k))
+        sections.append(dataset_section(label, results, raw, claims, args.k))
         print(sections[-1], flush=True)
     header = ["# AnchorRec: accuracy and neighbourhood structure", "",
               f"Produced by `python scripts/anchorrec_report.py --data {' '.join(args.data)} --seed {args.seed}"
