@@ -66,17 +66,29 @@ def test_report_script_runs_and_reuses(tmp_path):
     out, doc = tmp_path / "rep", tmp_path / "doc.md"
     argv = [sys.executable, str(ROOT / "scripts" / "anchorrec_report.py"), "--data", DATA, "--out", str(out),
             "--doc", str(doc), "--epochs", "1", "--methods", "anchorrec,lightgcn,freedom", "--k", "5",
+            "--variant", "dot:amp_similarity=dot,aal_weight=0.1",
             "--set", "threads=1", "batch_size=256", "log_geometry=false", "graph_cache=false"]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     text = doc.read_text()
     assert text == (out / "report.md").read_text()
-    for needle in ("| anchorrec |", "| lightgcn |", "| freedom |", "AnchorRec minus LightGCN",
+    for needle in ("| anchorrec |", "| lightgcn |", "| freedom |", "anchorrec minus LightGCN", "anchorrec (dot: amp_similarity=dot, aal_weight=0.1) minus LightGCN",
                    "anchorrec:proj_image vs freedom:image", "anchorrec:final vs freedom:final",
-                   "origin keeps raw:image", "projections agree"):
+                   "origin keeps raw:image", "projections agree",
+                   "| anchorrec (dot: amp_similarity=dot, aal_weight=0.1) |", "--variant dot:amp_similarity=dot"):
         assert needle in text, needle
     assert (next(out.iterdir()) / "overlap" / "overlap.csv").exists()
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stderr and "epoch   0 |" not in again.stderr
     bad = subprocess.run(argv[:-7] + ["--methods", "lightgcn"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "must include anchorrec" in bad.stderr
+
+
+def test_variants_are_parsed_and_checked(report):
+    from mmgraph.errors import ConfigError
+
+    assert report.parse_variants(["released:gate_source=embedding, amp_similarity=dot", "t:tau=0.5"]) == {
+        "released": {"gate_source": "embedding", "amp_similarity": "dot"}, "t": {"tau": 0.5}}
+    for bad in (["no_colon"], ["a b:tau=1"], [":tau=1"], ["x:"], ["x:tau=1", "x:tau=2"]):
+        with pytest.raises(ConfigError):
+            report.parse_variants(bad)
