@@ -167,6 +167,23 @@ def dataset_section(name: str, results: Dict[str, Dict[str, Any]], raw: Optional
     return "\n".join(lines)
 
 
+def report_header(args: argparse.Namespace, out: Path) -> List[str]:
+    """The report's title, the command that reproduces it, what the figures are, and the machine."""
+    command = f"python scripts/anchorrec_report.py --data {' '.join(args.data)} --seed {args.seed}"
+    command += f" --set {' '.join(args.set)}" if args.set else ""
+    command += "".join(f" --variant {v}" for v in args.variant)
+    command += f" --epochs {args.epochs}" if args.epochs is not None else ""
+    command += f" --k {args.k}"
+    length = "trained to early stopping" if args.epochs is None else f"at most {args.epochs} epochs"
+    return ["# AnchorRec: accuracy and neighbourhood structure", "",
+            f"Produced by `{command}`: each method at its defaults (configs/methods/; AnchorRec also with the "
+            f"settings of each --variant), one seed, {length}; test metrics at the best validation epoch; s/epoch is "
+            "the median epoch (training + validation, first epoch excluded). The overlap tables come from `mmgraph "
+            f"analyze overlap` on the same runs (CSV and heat map in `{out}/<dataset>/overlap/`).", "",
+            f"Machine: {cpu_name()}, {os.cpu_count()} cores; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+            ""]
+
+
 def parse_variants(items: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     """``["released:gate_source=embedding,amp_similarity=dot"]`` -> ``{"released": {"gate_source": ...}}``."""
     from mmgraph.errors import ConfigError
@@ -232,7 +249,7 @@ def main(argv=None) -> int:
             key = f"{ANCHORREC} ({name}: {', '.join(f'{k}={v}' for k, v in settings.items())})"
             results[key] = dict(run_variant(ANCHORREC, spec, {**overrides, **settings}, run_dir, data_spec=str(spec)))
             results[key]["s_per_epoch"] = epoch_seconds(run_dir)
-        # the overlap compares item spaces with the raw features: the methods that use features have any
+        # the overlap compares item spaces with the raw features: only the multimodal methods have such spaces
         multimodal = [m for m in methods if getattr(get_model_class(m), "multimodal", False)]
         raw, claims = None, []
         if dataset.modalities:
@@ -241,16 +258,7 @@ def main(argv=None) -> int:
             claims = claim_rows(table, multimodal)
         sections.append(dataset_section(label, results, raw, claims, args.k))
         print(sections[-1], flush=True)
-    header = ["# AnchorRec: accuracy and neighbourhood structure", "",
-              f"Produced by `python scripts/anchorrec_report.py --data {' '.join(args.data)} --seed {args.seed}"
-              + (f" --set {' '.join(args.set)}" if args.set else "")
-              + "".join(f" --variant {v}" for v in args.variant) + f" --k {args.k}`: each method at its "
-              "defaults (configs/methods/; AnchorRec also with the settings of each --variant), one seed, trained to early stopping; test metrics at the best "
-              "validation epoch; s/epoch is the median epoch (training + validation, first epoch excluded). "
-              "The overlap tables come from `mmgraph analyze overlap` on the same runs (CSV and heat map in "
-              f"`{out}/<dataset>/overlap/`).",
-              "", f"Machine: {cpu_name()}, {os.cpu_count()} cores; written "
-              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", ""]
+    header = report_header(args, out)
     text = "\n".join(header + ["\n\n".join(sections), ""])
     for path in [out / "report.md"] + ([Path(args.doc)] if args.doc else []):
         with atomic_write(path) as fh:

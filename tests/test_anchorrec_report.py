@@ -72,7 +72,8 @@ def test_report_script_runs_and_reuses(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     text = doc.read_text()
     assert text == (out / "report.md").read_text()
-    for needle in ("| anchorrec |", "| lightgcn |", "| freedom |", "anchorrec minus LightGCN", "anchorrec (dot: amp_similarity=dot, aal_weight=0.1) minus LightGCN",
+    for needle in ("| anchorrec |", "| lightgcn |", "| freedom |", "anchorrec minus LightGCN",
+                   "anchorrec (dot: amp_similarity=dot, aal_weight=0.1) minus LightGCN", "at most 1 epochs",
                    "anchorrec:proj_image vs freedom:image", "anchorrec:final vs freedom:final",
                    "origin keeps raw:image", "projections agree",
                    "| anchorrec (dot: amp_similarity=dot, aal_weight=0.1) |", "--variant dot:amp_similarity=dot"):
