@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from mmgraph.analysis.overlap import analyze_overlap  # noqa: E402
+from mmgraph.analysis.overlap import analyze_overlap, versus_raw  # noqa: E402
 from mmgraph.analysis.spaces import RAW  # noqa: E402
 from mmgraph.plugins.experiments import run_variant  # noqa: E402
 from mmgraph.utils.io import atomic_write  # noqa: E402
@@ -59,14 +59,6 @@ def epoch_seconds(run_dir: Path) -> Optional[float]:
     times = [r["epoch_seconds"] for r in json.loads(path.read_text()) if "epoch_seconds" in r]
     times = times[1:] or times
     return statistics.median(times) if times else None
-
-
-def raw_overlaps(table: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Rows: every trained space (``method:space``) of ``methods``, in their order; columns: the raw spaces;
-    values: the overlap of the two. ``table`` is :func:`~mmgraph.analysis.overlap.overlap_matrix`'s."""
-    raw = [c for c in table.columns if c.startswith(f"{RAW}:")]
-    rows = [r for m in methods for r in table.index if r.startswith(f"{m}:")]
-    return table.loc[rows, raw]
 
 
 def _value(table: pd.DataFrame, a: str, b: str) -> Optional[float]:
@@ -254,7 +246,7 @@ def main(argv=None) -> int:
         raw, claims = None, []
         if dataset.modalities:
             table = analyze_overlap([folder / m for m in multimodal], folder / "overlap", k=args.k)
-            raw = raw_overlaps(table, multimodal)
+            raw = versus_raw(table)
             claims = claim_rows(table, multimodal)
         sections.append(dataset_section(label, results, raw, claims, args.k))
         print(sections[-1], flush=True)

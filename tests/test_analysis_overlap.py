@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from mmgraph.analysis.neighbours import cosine_to, top_neighbours, two_hop_proximity
-from mmgraph.analysis.overlap import intersection_counts, neighbourhood_overlap, overlap_matrix, topk_neighbours
+from mmgraph.analysis.overlap import (intersection_counts, neighbourhood_overlap, overlap_matrix, topk_neighbours,
+                                      versus_raw)
 from mmgraph.cli.main import main
 from mmgraph.data import make_synthetic, save_atomic
 from mmgraph.errors import ConfigError
@@ -25,6 +26,16 @@ def test_overlap_on_hand_made_neighbourhoods():
     assert neighbourhood_overlap(a, a) == pytest.approx((1 + 1 + 2 / 3 + 1 / 3) / 4)
     with pytest.raises(ConfigError, match="metric"):
         neighbourhood_overlap(a, b, "dice")
+
+
+def test_versus_raw_keeps_trained_rows_and_raw_columns():
+    names = ["raw:image", "a:final", "raw:text", "b:image"]
+    table = pd.DataFrame(np.arange(16.0).reshape(4, 4), index=names, columns=names)
+    sub = versus_raw(table)
+    assert list(sub.index) == ["a:final", "b:image"] and list(sub.columns) == ["raw:image", "raw:text"]
+    assert sub.loc["b:image", "raw:text"] == table.loc["b:image", "raw:text"] == 14.0
+    with pytest.raises(ConfigError):
+        versus_raw(table.loc[["a:final", "b:image"], ["a:final", "b:image"]])
 
 
 def test_topk_neighbours_equal_a_dense_reference():
@@ -97,6 +108,15 @@ def test_analyze_overlap_command_on_several_methods(runs, capsys):
     sub = pd.read_csv(dest / "sub" / "overlap.csv", index_col=0)
     assert set(sub.index) == {"raw:image", "anchorrec:image", "anchorrec:proj_mm"}
     capsys.readouterr()
+    # --versus-raw: the trained spaces against the raw features only, printed and written
+    assert main(["analyze", "overlap", *map(str, out.values()), "--k", "5", "--versus-raw", "--out",
+                 str(dest / "vs")]) == 0
+    vs = pd.read_csv(dest / "vs" / "overlap_vs_raw.csv", index_col=0)
+    assert list(vs.columns) == ["raw:image", "raw:text", "raw:mm"] and "anchorrec:proj_mm" in vs.index
+    assert not any(r.startswith("raw:") for r in vs.index)
+    np.testing.assert_allclose(vs.values, table.loc[vs.index, vs.columns].values, atol=1e-4)
+    printed = capsys.readouterr().out
+    assert "overlap_vs_raw.csv" in printed and "cm3:fused" in printed
 
 
 def test_analyze_neighbours_command(runs, capsys):

@@ -83,6 +83,18 @@ def overlap_matrix(spaces: Dict[str, np.ndarray], k: int = 10, metric: str = "ov
     return pd.DataFrame(m, index=names, columns=names)
 
 
+def versus_raw(table: pd.DataFrame) -> pd.DataFrame:
+    """The part of an :func:`overlap_matrix` that compares trained spaces with raw features: rows the trained
+    spaces (``run:space``, in the table's order), columns the raw ones (``raw:<m>``)."""
+    from mmgraph.analysis.spaces import RAW
+
+    raw = [c for c in table.columns if c.startswith(f"{RAW}:")]
+    rows = [r for r in table.index if not r.startswith(f"{RAW}:")]
+    if not raw or not rows:
+        raise ConfigError("the overlap table needs both raw feature spaces and trained spaces to compare them")
+    return table.loc[rows, raw]
+
+
 def plot_heatmap(table: pd.DataFrame, path, title: str = "") -> Path:
     """Write ``table`` (values in [0, 1]) as an annotated heat map PNG."""
     from mmgraph.analysis.plotting import pyplot
@@ -129,6 +141,8 @@ def register_cli(actions) -> None:
     p.add_argument("--metric", choices=METRICS, default="overlap")
     p.add_argument("--spaces", help="comma-separated spaces to keep (e.g. final,proj_mm,raw:image; default all)")
     p.add_argument("--no-raw", action="store_true", help="leave the raw feature spaces out")
+    p.add_argument("--versus-raw", action="store_true",
+                   help="print (and write as overlap_vs_raw.csv) only the trained spaces against the raw features")
     p.add_argument("--data", help="dataset path (default: the one recorded in the runs)")
     p.add_argument("--checkpoint", choices=["best.pt", "last.pt"], default="best.pt")
     p.add_argument("--out", default="analysis/overlap", help="output folder (default: %(default)s)")
@@ -139,9 +153,16 @@ def _run_cli(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
     spaces = [s.strip() for s in args.spaces.split(",") if s.strip()] if args.spaces else None
+    if args.versus_raw and args.no_raw:
+        raise ConfigError("--versus-raw compares with the raw features: drop --no-raw")
     table = analyze_overlap(args.runs, args.out, args.k, args.metric, spaces, not args.no_raw, args.data,
                             args.checkpoint)
+    written = [Path(args.out) / "overlap.csv", Path(args.out) / "overlap.png"]
+    if args.versus_raw:
+        table = versus_raw(table)
+        table.to_csv(Path(args.out) / "overlap_vs_raw.csv", float_format="%.4f")
+        written.append(Path(args.out) / "overlap_vs_raw.csv")
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(table.round(3).to_string())
-    print(f"wrote {Path(args.out) / 'overlap.csv'} and {Path(args.out) / 'overlap.png'}")
+    print(f"wrote {', '.join(map(str, written))}")
     return 0
