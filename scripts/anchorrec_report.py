@@ -22,7 +22,7 @@ import statistics
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,6 +73,15 @@ def _mean_pairwise(table: pd.DataFrame, spaces: Sequence[str]) -> Optional[float
     return statistics.fmean(values) if values else None
 
 
+def _highest(values: Dict[str, Optional[float]]) -> Optional[Tuple[str, float]]:
+    """``(key, value)`` of the highest value that is not None, or None."""
+    known = {k: v for k, v in values.items() if v is not None}
+    if not known:
+        return None
+    key = max(known, key=known.get)
+    return key, known[key]
+
+
 def claim_rows(table: pd.DataFrame, methods: Sequence[str]) -> List[Dict[str, Any]]:
     """The paper's Fig. 4 statements and the comparison with the other methods, one row each:
     ``{check, compared, anchorrec, other, holds}`` with ``holds = anchorrec > other``.
@@ -99,27 +108,21 @@ def claim_rows(table: pd.DataFrame, methods: Sequence[str]) -> List[Dict[str, An
 
     for m in modalities:
         raw, origin, proj = f"{RAW}:{m}", f"{a}:{m}", f"{a}:proj_{m}"
-        if m in content and len(content) > 1:
-            cross = {o: _value(table, f"{RAW}:{o}", origin) for o in content if o != m}
-            cross = {o: v for o, v in cross.items() if v is not None}
-            if cross:
-                worst = max(cross, key=cross.get)
-                add(f"origin keeps {raw}", f"{origin} with {raw} vs with {RAW}:{worst}", _value(table, raw, origin),
-                    cross[worst])
+        other_raw = {o: _value(table, f"{RAW}:{o}", origin) for o in content if o != m} if m in content else {}
+        cross = _highest(other_raw)
+        if cross:
+            add(f"origin keeps {raw}", f"{origin} with {raw} vs with {RAW}:{cross[0]}", _value(table, raw, origin),
+                cross[1])
         add(f"projection leaves {raw}", f"{origin} vs {proj}, with {raw}", _value(table, raw, origin),
             _value(table, raw, proj))
-        channels = {o: _value(table, raw, f"{o}:{m}") for o in others}
-        channels = {o: v for o, v in channels.items() if v is not None}
-        if channels:
-            best = max(channels, key=channels.get)
-            add("vs other methods", f"{origin} vs {best}:{m}, with {raw}", _value(table, raw, origin), channels[best])
-            add("vs other methods", f"{proj} vs {best}:{m}, with {raw}", _value(table, raw, proj), channels[best])
-        finals = {o: _value(table, raw, f"{o}:{FINAL}") for o in others}
-        finals = {o: v for o, v in finals.items() if v is not None}
-        if finals:
-            best = max(finals, key=finals.get)
-            add("vs other methods", f"{a}:{FINAL} vs {best}:{FINAL}, with {raw}", _value(table, raw, f"{a}:{FINAL}"),
-                finals[best])
+        channel = _highest({o: _value(table, raw, f"{o}:{m}") for o in others})
+        if channel:
+            add("vs other methods", f"{origin} vs {channel[0]}:{m}, with {raw}", _value(table, raw, origin), channel[1])
+            add("vs other methods", f"{proj} vs {channel[0]}:{m}, with {raw}", _value(table, raw, proj), channel[1])
+        final = _highest({o: _value(table, raw, f"{o}:{FINAL}") for o in others})
+        if final:
+            add("vs other methods", f"{a}:{FINAL} vs {final[0]}:{FINAL}, with {raw}",
+                _value(table, raw, f"{a}:{FINAL}"), final[1])
     add("projections agree", f"mean overlap among {a}:proj_* vs among {a}:<modality>",
         _mean_pairwise(table, [f"{a}:proj_{m}" for m in modalities]),
         _mean_pairwise(table, [f"{a}:{m}" for m in modalities]))
