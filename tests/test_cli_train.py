@@ -88,6 +88,15 @@ def test_grid_selects_on_validation(tmp_path, capsys):
     assert summary["best"]["point"] == best["point"]
 
 
+def test_a_grid_without_out_says_it_wrote_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--method", "mf", "--data", "synthetic:users=100,items=80", "--grid", "--epochs", "1",
+                 "--set", "reg_weight=[1e-4,1e-2]", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "selected on validation: point" in out and "no run folder written" in out
+    assert not list(tmp_path.iterdir())
+
+
 def test_methods_lists_registry(capsys):
     assert main(["methods", "--json"]) == 0
     assert {"mf", "lightgcn", "directau"} <= set(json.loads(capsys.readouterr().out))

@@ -108,6 +108,9 @@ def run_train(args: argparse.Namespace) -> int:
         distributed.shutdown(ctx)
 
 
+NO_RUN_FOLDER = "no run folder written (add --out DIR to keep the config, checkpoints and metrics)"
+
+
 def _run_train(args: argparse.Namespace, writer: bool = True) -> int:
     """``writer``: this process writes ``--out`` (rank 0 under torchrun)."""
     from mmgraph.train.config import load_config
@@ -147,6 +150,8 @@ def _run_train(args: argparse.Namespace, writer: bool = True) -> int:
         summary = grid_search(args.method, dataset, config, args.out, progress=progress, data_spec=args.data,
                               graph=args.graph, overwrite=args.overwrite)
         _print_grid(summary, args.out)
+        if not args.out:
+            print(NO_RUN_FOLDER)
         return 0
     user_axes = [k for k, v in overrides.items() if isinstance(v, list) and k in config["grid"]]
     if user_axes or _config_file_grid(args):
@@ -157,8 +162,7 @@ def _run_train(args: argparse.Namespace, writer: bool = True) -> int:
     result, _ = train(args.method, dataset, {**config, "grid": {}}, args.out, progress=progress,
                       data_spec=args.data, graph=args.graph, overwrite=args.overwrite)
     _print_metrics(result)
-    print(f"run folder: {args.out}" if args.out else
-          "no run folder written (add --out DIR to keep the config, checkpoints and metrics)")
+    print(f"run folder: {args.out}" if args.out else NO_RUN_FOLDER)
     return 0
 
 
