@@ -187,11 +187,12 @@ def parse_variants(items: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     out: Dict[str, Dict[str, Any]] = {}
     for item in items:
         label, sep, body = item.partition(":")
-        if not sep or not label.strip() or not body.strip() or not label.strip().replace("-", "_").isidentifier():
+        label = label.strip()
+        if not sep or not label or not body.strip() or not label.replace("-", "_").isidentifier():
             raise ConfigError(f"--variant expects LABEL:KEY=VALUE[,KEY=VALUE...] with a word as LABEL, got {item!r}")
         if label in out:
             raise ConfigError(f"--variant {label!r} given twice")
-        out[label.strip()] = parse_overrides([kv.strip() for kv in body.split(",") if kv.strip()])
+        out[label] = parse_overrides([kv.strip() for kv in body.split(",") if kv.strip()])
     return out
 
 
