@@ -61,6 +61,17 @@ def batch_items(pos: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return items, inv, counts
 
 
+def mean_batch_users(user_rows: Tensor, inv: Tensor, counts: Tensor) -> Tensor:
+    """``[n, d]``: row ``i`` = the mean of ``user_rows[b]`` over the batch rows ``b`` with ``inv[b] == i``.
+
+    Args:
+        user_rows: ``[B, d]`` users of the batch rows; inv: ``[B]`` row -> distinct item; counts: ``[n]``
+            rows per distinct item.
+    """
+    out = user_rows.new_zeros(counts.shape[0], user_rows.shape[1]).index_add_(0, inv, user_rows)
+    return out.div_(counts.to(out.dtype).clamp(min=1).unsqueeze(1))
+
+
 def item_strengths(user_rows: Tensor, item_embs: Tensor, inv: Tensor, counts: Tensor) -> Tensor:
     """Eq. 1: ``s[m, i]`` = mean over the batch rows ``b`` with ``inv[b] == i`` of ``user_rows[b] . item_embs[m, i]``.
 
@@ -70,9 +81,13 @@ def item_strengths(user_rows: Tensor, item_embs: Tensor, inv: Tensor, counts: Te
         inv: ``[B]`` row -> distinct item; counts: ``[n]`` rows per distinct item.
     Returns ``[M, n]``.
     """
-    scores = (item_embs[:, inv] * user_rows.unsqueeze(0)).sum(-1)            # [M, B]
-    out = scores.new_zeros(item_embs.shape[0], item_embs.shape[1]).index_add_(1, inv, scores)
-    return out / counts.to(out.dtype).clamp(min=1)
+    return strengths_from_mean_users(item_embs, mean_batch_users(user_rows, inv, counts))
+
+
+def strengths_from_mean_users(item_embs: Tensor, mean_users: Tensor) -> Tensor:
+    """Eq. 1 through the mean batch user of each item (a mean of dot products is the dot product with the
+    mean): ``item_embs [M, n, d]``, ``mean_users [n, d]`` (:func:`mean_batch_users`) -> ``[M, n]``."""
+    return (item_embs * mean_users.unsqueeze(0)).sum(-1)
 
 
 def compensation(strengths: Tensor) -> Tensor:
@@ -315,11 +330,10 @@ class CROSS(Plugin):
         u_sg = user_rows.detach()
         with torch.no_grad():
             targets = [e.detach() for e in emb]
-            strengths = item_strengths(u_sg, torch.stack(targets), inv, counts)   # [M, n]
+            # eq. 1's and DT's means over an item's batch rows of cos(sg(u), x) are x . (mean of those users)
+            mean_users = mean_batch_users(u_sg, inv, counts)                      # [n, d]
+            strengths = strengths_from_mean_users(torch.stack(targets), mean_users)  # [M, n]
             dirs = direction_sets(strengths, self.strategy)                        # [M, M, n]
-            # DT's mean over an item's batch rows of cos(sg(u), f(i^a)) is f(i^a) . (mean of those users)
-            mean_users = u_sg.new_zeros(n, u_sg.shape[1]).index_add_(0, inv, u_sg)
-            mean_users /= counts.to(u_sg.dtype).clamp(min=1).unsqueeze(1)
         inv_tau = 1.0 / self.lambda_f()
         ilda = emb[0].new_zeros(())
         dt = emb[0].new_zeros(())
