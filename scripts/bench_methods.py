@@ -49,6 +49,12 @@ def _split_sets(items: List[str]) -> Dict[str, Dict[str, object]]:
     return {k: parse_overrides(v) for k, v in scoped.items()}
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously: a timer must not stop before it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -71,25 +77,29 @@ def _setup(entry: str, dataset, sets) -> Dict[str, object]:
     model = build_model(method, data, cfg)
     trainer = Trainer(model, dataset, cfg, None, build_plugins(cfg, data, model), progress=False)
     model.train()
-    epoch_work = _timed(lambda: model.on_epoch_start(0))
+    epoch_work = _timed(lambda: (model.on_epoch_start(0), _sync(trainer.device)))
     t0 = time.perf_counter()
     batches = list(trainer.sampler.epoch())
     epoch_work += time.perf_counter() - t0
 
+    def clock() -> float:
+        _sync(trainer.device)
+        return time.perf_counter()
+
     def step(batch):
         batch = batch.to(trainer.device)
         trainer.optimizer.zero_grad(set_to_none=True)
-        t1 = time.perf_counter()
+        t1 = clock()
         out = model.loss(batch)
         loss = out.loss
         for plugin in trainer.plugins:
             for value in plugin.loss(batch, out).values():
                 loss = loss + value
-        t2 = time.perf_counter()
+        t2 = clock()
         loss.backward()
-        t3 = time.perf_counter()
+        t3 = clock()
         trainer.optimizer.step()
-        t4 = time.perf_counter()
+        t4 = clock()
         return t2 - t1, t3 - t2, t4 - t3
 
     for b in batches[:2]:  # warm-up (allocator, lazy init)

@@ -1,0 +1,49 @@
+"""scripts/bench_methods.py: the per-method step / epoch table runs and compares plug-ins with their backbone."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_methods.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_methods", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(text: str) -> dict:
+    """``{entry: [numbers...]}`` of the printed table (the ratio column as its number)."""
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 9 and re.fullmatch(r"[a-z0-9_]+(\+[a-z0-9_]+)?", parts[0]) \
+                and re.fullmatch(r"[0-9.]+", parts[1]):
+            rows[parts[0]] = [float(p.lstrip("x")) for p in parts[1:]]
+    return rows
+
+
+def test_table_has_each_entry_and_the_plugin_ratio(bench, capsys):
+    assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "mf,lightgcn+cross",
+                       "--steps", "2", "--interleave", "--set", "threads=1"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert set(rows) == {"mf", "lightgcn", "lightgcn+cross"}
+    base, plug = rows["lightgcn"], rows["lightgcn+cross"]
+    forward, backward, optim, step = plug[:4]
+    assert step == pytest.approx(forward + backward + optim, abs=0.15)    # rounded to 0.1 ms each
+    assert plug[4] == pytest.approx(step / base[3], rel=0.05, abs=0.02)    # the "x backbone" column
+    assert all(v > 0 for v in rows["mf"][:4])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_steps_are_timed_after_the_device_finishes(bench, capsys):
+    assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn",
+                       "--steps", "2", "--set", "device=cuda"]) == 0
+    assert "lightgcn" in _rows(capsys.readouterr().out)
