@@ -234,6 +234,10 @@ def test_modality_rules():
         {"mm": 1.0, "image": 0.1, "audio": 0.01}
     assert score_modalities({}, ["image", "text"]) == ["id", "mm", "text"]
     assert score_modalities({}, ["image", "audio"]) == ["id", "mm"]
+    # text alone: the default anchor is the text feature, scored once (as mm); a named anchor is another feature
+    assert score_modalities({}, ["text"]) == ["id", "mm"]
+    assert score_modalities({}, ["text"], anchor_feature="image") == ["id", "mm", "text"]
+    assert score_modalities({"score_modalities": ["id", "mm", "text"]}, ["text"]) == ["id", "mm", "text"]
     assert score_modalities({"score_modalities": ["image", "id"]}, ["image", "audio"]) == ["id", "image"]
     for bad in ({"score_modalities": ["smell"]}, {"score_modalities": []}):
         with pytest.raises(ConfigError):
@@ -274,10 +278,12 @@ def test_default_anchor_is_logged_and_a_named_anchor_is_used(small, caplog):
                                anchorrec_graph(small.features["image"], 10).to_dense(), atol=1e-5, rtol=1e-5)
 
 
-def test_text_only_data_anchor_equals_the_text_graph():
+def test_text_only_data_anchor_equals_the_text_graph(caplog):
     ds = make_synthetic(n_users=60, n_items=40, modalities={"text": 8}, seed=2)
-    model = build_model("anchorrec", ds, _cfg())
-    assert model.content == ["text"] and model.scoring == ["id", "mm", "text"]
+    with caplog.at_level(logging.INFO):
+        model = build_model("anchorrec", ds, _cfg())
+    assert model.content == ["text"] and model.scoring == ["id", "mm"]      # text once: mm is the text feature
+    assert "the anchor is the text feature itself; scoring id+mm (text once)" in caplog.text
     torch.testing.assert_close(_dense(model.item_graphs["mm"]), _dense(model.item_graphs["text"]))
     assert torch.isfinite(model.loss(_batch(ds)).loss)
 

