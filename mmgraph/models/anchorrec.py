@@ -303,7 +303,8 @@ class AnchorRec(GraphRecommender):
         self.refined = [ANCHOR, *self.content]          # modalities with a refined h_m
         self.scoring = score_modalities(cfg, self.content, anchor_feature)
         if cfg.get("score_modalities") is None and TEXT in self.content and TEXT not in self.scoring:
-            log.info("anchorrec: the anchor is the text feature itself; scoring %s (text once)", "+".join(self.scoring))
+            log.info("anchorrec: the anchor is the text feature itself; scoring %s (text once)",
+                     "+".join(self.scoring))
         self.mix = mix_weights(cfg, self.content)
         self.amp = amp_weights(cfg, self.content)
         raw = {ANCHOR: anchor, **{m: feats[m] for m in self.content}}
