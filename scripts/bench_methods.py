@@ -77,14 +77,15 @@ def _setup(entry: str, dataset, sets) -> Dict[str, object]:
     model = build_model(method, data, cfg)
     trainer = Trainer(model, dataset, cfg, None, build_plugins(cfg, data, model), progress=False)
     model.train()
-    epoch_work = _timed(lambda: (model.on_epoch_start(0), _sync(trainer.device)))
-    t0 = time.perf_counter()
-    batches = list(trainer.sampler.epoch())
-    epoch_work += time.perf_counter() - t0
 
     def clock() -> float:
         _sync(trainer.device)
         return time.perf_counter()
+
+    t0 = clock()
+    model.on_epoch_start(0)
+    batches = list(trainer.sampler.epoch())
+    epoch_work = clock() - t0
 
     def step(batch):
         batch = batch.to(trainer.device)
