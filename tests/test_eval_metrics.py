@@ -167,6 +167,20 @@ def test_masking_only_training_items(data):
     assert_close(both, ref_evaluate(scores, ds, "test", KS, mask=("train", "valid"))[0])
 
 
+@pytest.mark.parametrize("retrieval", ["exact", "faiss"])
+def test_masked_item_in_the_split_is_never_a_hit(retrieval):
+    # fewer unmasked items than k, and a training item that is also a test item: the masked (-inf) slot
+    # must not count as a hit (it did in the exact path: 1.0 instead of 0.5)
+    none = np.zeros((0, 2), dtype=np.int64)
+    ds = RecDataset(1, 6, np.array([[0, 0], [0, 1], [0, 2]]), none, np.array([[0, 3], [0, 0]]), {})
+    ue, ie = torch.ones(1, 1), torch.tensor([[9.0], [8.0], [7.0], [1.0], [2.0], [3.0]])
+    ev = Evaluator(ds, "test", ks=[5], retrieval=retrieval)
+    res = ev.evaluate(ue, ie)
+    assert res["recall@5"] == pytest.approx(0.5) and res["precision@5"] == pytest.approx(0.2)
+    (_, top, hits), = list(ev.iter_topk(ue, ie))
+    assert top[0].tolist() == [5, 4, 3, -1, -1] and hits[0].tolist() == [False, False, True, False, False]
+
+
 def test_score_fn_view_is_not_modified(data):
     ds, ue, ie, scores = data
     cache = torch.from_numpy(scores).clone()

@@ -212,7 +212,9 @@ class Evaluator:
                   k: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield ``(users [B], top-k columns [B, k], hits [B, k] bool)`` per batch, on ``device``.
 
-        Columns are item ids, or indices into :attr:`candidates` when candidates are set.
+        Columns are item ids, or indices into :attr:`candidates` when candidates are set; ``-1`` (never a
+        hit) in the slots past a user's unmasked items, when fewer than ``k`` are left (a score of -inf,
+        a masked item or one the model cannot rank, is never retrieved, as in the FAISS path).
         """
         users = self.select_users(users)
         k = min(k or self.ks[-1], self.n_cols)
@@ -228,10 +230,14 @@ class Evaluator:
             if self._mask is not None:
                 with single_thread(self.device):
                     mask_rows_(scores, self._mask[0], self._mask[1], u)
-            top = topk_rows(scores, k)[1]
+            values, top = topk_rows(scores, k)
             del scores
             with single_thread(self.device):
                 hits = member(self._gt_keys, u, top, self.n_cols)
+                ranked = values > float("-inf")
+                if not bool(ranked.all()):
+                    hits &= ranked
+                    top = top.masked_fill(~ranked, -1)
             yield u, top, hits
 
     def _iter_topk_faiss(self, user_emb, item_emb, users: torch.Tensor, k: int):
