@@ -161,3 +161,34 @@ def test_knn_item_graph_weights(feats):
     np.testing.assert_allclose(g.to_dense().numpy(), dense)
     b = knn_item_graph(feats, 4, "exclude", weight="binary", norm="rw")
     np.testing.assert_allclose(b.row_sums().numpy(), 1.0, rtol=1e-6)
+
+
+@pytest.fixture
+def no_faiss(monkeypatch):
+    """``import faiss`` fails, as on an install without faiss-cpu."""
+    import sys
+
+    from mmgraph.utils import faiss_utils
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    for cached in (faiss_utils.faiss_available, faiss_utils.faiss_gpu_count):
+        cached.cache_clear()
+    yield
+    for cached in (faiss_utils.faiss_available, faiss_utils.faiss_gpu_count):
+        cached.cache_clear()
+
+
+def test_without_faiss_exact_searches_fall_back_to_torch(feats, no_faiss):
+    from mmgraph.evaluation.evaluator import resolve_retrieval
+    from mmgraph.utils.faiss_utils import faiss_gpu_count, search_ip
+
+    ref = dense_knn(feats, 5, "include")[0]
+    np.testing.assert_array_equal(knn_graph(feats, 5).indices, ref)          # default backend 'faiss'
+    x = feats.astype(np.float32)
+    ids = search_ip(x, x[:7], 4)[1]
+    np.testing.assert_array_equal(ids, np.argsort(-(x[:7].astype(np.float64) @ x.T.astype(np.float64)),
+                                                  axis=1, kind="stable")[:, :4])
+    assert faiss_gpu_count() == 0 and resolve_retrieval("auto") == "exact"
+    with pytest.raises(ConfigError, match="needs FAISS.*pip install faiss-cpu"):
+        knn_graph(feats, 5, backend="faiss_hnsw")
+    with pytest.raises(ConfigError, match="retrieval 'faiss' needs FAISS"):
+        resolve_retrieval("faiss")

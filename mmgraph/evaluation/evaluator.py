@@ -29,10 +29,13 @@ RETRIEVALS = ("exact", "faiss", "auto")
 
 
 def resolve_retrieval(retrieval: str = "auto") -> str:
-    """``auto`` -> ``faiss`` when FAISS can use a GPU, else ``exact``; others unchanged."""
+    """``auto`` -> ``faiss`` when FAISS can use a GPU, else ``exact``; others unchanged (``faiss`` without
+    FAISS installed: a one-line error)."""
+    from mmgraph.utils.faiss_utils import faiss_gpu_count, require_faiss
+    if retrieval == "faiss":
+        require_faiss("retrieval 'faiss'")
     if retrieval != "auto":
         return retrieval
-    from mmgraph.utils.faiss_utils import faiss_gpu_count
     return "faiss" if faiss_gpu_count() > 0 else "exact"
 
 

@@ -185,7 +185,8 @@ def topk_faiss(user_emb, item_emb, k: int, exclude_csr=None,
     :func:`topk_exact`. Same arguments and return value as :func:`topk_exact` (float32 scores).
     """
     user_emb, item_emb = _check_emb(user_emb, item_emb)
-    from mmgraph.utils.faiss_utils import build_ip_index, search_index
+    from mmgraph.utils.faiss_utils import build_ip_index, require_faiss, search_index
+    require_faiss("FAISS retrieval (retrieval / backend 'faiss')")
 
     users = user_emb.detach().cpu().numpy().astype(np.float32, copy=False)
     items = item_emb.detach().cpu().numpy().astype(np.float32, copy=False)

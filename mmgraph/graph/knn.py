@@ -19,6 +19,7 @@ import torch
 
 from mmgraph.errors import ConfigError, DataError
 from mmgraph.graph.base import ItemGraph, KNNResult, normalize_graph
+from mmgraph.utils import faiss_utils
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ def _search_faiss(base: np.ndarray, queries: np.ndarray, kk: int, use_gpu, batch
     """Brute-force exact inner-product search straight on the arrays (``faiss.knn`` / ``knn_gpu``):
     no index is built, so the base vectors are not copied into FAISS."""
     import faiss
-    from mmgraph.utils import faiss_utils
 
     gpu = faiss_utils.use_faiss_gpu(use_gpu)
     metric = faiss.METRIC_INNER_PRODUCT
@@ -145,8 +145,11 @@ def knn_recall(approx: KNNResult, exact: KNNResult) -> float:
     return float(np.mean(found[keep] / total[keep])) if keep.any() else 1.0
 
 
-def _search_torch(base: np.ndarray, queries: np.ndarray, kk: int, batch_size: int,
-                  device: Optional[str] = None):
+def search_ip_torch(base: np.ndarray, queries: np.ndarray, kk: int, batch_size: int = 4096,
+                    device: Optional[str] = None):
+    """Exact top-``kk`` inner products of ``queries [Q, d]`` against ``base [N, d]`` (float32 arrays) by
+    blockwise ``q @ base^T`` + ``topk`` on ``device`` (default CUDA when available), score blocks <= 256 MB:
+    ``(scores [Q, kk] float32, ids [Q, kk] int64)``, sorted by decreasing score."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     b = torch.from_numpy(base).to(dev)
     batch_size = max(1, min(batch_size, (1 << 26) // max(1, base.shape[0])))  # <= 256 MB score block
@@ -173,7 +176,8 @@ def knn_graph(features, k: int = 10, self_loops: SelfLoops = "include", use_gpu:
         use_gpu: FAISS on GPU (``None`` = when faiss-gpu and a CUDA device are available).
         batch_size: queries per search call (bounds the temporary score block).
         backend: ``'faiss'`` (default) or ``'torch'`` (blockwise ``X_b @ X^T`` + ``topk``, on ``device``,
-            default CUDA when available) -- the same results; or an approximate FAISS index for large
+            default CUDA when available) -- the same results (``'faiss'`` runs as ``'torch'``, with a
+            warning, where FAISS is not installed); or an approximate FAISS index for large
             catalogues, ``'faiss_ivf'`` or ``'faiss_hnsw'`` (CPU; see :func:`_search_faiss_approx`, and
             :func:`knn_recall` to measure it against exact).
 
@@ -190,6 +194,8 @@ def knn_graph(features, k: int = 10, self_loops: SelfLoops = "include", use_gpu:
         raise ConfigError(f"k must be >= 1, got {k}")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown kNN backend {backend!r}, expected one of {BACKENDS}")
+    if backend in APPROXIMATE:
+        faiss_utils.require_faiss(f"the approximate kNN backend {backend!r}")
     batch_size = max(1, int(batch_size))
     xn, nonzero = l2_normalize(features)
     n = xn.shape[0]
@@ -209,12 +215,14 @@ def knn_graph(features, k: int = 10, self_loops: SelfLoops = "include", use_gpu:
     del xn  # with zero rows the subset copy is the only one we keep
     extra = 1 if policy == "exclude" else 0
     kk = min(k + extra, len(valid))
-    if backend == "faiss":
+    if backend == "faiss" and faiss_utils.faiss_available():
         s, i = _search_faiss(base, base, kk, use_gpu, batch_size)
     elif backend in APPROXIMATE:
         s, i = _search_faiss_approx(base, kk, backend, batch_size)
     else:
-        s, i = _search_torch(base, base, kk, batch_size, device)
+        if backend == "faiss":
+            faiss_utils.warn_torch_fallback()
+        s, i = search_ip_torch(base, base, kk, batch_size, device)
     del base
     bad = i < 0
     i = np.where(bad, -1, valid[np.clip(i, 0, None)] if n_zero else i)

@@ -1,7 +1,9 @@
 """FAISS helpers shared by the graph builders and evaluation retrieval.
 
 FAISS runs on GPU when faiss-gpu is installed and a CUDA device is visible, otherwise on CPU.
-Both paths use exact (flat) inner-product indexes, so results are the same either way.
+Both paths use exact (flat) inner-product indexes, so results are the same either way. Without FAISS
+installed, the exact searches (kNN graphs, LATTICE's learned graph) run as blockwise torch products with
+the same results, and what has no torch form (approximate indexes, ``retrieval: faiss``) says so.
 """
 from __future__ import annotations
 
@@ -16,9 +18,33 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
+def faiss_available() -> bool:
+    """Whether ``import faiss`` works (faiss-cpu or faiss-gpu installed)."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_faiss(what: str) -> None:
+    """Raise a one-line :class:`~mmgraph.errors.ConfigError` naming ``what`` when FAISS is not installed."""
+    if not faiss_available():
+        from mmgraph.errors import ConfigError
+        raise ConfigError(f"{what} needs FAISS, which is not installed here: `pip install faiss-cpu` (or the "
+                          f"'gpu' extra), or use the exact torch path")
+
+
+@functools.lru_cache(maxsize=1)
+def warn_torch_fallback() -> None:
+    """Log once that an exact FAISS search runs as torch products because FAISS is missing."""
+    log.warning("FAISS is not installed: exact top-k searches run as blockwise torch products (same results)")
+
+
+@functools.lru_cache(maxsize=1)
 def faiss_gpu_count() -> int:
-    """Number of GPUs FAISS can use (0 without faiss-gpu or CUDA, or with MMGRAPH_FAISS_CPU=1)."""
-    if os.environ.get("MMGRAPH_FAISS_CPU") == "1":
+    """Number of GPUs FAISS can use (0 without FAISS, faiss-gpu or CUDA, or with MMGRAPH_FAISS_CPU=1)."""
+    if os.environ.get("MMGRAPH_FAISS_CPU") == "1" or not faiss_available():
         return 0
     import faiss
     get = getattr(faiss, "get_num_gpus", None)
@@ -78,6 +104,12 @@ def search_ip(base: np.ndarray, queries: np.ndarray, k: int, use_gpu: Optional[b
     """Exact top-``k`` by inner product of ``queries [Q, d]`` against ``base [N, d]``.
 
     Queries run in batches so the score block stays bounded. Returns ``(scores [Q, k], ids [Q, k])``,
-    sorted by decreasing score.
+    sorted by decreasing score. Without FAISS: :func:`mmgraph.graph.knn.search_ip_torch` (the same result).
     """
+    if not faiss_available():
+        from mmgraph.graph.knn import search_ip_torch
+        warn_torch_fallback()
+        base = np.ascontiguousarray(base, dtype=np.float32)
+        return search_ip_torch(base, np.ascontiguousarray(queries, dtype=np.float32), min(int(k), len(base)),
+                               batch_size)
     return search_index(build_ip_index(base, use_gpu), queries, k, batch_size)
