@@ -104,3 +104,13 @@ def test_malloc_tuning_reuses_blocks_above_the_mmap_threshold():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     touch()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000  # 16k without the tuning
+
+
+def test_threads_setting_is_restored_and_reruns_name_the_python_keyword(synth, tmp_path):
+    from mmgraph.errors import ConfigError
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    train("mf", synth, _cfg(epochs=1, threads=want), tmp_path, progress=False)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match=r"overwrite=True in Python"):
+        train("mf", synth, _cfg(epochs=1), tmp_path, progress=False)

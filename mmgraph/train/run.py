@@ -236,8 +236,13 @@ def train(method: str, data: Union[str, Path, RecDataset], config: Optional[Dict
     if resume and out is not None and config is None and (out / "config.yaml").exists():
         device_setting = read_run_config(out).get("device", "auto")
     ctx = distributed.init_from_env(device_setting)
-    with (RunLock(out) if out is not None and ctx.is_main else contextlib.nullcontext()):
-        return _train(method, data, config, out, resume, progress, data_spec, graph, overwrite, ctx)
+    threads = torch.get_num_threads()   # a run's `threads` setting applies to the run, not to the caller
+    try:
+        with (RunLock(out) if out is not None and ctx.is_main else contextlib.nullcontext()):
+            return _train(method, data, config, out, resume, progress, data_spec, graph, overwrite, ctx)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _train(method, data, config, out: Optional[Path], resume: bool, progress, data_spec, graph, overwrite,

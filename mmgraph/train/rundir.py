@@ -271,17 +271,19 @@ def check_fresh_folder(folder, overwrite: bool, grid: bool = False) -> None:
         return
     what = describe_run(folder)
     what = f" ({what})" if what else ""
+    # the CLI's flags, with their Python form (train / grid_search keyword arguments)
+    overwrite_hint, resume_hint = "--overwrite (overwrite=True in Python)", "--resume (resume=True in Python)"
     if state == "finished":
-        raise ConfigError(f"{folder} holds a finished run{what}; pass --overwrite to replace it, or choose "
+        raise ConfigError(f"{folder} holds a finished run{what}; pass {overwrite_hint} to replace it, or choose "
                           "another --out")
     if state == "grid-finished":
-        raise ConfigError(f"{folder} holds a finished grid search{what}; pass --overwrite to replace it, or "
-                          "choose another --out")
+        raise ConfigError(f"{folder} holds a finished grid search{what}; pass {overwrite_hint} to replace it, "
+                          "or choose another --out")
     if state == "grid":
-        raise ConfigError(f"{folder} holds an interrupted grid search{what}; continue it with --resume, or "
-                          "pass --overwrite to start over")
-    raise ConfigError(f"{folder} holds an interrupted run{what}; continue it with --resume, or pass "
-                      "--overwrite to start over")
+        raise ConfigError(f"{folder} holds an interrupted grid search{what}; continue it with {resume_hint}, or "
+                          f"pass {overwrite_hint} to start over")
+    raise ConfigError(f"{folder} holds an interrupted run{what}; continue it with {resume_hint}, or pass "
+                      f"{overwrite_hint} to start over")
 
 
 def preflight(folder, overwrite: bool = False) -> None:
