@@ -19,13 +19,17 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, eps: float = 1e-10) -> Tens
 
 def emb_reg(*embeddings: Tensor, batch_size: int | None = None) -> Tensor:
     """MMRec's ``EmbLoss``: sum of the Frobenius norms (NOT squared) of each matrix, divided by the
-    number of rows of the LAST one (``B`` for batch rows; the item count for BM3's whole tables)."""
+    number of rows of the LAST one (``B`` for batch rows; the item count for BM3's whole tables).
+
+    ``embeddings``: tensors of any shape (typically ``[B, d]`` batch rows); returns a scalar."""
     b = batch_size if batch_size is not None else embeddings[-1].shape[0]
     return sum(torch.linalg.vector_norm(e) for e in embeddings) / b
 
 
 def l2_reg(*embeddings: Tensor, batch_size: int | None = None) -> Tensor:
-    """Squared L2 norm ``sum ||e||^2 / 2 / B`` (the convention of AnchorRec and many PyTorch codes)."""
+    """Squared L2 norm ``sum ||e||^2 / 2 / B`` (the convention of AnchorRec and many PyTorch codes).
+
+    ``embeddings``: tensors of any shape, ``B`` = ``batch_size`` or the FIRST one's rows; returns a scalar."""
     b = batch_size if batch_size is not None else embeddings[0].shape[0]
     return sum(e.pow(2).sum() for e in embeddings) / 2 / b
 

@@ -39,6 +39,9 @@ def warm_counts(n: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 def warm_split(pairs: np.ndarray, seed: int = 42, min_interactions: int = 5) -> Split:
     """Random per-user split: n<10 -> n-2/1/1; else m=floor(0.2n), valid=floor(m/2), test=m-valid.
 
+    ``pairs``: ``[N, 2]`` int ``(user, item)`` rows (deduplicated); returns the :class:`Split` of three
+    ``[n_s, 2]`` arrays (train, valid, test) that partition them.
+
     Users with fewer than ``min_interactions`` (default 5, so that every user keeps >= 3 train) are
     rejected with a :class:`DataError`; run k-core filtering first.
     """

@@ -35,6 +35,7 @@ CacheDir = Union[None, bool, str, os.PathLike]
 
 
 def default_cache_dir() -> Path:
+    """Where built graphs are cached: ``$MMGRAPH_CACHE`` when set, else ``~/.cache/mmgraph/graphs``."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()

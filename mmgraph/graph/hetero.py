@@ -32,10 +32,13 @@ def build_hetero_data(dataset, item_graphs: Optional[Mapping[str, ItemGraph]] = 
     """Build the ``HeteroData`` described in the module docstring.
 
     Args:
-        dataset: a RecDataset.
+        dataset: a RecDataset (``U`` users, ``I`` items).
         item_graphs: ``{relation name: ItemGraph}`` over the dataset's items (e.g. the output of
             :func:`mmgraph.graph.build_item_graphs`).
-        include_features: attach ``x_<modality>`` to the item nodes.
+        include_features: attach ``x_<modality>`` ``[I, d_m]`` float32 to the item nodes.
+
+    Returns a ``HeteroData``: ``edge_index [2, E]`` per edge type (``E`` = train interactions for
+    ``interacts`` / ``rev_interacts``), ``edge_weight [E]`` on the item graphs.
     """
     from torch_geometric.data import HeteroData
 

@@ -245,6 +245,9 @@ def knn_item_graph(features, k: int = 10, self_loops: SelfLoops = "include", wei
                    norm: str = "none", use_gpu: Optional[bool] = None, batch_size: int = 4096,
                    backend: str = "faiss") -> ItemGraph:
     """:func:`knn_graph` as an :class:`ItemGraph` (``weight``: ``'similarity'`` or ``'binary'``), then
-    normalised with :func:`~mmgraph.graph.base.normalize_graph` (``norm``)."""
+    normalised with :func:`~mmgraph.graph.base.normalize_graph` (``norm``).
+
+    ``features``: ``[N, d]``; the graph has ``N`` nodes and at most ``N k`` weighted edges (row ``i``
+    lists item ``i``'s neighbours)."""
     res = knn_graph(features, k, self_loops, use_gpu=use_gpu, batch_size=batch_size, backend=backend)
     return normalize_graph(res.to_item_graph(weight), norm)

@@ -15,8 +15,11 @@ register = METHODS.register
 
 
 def get_model_class(name: str) -> Type:
+    """The :class:`~mmgraph.models.base.Recommender` subclass registered as ``name`` (e.g. ``"lightgcn"``);
+    an unknown name is a one-line error listing the methods."""
     return METHODS.get(name)
 
 
 def available_methods() -> Dict[str, Type]:
+    """``{method name: model class}`` of every registered method."""
     return METHODS.available()

@@ -50,6 +50,8 @@ def parse_value(text: str) -> Any:
 
 
 def parse_overrides(items: Optional[Iterable[str]]) -> Dict[str, Any]:
+    """``["key=value", ...]`` (the CLI's ``--set``) -> ``{key: value}``, each value parsed as YAML
+    (``1e-3`` a float, ``[a, b]`` a list, ``null`` None); a malformed item is a one-line :class:`ConfigError`."""
     out: Dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
