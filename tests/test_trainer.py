@@ -114,3 +114,10 @@ def test_threads_setting_is_restored_and_reruns_name_the_python_keyword(synth, t
     assert torch.get_num_threads() == before
     with pytest.raises(ConfigError, match=r"overwrite=True in Python"):
         train("mf", synth, _cfg(epochs=1), tmp_path, progress=False)
+
+
+def test_multimodal_method_on_data_without_features_is_one_clear_error(synth):
+    from mmgraph.errors import ConfigError
+    bare = synth.with_features({})
+    with pytest.raises(ConfigError, match=r"'freedom' needs item features, but .* has none: add them .* ID-only"):
+        train("freedom", bare, load_config("freedom", overrides={"epochs": 1}), progress=False)

@@ -166,14 +166,22 @@ def build_run_graph(method: str, dataset: RecDataset, config: Dict[str, Any], gr
     return data
 
 
+def check_method_data(method: str, data) -> None:
+    """A multimodal method on data without item features (a :class:`RecDataset` or a ``HeteroData``): a
+    one-line :class:`ConfigError` saying what to do, before any graph is built."""
+    if not getattr(get_model_class(method), "multimodal", False):
+        return
+    name = data.name if isinstance(data, RecDataset) else "the graph"
+    if not (data.features if isinstance(data, RecDataset) else node_features(data)):
+        raise ConfigError(f"method {method!r} needs item features, but {name} has none: add them to the data "
+                          "folder (README, 'Data') or pick an ID-only method (mf, lightgcn, directau)")
+
+
 def build_model(method: str, data, config: Dict[str, Any], device: Optional[torch.device] = None) -> Recommender:
     """``method``'s model on ``data``: the run's ``HeteroData``, or a :class:`RecDataset` (its graph is
     built with the relations the method and ``config``'s plug-ins need)."""
     cls = get_model_class(method)
-    name = data.name if isinstance(data, RecDataset) else "the graph"
-    has_features = bool(data.features) if isinstance(data, RecDataset) else bool(node_features(data))
-    if getattr(cls, "multimodal", False) and not has_features:
-        raise ConfigError(f"method {method!r} needs item features, but {name} has none")
+    check_method_data(method, data)
     if isinstance(data, RecDataset):
         data = build_run_graph(method, data, config)
     model = cls(data, config)
@@ -302,6 +310,8 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
     if config.get("threads"):  # e.g. 1 on a shared, oversubscribed CPU
         torch.set_num_threads(int(config["threads"]))
     device = distributed.rank_device(resolve_device(config.get("device", "auto")), ctx)
+    if graph is None:   # (a given graph may carry the features: build_model checks it)
+        check_method_data(method, dataset)
     run_graph = build_run_graph(method, dataset, config, graph)
     model = build_model(method, run_graph, config, device)
     plugins = build_plugins(config, run_graph, model)
