@@ -184,6 +184,55 @@ def case_unknown_format(tmp):
             ["r.xlsx", "unknown table format '.xlsx'"])
 
 
+def case_atomic_extra_field_on_every_row(tmp):
+    # pandas would take the first column as an index and shift every column
+    folder = _atomic(tmp)
+    inter = folder / "atom.inter"
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join([lines[0]] + [line + "\textra" for line in lines[1:]]) + "\n")
+    return (lambda: load_atomic(folder), ["data", "stats", str(folder)],
+            ["atom.inter", "line 2", "6 fields, but the header has 5"])
+
+
+def case_atomic_not_utf8(tmp):
+    folder = _atomic(tmp)
+    inter = folder / "atom.inter"
+    raw = inter.read_bytes().split(b"\n")
+    raw[40] = raw[40] + b"\xe9"
+    inter.write_bytes(b"\n".join(raw))
+    return (lambda: load_atomic(folder), ["data", "stats", str(folder)], ["atom.inter", "not a UTF-8", "line 41"])
+
+
+def case_atomic_raw_ids(tmp):
+    folder = _atomic(tmp)
+    (folder / "meta.json").unlink()
+    inter = folder / "atom.inter"
+    df = pd.read_csv(inter, sep="\t")
+    df.loc[6, "userID"] = 2_000_000_000
+    df.to_csv(inter, sep="\t", index=False)
+    return (lambda: load_atomic(folder), ["data", "stats", str(folder)],
+            ["atom.inter", "line 8", "userID 2000000000", "0-based and contiguous"])
+
+
+def case_feature_npz(tmp):
+    folder = _atomic(tmp)
+    with open(folder / "image_feat.npy", "wb") as fh:
+        np.savez(fh, a=np.ones((25, 4), dtype=np.float32))
+    return (lambda: load_atomic(folder), ["data", "stats", str(folder)], ["image_feat.npy", "a .npz archive"])
+
+
+def case_feature_not_npy(tmp):
+    folder = _atomic(tmp)
+    (folder / "image_feat.npy").write_text("hello")
+    return (lambda: load_atomic(folder), ["data", "stats", str(folder)], ["image_feat.npy", "not a .npy file"])
+
+
+def case_feature_zero_columns(tmp):
+    folder = _atomic(tmp)
+    np.save(folder / "image_feat.npy", np.zeros((25, 0), dtype=np.float32))
+    return (lambda: load_atomic(folder), ["data", "stats", str(folder)], ["image_feat.npy", "0 columns"])
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
@@ -210,3 +259,21 @@ def test_bad_input_cli(case, tmp_path, capsys):
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.inter"))
+
+
+def test_unused_ids_and_held_out_training_pairs_are_reported(tmp_path, caplog):
+    from mmgraph.data.stats import dataset_stats
+    folder = _atomic(tmp_path)
+    (folder / "meta.json").unlink()
+    (folder / "image_feat.npy").unlink()
+    inter = folder / "atom.inter"
+    df = pd.read_csv(inter, sep="\t")
+    df["itemID"] *= 3                                       # ids with gaps, no features to describe them
+    train = df[df.x_label == 0].head(4).assign(x_label=2)   # four test rows repeating training pairs
+    pd.concat([df, train]).to_csv(inter, sep="\t", index=False)
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        ds = load_atomic(folder)
+    assert any("itemID ids 0..72 are unused" in r.getMessage() and "no features" in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert dataset_stats(ds)["held_out_in_train"] == {"valid": 0, "test": 4}
+    assert int(ds.in_train("test").sum()) == 4

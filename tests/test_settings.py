@@ -200,6 +200,9 @@ def test_config_file_values_and_grid(tmp_path):
     path.write_text("reg_weight: 0.01\ngrid:\n  learning_rate: [0.001, 0.01]\n")
     cfg = load_config("lightgcn", config_file=str(path))
     assert cfg["reg_weight"] == 0.01 and cfg["grid"] == {"learning_rate": [0.001, 0.01]}
+    path.write_text("reg_weight: 1e-2\ngrid:\n  learning_rate: [1e-3, 5E-3]\n")   # YAML 1.2 floats, no dot
+    cfg = load_config("lightgcn", config_file=str(path))
+    assert cfg["reg_weight"] == 0.01 and cfg["grid"] == {"learning_rate": [0.001, 0.005]}
     path.write_text("n_layers: many\n")
     with pytest.raises(ConfigError, match=r"n_layers: expected an integer >= 0, got 'many' \(--config"):
         load_config("lightgcn", config_file=str(path))

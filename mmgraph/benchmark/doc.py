@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from mmgraph.benchmark.report import _p, read_results, short, summarise, summary_tables
 from mmgraph.benchmark.stats import mean_std, paired_ttest
 from mmgraph.errors import ConfigError, DataError
+from mmgraph.utils.io import load_yaml
 
 
 def load_claims(path: Optional[Path]) -> List[Dict[str, Any]]:
@@ -38,7 +39,7 @@ def load_claims(path: Optional[Path]) -> List[Dict[str, Any]]:
     if not path.exists():
         raise ConfigError(f"--claims {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: unreadable YAML ({' '.join(str(exc).split())[:160]})") from None
     claims = data.get("claims") if isinstance(data, dict) else None

@@ -7,7 +7,9 @@ The ``.inter`` file has a header with at least ``userID``, ``itemID`` and ``x_la
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -17,6 +19,8 @@ import pandas as pd
 from mmgraph.data.dataset import RecDataset, check_features
 from mmgraph.errors import DataError
 from mmgraph.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 FEATURE_SUFFIX = "_feat.npy"
@@ -48,16 +52,50 @@ def _row_line(path: Path, row: int, n_fields: int) -> Tuple[int, int]:
     return row + 2, n_fields
 
 
+def _long_row(path: Path, n_fields: int) -> Tuple[int, int]:
+    """``(line number, number of fields)`` of the first line with more than ``n_fields`` tab-separated fields."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        next(fh, None)
+        for line_no, line in enumerate(fh, start=2):
+            fields = line.rstrip("\r\n").count("\t") + 1
+            if fields > n_fields:
+                return line_no, fields
+    return 0, n_fields
+
+
+def _decode_error(path: Path) -> str:
+    """Where ``path`` stops being UTF-8: ``"line L (byte B of the file): <reason>"``."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {line_no} (byte {offset + exc.start} of the file): {exc.reason}"
+            offset += len(raw)
+    return "unknown position"
+
+
 def _read_inter(path: Path) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        # index_col=False: a row with one field more than the header is an error (pandas would otherwise
+        # take the first column as an index when every row has it, and shift every column)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.ParserWarning:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline().rstrip("\r\n").split("\t")
+        line, fields = _long_row(path, len(header))
+        raise DataError(f"{path}, line {line}: {fields} fields, but the header has {len(header)} "
+                        f"({', '.join(header)}); one tab-separated value per header column") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (expected a header line with {', '.join(REQUIRED_COLUMNS)} "
                         "and one line per interaction)") from None
     except pd.errors.ParserError as exc:  # ragged rows
         raise DataError(f"{path}: malformed TSV ({' '.join(str(exc).split())})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file ({_decode_error(path)}); save it as UTF-8") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; header is {list(df.columns)}, expected "
@@ -87,6 +125,50 @@ def _read_inter(path: Path) -> pd.DataFrame:
         row = int(np.flatnonzero(bad_label)[0])
         raise DataError(f"{path}, line {row + 2}: x_label {frame['x_label'].iloc[row]}, expected 0, 1 or 2")
     return frame
+
+
+#: ids spanning more than this many times their distinct count (and over a million) are taken for raw ids
+SPARSE_ID_FACTOR, SPARSE_ID_MIN = 10, 1_000_000
+
+
+def _check_id_range(inter: Path, ids: np.ndarray, col: str, has_features: bool) -> None:
+    """Ids are 0-based and contiguous: a range far wider than the ids used (raw ids) is an error, unused ids
+    a warning (users without interactions are never trained or evaluated; items with no interaction and no
+    feature row to describe them are ranked and exported with untrained embeddings)."""
+    distinct = np.unique(ids)
+    n = int(distinct[-1]) + 1
+    hint = "remap raw ids to 0..n-1 (`mmgraph data prepare` does it and keeps the raw ids in id maps)"
+    if n > SPARSE_ID_FACTOR * len(distinct) and n > SPARSE_ID_MIN:
+        row = int(np.argmax(ids))
+        raise DataError(f"{inter}, line {_row_line(inter, row, 0)[0]}: {col} {ids[row]}, but there are only "
+                        f"{len(distinct)} distinct ids: ids must be 0-based and contiguous; {hint}")
+    unused = n - len(distinct)
+    if unused and (col == "userID" or not has_features):
+        present = np.zeros(n, dtype=bool)
+        present[distinct] = True
+        first = int(np.flatnonzero(~present)[0])
+        what = ("users have no interaction (they are neither trained nor evaluated)" if col == "userID" else
+                "items have no interaction and no features (they are still ranked and exported)")
+        log.warning("%s: %d of the %d %s ids 0..%d are unused (first: %d): those %s; ids are expected 0-based "
+                    "and contiguous: %s", inter, unused, n, col, n - 1, first, what, hint)
+
+
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """One array saved with ``np.save``; anything else (an ``.npz`` archive, a pickle, text) is a one-line
+    :class:`DataError` saying what the file is."""
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        kind = ("a .npz archive (np.savez); save the one array with np.save" if magic[:2] == b"PK" else
+                "not a .npy file (no NumPy header); write the [n_items, dim] array with np.save")
+        raise DataError(f"{path}: {kind}")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        if "pickled" in str(exc):
+            raise DataError(f"{path}: an array of Python objects, expected numbers "
+                            "(np.save a float array)") from None
+        raise DataError(f"{path}: cannot read .npy ({exc})") from None
 
 
 def _read_map(path: Path, n: int) -> Optional[np.ndarray]:
@@ -132,6 +214,9 @@ def load_atomic(path: Union[str, os.PathLike], modalities: Optional[Sequence[str
             if len(bad):
                 raise DataError(f"{inter}, line {bad[0] + 2}: {col} {ids[bad[0]]} is out of range, expected "
                                 f"0..{int(meta[key]) - 1} ({key}={meta[key]} in meta.json)")
+    for col, key in (("userID", "n_users"), ("itemID", "n_items")):
+        if key not in meta:
+            _check_id_range(inter, frame[col].to_numpy(), col, has_features=any(path.glob("*" + FEATURE_SUFFIX)))
     n_users = max(int(frame["userID"].max()) + 1, int(meta.get("n_users", 0)))
     n_items = max(int(frame["itemID"].max()) + 1, int(meta.get("n_items", 0)))
     pairs = frame[["userID", "itemID"]].to_numpy()
@@ -149,10 +234,7 @@ def load_atomic(path: Union[str, os.PathLike], modalities: Optional[Sequence[str
         if mod not in available:
             raise DataError(f"{path}: modality '{mod}' requested but {mod}{FEATURE_SUFFIX} does not exist "
                             f"(available: {sorted(available) or 'none'})")
-        try:
-            arr = np.load(available[mod], mmap_mode="r" if mmap else None, allow_pickle=False)
-        except ValueError as exc:
-            raise DataError(f"{available[mod]}: cannot read .npy ({exc})") from None
+        arr = _load_npy(available[mod], mmap)
         if arr.ndim == 2 and arr.shape[0] < n_items and "n_items" not in meta:
             ids = frame["itemID"].to_numpy()
             bad = np.flatnonzero(ids >= arr.shape[0])

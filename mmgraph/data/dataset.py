@@ -100,6 +100,13 @@ class RecDataset:
         np.cumsum(counts, out=indptr[1:])
         return indptr, pairs[:, 1].copy()
 
+    def in_train(self, split: str) -> np.ndarray:
+        """``[len(split)]`` bool: which rows of ``split`` repeat a TRAINING (user, item) pair. Evaluation masks
+        training items, so such a held-out row can never be a hit (the protocol's splits have none)."""
+        n = np.int64(max(self.n_items, 1))
+        pairs, train = self.split(split), self.train
+        return np.isin(pairs[:, 0] * n + pairs[:, 1], train[:, 0] * n + train[:, 1])
+
     def item_popularity(self, split: str = "train") -> np.ndarray:
         return np.bincount(self.split(split)[:, 1], minlength=self.n_items)
 
@@ -133,6 +140,8 @@ def check_features(name: str, feat, n_items: int, source: Optional[str] = None) 
     if feat.shape[0] != n_items:
         raise DataError(f"{where}: feature '{name}' has {feat.shape[0]} rows, expected one per item "
                         f"({n_items})")
+    if feat.shape[1] == 0:
+        raise DataError(f"{where}: feature '{name}' has 0 columns (shape {feat.shape}), expected >= 1 value per item")
     if not np.issubdtype(feat.dtype, np.number) or np.issubdtype(feat.dtype, np.complexfloating):
         raise DataError(f"{where}: feature '{name}' must be real numbers, got dtype {feat.dtype}")
     if not np.issubdtype(feat.dtype, np.floating):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -143,7 +144,9 @@ def _numbers(df: pd.DataFrame, col: str, path: Path, fmt: str, allow_dates: bool
         out = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(out)
         if bad.any() and allow_dates:
-            dates = pd.to_datetime(values, errors="coerce", utc=True)
+            with warnings.catch_warnings():   # pandas' "could not infer format" notice: a bad cell is our error
+                warnings.simplefilter("ignore", UserWarning)
+                dates = pd.to_datetime(values, errors="coerce", utc=True)
             if not dates.isna().any():
                 seconds = (dates - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
                 return seconds.to_numpy(dtype=np.float64)

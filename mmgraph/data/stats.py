@@ -17,7 +17,8 @@ def dataset_stats(ds: RecDataset) -> Dict[str, Any]:
     training interaction: cold-start items / users), ``users_per_split`` / ``items_per_split``
     (distinct ids with at least one row in each split), ``train_interactions_per_user`` /
     ``train_interactions_per_item`` (mean, min, max over users / items with any training row), and
-    ``duplicate_pairs`` (rows repeating a (user, item) pair across all splits).
+    ``duplicate_pairs`` (rows repeating a (user, item) pair across all splits), ``held_out_in_train``
+    (``{valid, test}``: rows that repeat a training pair; they can never be hits).
     """
     user_train = ds.user_degree("train")
     item_train = ds.item_popularity("train")
@@ -40,6 +41,7 @@ def dataset_stats(ds: RecDataset) -> Dict[str, Any]:
         "train_interactions_per_user": _summary(user_train[user_train > 0]),
         "train_interactions_per_item": _summary(item_train[item_train > 0]),
         "duplicate_pairs": int(len(all_pairs) - n_distinct),
+        "held_out_in_train": {s: int(ds.in_train(s).sum()) for s in ("valid", "test")},
     }
 
 
@@ -68,5 +70,9 @@ def format_stats(stats: Dict[str, Any]) -> str:
         ("users with no train interaction", f"{stats['users_without_train']:,}"),
         ("duplicate (user, item) rows", f"{stats['duplicate_pairs']:,}"),
     ]
+    held = stats.get("held_out_in_train") or {}
+    if any(held.values()):
+        rows.append(("valid / test rows also in train", f"{held['valid']:,} / {held['test']:,} (never hits: "
+                                                         "training items are masked)"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import yaml
 
 from mmgraph.errors import ConfigError
+from mmgraph.utils.io import load_yaml
 
 CONFIG_DIR = Path(os.environ.get("MMGRAPH_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 
@@ -35,7 +36,7 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value with YAML rules, plus ``1e-4``-style floats that YAML 1.1 leaves as text."""
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):

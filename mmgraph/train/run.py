@@ -336,6 +336,7 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
         log.info("%s on %r (%s); %d parameters", method, dataset, device,
                  sum(p.numel() for p in model.parameters()))
         _warn_cold_users(dataset)
+        _warn_held_out_in_train(dataset)
         trainer = Trainer(model, dataset, config, out, plugins, progress, fingerprint=fingerprint, dist_ctx=ctx)
         result = trainer.fit(resume=resume)
     finally:
@@ -360,6 +361,17 @@ def _warn_cold_users(dataset: RecDataset) -> None:
     if len(cold):
         log.warning("%d user(s) appear only in valid/test (e.g. user %s): they have no training interaction, "
                     "so they are ranked from untrained embeddings", len(cold), dataset.raw_user_id(int(cold[0])))
+
+
+def _warn_held_out_in_train(dataset: RecDataset) -> None:
+    for split in ("valid", "test"):
+        rows = dataset.in_train(split)
+        if rows.any():
+            u, i = dataset.split(split)[int(np.flatnonzero(rows)[0])]
+            log.warning("%d of the %d %s rows repeat a training (user, item) pair (e.g. user %s, item %s): "
+                        "evaluation masks training items, so they can never be hits and lower the %s metrics; "
+                        "keep each pair in one split", int(rows.sum()), len(rows), split,
+                        dataset.raw_user_id(int(u)), dataset.raw_item_id(int(i)), split)
 
 
 def _spec_text(data) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from mmgraph.errors import ConfigError, DataError
+from mmgraph.utils.io import load_yaml
 
 log = logging.getLogger("mmgraph.train")
 
@@ -221,7 +222,7 @@ def read_meta(folder: Path) -> Dict[str, Any]:
 def read_run_config(folder: Path) -> Dict[str, Any]:
     path = Path(folder) / "config.yaml"
     try:
-        config = yaml.safe_load(path.read_text())
+        config = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{folder}: not a run folder (config.yaml is missing)") from None
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:

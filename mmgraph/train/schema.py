@@ -40,6 +40,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tup
 import yaml
 
 from mmgraph.errors import ConfigError
+from mmgraph.utils.io import load_yaml
 
 #: keys set by the library itself, never by a config layer
 RESERVED = ("method", "grid")
@@ -344,7 +345,7 @@ class Declarations:
 
 def read_yaml_mapping(path: Path) -> Dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = load_yaml(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
     except OSError as exc:

@@ -71,3 +71,32 @@ def save_figure(fig: Any, path: Union[str, os.PathLike], dpi: int = 110) -> Path
     finally:
         plt.close(fig)
     return path
+
+
+def _yaml_loader():
+    """``yaml.SafeLoader`` plus YAML 1.2's floats without a dot (``1e-3``, ``5E4``), which YAML 1.1 (PyYAML)
+    reads as strings: a config's ``learning_rate: 1e-3`` is the number a reader means."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return Loader
+
+
+_LOADER = None
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with ``1e-3``-style floats read as numbers (see :func:`_yaml_loader`)."""
+    import yaml
+
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = _yaml_loader()
+    return yaml.load(text, Loader=_LOADER)
