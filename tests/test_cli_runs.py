@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -454,3 +455,32 @@ def test_methods_show_prints_the_schema_with_defaults(capsys):
     assert "cross_alpha" in capsys.readouterr().out
     assert main(["methods", "--show", "lightgcm"]) == 2
     assert "did you mean lightgcn" in _err(capsys)
+
+
+def test_export_and_graph_outputs_users_files_and_topk_fail_early(data, finished, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["export", str(finished), "--k", "3", "--output", str(blocker / "x.csv")]) == 2
+    assert "afile is a file, not a folder" in _err(capsys)
+    assert main(["export", str(finished), "--k", "3", "--output", str(tmp_path)]) == 2
+    assert "is a folder; give a file name in it" in _err(capsys)
+    assert main(["graph", "build", "--data", str(data), "--kind", "knn", "--k", "3",
+                 "--out", str(blocker / "g.pt")]) == 2
+    assert "afile is a file" in _err(capsys)
+    assert main(["evaluate", str(finished), "--topk", "10,900"]) == 2
+    assert "--topk 900 is more than the 60 items" in _err(capsys)
+    users = tmp_path / "users.txt"
+    users.write_text("5\n\n99999\n")
+    assert main(["export", str(finished), "--k", "3", "--users", str(users), "--output", str(tmp_path / "u.csv")]) == 2
+    assert "users.txt, line 3: unknown user id '99999'" in _err(capsys)
+    users.write_text("\n")
+    assert main(["export", str(finished), "--k", "3", "--users", str(users), "--output", str(tmp_path / "u.csv")]) == 2
+    assert "lists no user ids" in _err(capsys)
+    users.write_text("5\n7\n5\n")
+    assert main(["export", str(finished), "--k", "3", "--users", str(users), "--output", str(tmp_path / "u.csv")]) == 0
+    table = pd.read_csv(tmp_path / "u.csv")
+    assert len(table) == 6 and table["user_id"].drop_duplicates().tolist() == [5, 7]
+    not_a_graph = tmp_path / "g.npy"
+    np.save(not_a_graph, np.zeros(3))
+    assert _train(data, tmp_path / "r2", "--graph", str(not_a_graph)) == 2
+    assert "not a graph file written by `mmgraph graph build` (not a torch archive)" in _err(capsys)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mmgraph.errors import ConfigError, DataError
+from mmgraph.utils.io import check_output_file
 
 
 def cutoffs(text: str):
@@ -65,6 +66,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     model, dataset, config = load_run(args.run_dir, args.data)
     ks = args.topk or config.get("topk", [5, 10, 20, 50])
+    if max(ks) > dataset.n_items:
+        raise ConfigError(f"--topk {max(ks)} is more than the {dataset.n_items} items of {dataset.name}; every "
+                          "item would be in the top-K")
     user_emb, item_emb = channel_embeddings(model, args.channel)
     evaluator = Evaluator(dataset, args.split, ks=ks, device=user_emb.device,
                           retrieval=args.retrieval or config.get("retrieval", "exact"))
@@ -102,6 +106,7 @@ def _run_export(args: argparse.Namespace, ctx) -> int:
 
     if args.k < 1:
         raise DataError(f"--k must be >= 1, got {args.k}")
+    check_output_file(args.output)
     model, dataset, _ = load_run(args.run_dir, args.data)
     if args.k > dataset.n_items:
         raise DataError(f"--k {args.k} is more than the {dataset.n_items} items of {dataset.name}; use --k "
@@ -111,8 +116,12 @@ def _run_export(args: argparse.Namespace, ctx) -> int:
         path = Path(args.users)
         if not path.exists():
             raise DataError(f"--users file {path} does not exist")
-        raw_users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    users = resolve_users(dataset, raw_users)
+        entries = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        if not entries:
+            raise DataError(f"--users file {path} lists no user ids (one id per line)")
+        line_numbers, raw_users = zip(*entries)
+    users = resolve_users(dataset, raw_users, source=f"--users file {args.users}",
+                          line_numbers=line_numbers if raw_users is not None else None)
     user_emb, item_emb = channel_embeddings(model, args.channel)
     table = recommend_sharded(user_emb, item_emb, dataset, args.k, users, exclude_seen=not args.include_seen,
                               backend=args.backend, ctx=ctx)

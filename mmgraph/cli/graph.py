@@ -19,6 +19,7 @@ from typing import Dict
 import numpy as np
 
 from mmgraph.errors import ConfigError, DataError
+from mmgraph.utils.io import check_output_file
 
 KINDS = ("knn", "freedom", "anchorrec", "cooccurrence", "brmrs")
 
@@ -101,6 +102,8 @@ def cmd_build(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.out:
+        check_output_file(args.out, "--out")
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     rand = _kv_floats(args.random_features, "--random-features") if args.random_features else {}
     needs_features = args.kind != "cooccurrence"

@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 FORMATS = ("csv", "parquet", "jsonl")
 
 
-def resolve_users(dataset: RecDataset, raw_users: Optional[Sequence]) -> np.ndarray:
-    """Map raw user ids to indices; unknown ids raise :class:`DataError` naming the first one."""
+def resolve_users(dataset: RecDataset, raw_users: Optional[Sequence], source: str = "users list",
+                  line_numbers: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Map raw user ids to indices (in order; a repeated id is kept once); unknown ids raise
+    :class:`DataError` naming ``source``, the line (``line_numbers[k]`` of entry ``k``, default ``k + 1``)
+    and the first such id."""
     if raw_users is None:
         return np.arange(dataset.n_users)
     if dataset.user_ids is None:
@@ -28,12 +31,18 @@ def resolve_users(dataset: RecDataset, raw_users: Optional[Sequence]) -> np.ndar
     else:
         index = {str(raw): k for k, raw in enumerate(dataset.user_ids)}
     out = []
-    for line, raw in enumerate(raw_users, 1):
+    for k, raw in enumerate(raw_users):
         key = str(raw).strip()
+        line = line_numbers[k] if line_numbers is not None else k + 1
         if key not in index:
-            raise DataError(f"users list, line {line}: unknown user id {key!r} (not in the dataset)")
+            raise DataError(f"{source}, line {line}: unknown user id {key!r} (not in the dataset)")
         out.append(index[key])
-    return np.asarray(out, dtype=np.int64)
+    users = np.asarray(out, dtype=np.int64)
+    _, first = np.unique(users, return_index=True)
+    if len(first) < len(users):
+        log.warning("%s: %d repeated user id(s) kept once", source, len(users) - len(first))
+        users = users[np.sort(first)]
+    return users
 
 
 def recommend(user_emb: torch.Tensor, item_emb: torch.Tensor, dataset: RecDataset, k: int = 100,

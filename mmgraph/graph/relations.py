@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -328,6 +329,8 @@ def load_graph(path: Union[str, os.PathLike], dataset=None):
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such graph file")
+    if not zipfile.is_zipfile(path):   # torch.save writes a zip archive; anything else is another kind of file
+        raise DataError(f"{path}: not a graph file written by `mmgraph graph build` (not a torch archive)")
     try:
         blob = load_object(path)
     except Exception as exc:

@@ -28,6 +28,22 @@ def atomic_write(path: Union[str, os.PathLike], mode: str = "w", encoding: str =
         raise
 
 
+def check_output_file(path: Union[str, os.PathLike], option: str = "--output") -> Path:
+    """Fail early, in one line, when ``path`` cannot become a file: it is a folder, or a part of its parent
+    path is a file. Returns ``Path(path)``."""
+    from mmgraph.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name in it (e.g. {path / 'top.csv'})")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
