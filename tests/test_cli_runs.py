@@ -484,3 +484,38 @@ def test_export_and_graph_outputs_users_files_and_topk_fail_early(data, finished
     np.save(not_a_graph, np.zeros(3))
     assert _train(data, tmp_path / "r2", "--graph", str(not_a_graph)) == 2
     assert "not a graph file written by `mmgraph graph build` (not a torch archive)" in _err(capsys)
+
+
+def test_a_refused_run_leaves_no_folder_and_a_new_holder_clears_stale_temps(data, finished, tmp_path, capsys):
+    out = tmp_path / "refused"
+    assert _train(data, out, "--set", "plugins=[brmrs]", method="lightgcn") == 2
+    assert "exposes none" in _err(capsys) and not out.exists()
+    stale = finished / ".last.pt.k1ll3d.tmp"
+    stale.write_bytes(b"")
+    assert _train(data, finished, "--resume", "--epochs", "3") == 0
+    assert not stale.exists()
+
+
+def test_a_moved_dataset_resumes_by_content_and_fewer_epochs_are_refused(data, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "toy"
+    shutil.copytree(data, copy)
+    run = tmp_path / "r"
+    assert _train(copy, run, epochs=3) == 0
+    (run / "final_metrics.json").unlink()                 # as if interrupted after epoch 3
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 2
+    assert "has trained 3 epochs already; epochs=2 is fewer" in _err(capsys)
+    moved = tmp_path / "moved" / "toy"
+    moved.parent.mkdir()
+    shutil.move(str(copy), str(moved))
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "4", "--data", str(moved), "--no-progress"]) == 0
+    assert json.loads((run / "meta.json").read_text())["data"] == str(moved.resolve())
+    assert main(["evaluate", str(run)]) == 0                 # the folder now names the new place
+    other = tmp_path / "other"
+    save_atomic(make_synthetic(n_users=70, n_items=50, modalities={"image": 8, "text": 4}, seed=4), other, name="toy")
+    (run / "final_metrics.json").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "5", "--data", str(other), "--no-progress"]) == 2
+    assert "differs from the one the run started on" in _err(capsys)

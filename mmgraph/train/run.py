@@ -291,6 +291,11 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
         if diff:
             raise ConfigError(f"cannot resume {out} with other settings ({', '.join(diff)} differ from its "
                               "config.yaml); resume takes them from the folder")
+    if saved is not None:
+        done = _epochs_done(out)
+        if int(config.get("epochs", done)) < done:
+            raise ConfigError(f"{out} has trained {done} epochs already; epochs={config['epochs']} is fewer: give "
+                              f"at least {done} to continue it (or leave epochs out)")
     data_hash = dataset_hash(dataset)
     if meta.get("data_hash") and meta["data_hash"] != data_hash:
         raise DataError(f"cannot resume {out}: the dataset {data_spec or _spec_text(data)} differs from the one "
@@ -328,6 +333,7 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "processes": ctx.world}
         else:
             meta.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            meta["data"] = _data_spec(data_spec or data, dataset)   # the content hash matched: maybe a new path
         if not resume or _differences(saved or {}, config, ()):
             _write_config(out / "config.yaml", config)   # a resume may change runtime keys (epochs)
         write_json(out / "meta.json", meta)
@@ -344,6 +350,15 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
             logging.getLogger("mmgraph").removeHandler(handler)
             handler.close()
     return result, trainer
+
+
+def _epochs_done(out: Path) -> int:
+    """Epochs recorded in a run folder's ``history.json`` (0 when it has none yet)."""
+    try:
+        history = json.loads((out / "history.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return len(history) if isinstance(history, list) else 0
 
 
 def _write_config(path: Path, config: Dict[str, Any]) -> None:
@@ -432,8 +447,12 @@ def resume_run(out_dir: Union[str, Path], method: Optional[str] = None, data: Op
                           "the method from the folder")
     recorded = str(meta.get("data") or "")
     if data and recorded and not same_data(str(data), recorded):
-        raise ConfigError(f"--data {data} conflicts with the run in {out} (trained on {recorded}); --resume takes "
-                          "the data from the folder")
+        if str(data).startswith(SYNTHETIC_PREFIX) or recorded.startswith(SYNTHETIC_PREFIX):
+            raise ConfigError(f"--data {data} conflicts with the run in {out} (trained on {recorded}); --resume "
+                              "takes the data from the folder")
+        # a dataset folder that moved: accepted when its content hash is the run's (checked by train)
+        log.info("resuming %s on --data %s (recorded: %s); its content must be the run's", out, data, recorded)
+        recorded = str(data)
     if graph and str(Path(graph).resolve()) != meta.get("graph"):
         raise ConfigError(f"--graph {graph} conflicts with the run in {out} "
                           f"({meta.get('graph') or 'the graph its method builds'})")

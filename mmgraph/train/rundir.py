@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -78,16 +79,20 @@ class RunLock:
     """Exclusive write access to a run folder for this process (a context manager).
 
     Raises :class:`ConfigError` ``"DIR is being written by another mmgraph process (pid N ...)"`` when
-    another live process holds it."""
+    another live process holds it. Once held, the temporary files of run-file writes a killed process left
+    are removed (only the holder writes those files); a folder the lock created is removed again on
+    release when nothing was written into it (a run refused before it started leaves no empty folder)."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self._fd: Optional[int] = None
+        self._created = False
 
     def acquire(self) -> "RunLock":
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"{self.folder} exists and is not a folder; choose another --out")
+        self._created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -95,7 +100,7 @@ class RunLock:
         try:
             import fcntl
         except ImportError:  # no flock (Windows): an exclusive-create pid file
-            return self._acquire_pidfile()
+            return self._acquire_pidfile()._clear_stale_temps()
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -119,6 +124,12 @@ class RunLock:
         os.write(fd, json.dumps(self._holder()).encode())
         os.fsync(fd)
         self._fd = fd
+        return self._clear_stale_temps()
+
+    def _clear_stale_temps(self) -> "RunLock":
+        for name in set(RUN_FILES) | set(GRID_FILES):
+            for tmp in self.folder.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
         return self
 
     def _holder(self) -> Dict[str, Any]:
@@ -156,6 +167,9 @@ class RunLock:
         finally:
             os.close(self._fd)
             self._fd = None
+        if self._created:
+            with contextlib.suppress(OSError):   # not empty (the run wrote files), or gone: keep it
+                self.folder.rmdir()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
