@@ -327,6 +327,9 @@ def test_seed_list_repeats_only_your_axes_and_reports_every_seed(data, tmp_path,
     assert summary["axes"] == [] and summary["seeds"] == [1, 2] and len(summary["points"]) == 1  # no built-in grid
     assert sorted(p.name for p in (grid / "point_000").iterdir()) == ["seed_1", "seed_2"]
     assert "seed 1:" in out and "seed 2:" in out and "selected on validation" not in out
+    runs, point = summary["points"][0]["runs"], summary["points"][0]
+    values = [r["test"]["recall@20"] for r in runs]
+    assert point["test_std"]["recall@20"] == pytest.approx(np.std(values, ddof=1))   # as `benchmark`'s ±
     assert main(["evaluate", str(grid)]) == 2            # no seed was chosen: the user names one
     assert "seed_1" in _err(capsys)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -53,8 +54,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)   # recorded by commands that log their command line
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:   # FAISS's probing of its AVX2 / AVX512 builds: noise at INFO
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:   # `mmgraph evaluate RUN | head`: the reader stopped; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())     # so that the interpreter's final flush does not fail again
+        return 0
     except MMGraphError as exc:
         print(f"mmgraph: error: {exc}", file=sys.stderr)
         return 2

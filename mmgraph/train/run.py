@@ -581,8 +581,9 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
             if len(runs) == 1:
                 row.update({key: runs[0][key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")})
             else:
-                row["valid_std"] = {metric: float(np.std([r["valid"][metric] for r in runs]))}
-                row["test_std"] = {metric: float(np.std([r["test"][metric] for r in runs]))}
+                # sample standard deviation (ddof 1), as `mmgraph benchmark` reports its seeds
+                row["valid_std"] = {metric: float(np.std([r["valid"][metric] for r in runs], ddof=1))}
+                row["test_std"] = {metric: float(np.std([r["test"][metric] for r in runs], ddof=1))}
             rows.append(row)
         best = max(rows, key=lambda r: r["valid"][metric])
         summary = {"metric": metric, "axes": axes, "seeds": seeds, "best": best, "selected": best["dir"],
