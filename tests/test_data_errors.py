@@ -233,6 +233,17 @@ def case_feature_zero_columns(tmp):
     return (lambda: load_atomic(folder), ["data", "stats", str(folder)], ["image_feat.npy", "0 columns"])
 
 
+def case_negative_kcore(tmp):
+    path = _ratings(tmp)
+    return (lambda: prepare_dataset(path, None, kcore=-1), _prepare_cli(path, tmp)[:-4] + ["--kcore", "-1", "--out",
+            str(tmp / "out")], ["--kcore must be >= 0", "got -1"])
+
+
+def case_too_few_synthetic_items(tmp):
+    return (lambda: make_synthetic(n_users=5, n_items=3), ["train", "--method", "mf", "--data",
+            "synthetic:users=5,items=3"], ["items=3 is too few", "items >= 10"])
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 

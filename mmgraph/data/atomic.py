@@ -98,8 +98,10 @@ def _read_inter(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a UTF-8 text file ({_decode_error(path)}); save it as UTF-8") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
+        hint = ("; x_label is the split (0 train, 1 valid, 2 test): `mmgraph data prepare --ratings FILE` splits "
+                "raw interactions" if "x_label" in missing else "")
         raise DataError(f"{path}: missing column(s) {missing}; header is {list(df.columns)}, expected "
-                        f"{list(REQUIRED_COLUMNS)}")
+                        f"{list(REQUIRED_COLUMNS)}{hint}")
     out = {}
     for col in REQUIRED_COLUMNS:
         values = pd.to_numeric(df[col], errors="coerce")

@@ -237,6 +237,10 @@ def prepare_dataset(ratings: PathLike, out: Optional[PathLike] = None, *, user_c
         raise DataError(f"dataset name {name!r} must use letters, digits, '.', '_' or '-'")
     if split not in SPLIT_METHODS:
         raise DataError(f"unknown split {split!r}, expected one of {', '.join(SPLIT_METHODS)}")
+    if int(kcore) < 0:
+        raise DataError(f"--kcore must be >= 0 (0 or 1 disables the filter), got {kcore}")
+    if split == "cold" and not 0 < float(cold_fraction) < 1:
+        raise DataError(f"--cold-fraction must be in (0, 1), got {cold_fraction}")
     if text_cols and items is None:
         raise DataError("text columns need the item table: give --items FILE")
     if items is not None and not text_cols:

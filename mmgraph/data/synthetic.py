@@ -13,6 +13,7 @@ import numpy as np
 
 from mmgraph.data.dataset import RecDataset
 from mmgraph.data.splits import cold_start_split, warm_split
+from mmgraph.errors import DataError
 
 
 def make_synthetic(n_users: int = 1000, n_items: int = 800, n_factors: int = 8,
@@ -31,6 +32,9 @@ def make_synthetic(n_users: int = 1000, n_items: int = 800, n_factors: int = 8,
         split: ``warm`` (protocol 8:1:1 per user) or ``cold`` (20 % of items held out).
     """
     modalities = {"image": 64, "text": 32} if modalities is None else dict(modalities)
+    if split == "warm" and n_items // 2 < 5:   # a user gets at most items / 2; the warm split needs 5 each
+        raise DataError(f"synthetic data: items={n_items} is too few for the warm split (a user has at most "
+                        "items / 2 interactions, the split needs 5): use items >= 10")
     rng = np.random.default_rng(seed)
     users = rng.normal(size=(n_users, n_factors)) / np.sqrt(n_factors)
     items = rng.normal(size=(n_items, n_factors)) / np.sqrt(n_factors)
