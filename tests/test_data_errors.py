@@ -288,3 +288,13 @@ def test_unused_ids_and_held_out_training_pairs_are_reported(tmp_path, caplog):
                for r in caplog.records), caplog.text
     assert dataset_stats(ds)["held_out_in_train"] == {"valid": 0, "test": 4}
     assert int(ds.in_train("test").sum()) == 4
+
+
+def test_all_zero_feature_rows_are_reported_when_loading(tmp_path, caplog):
+    folder = _atomic(tmp_path)
+    feat = np.load(folder / "image_feat.npy")
+    feat[[2, 5]] = 0
+    np.save(folder / "image_feat.npy", feat)
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        load_atomic(folder)
+    assert "2 of 25 items have an all-zero feature row" in caplog.text

@@ -244,6 +244,10 @@ def load_atomic(path: Union[str, os.PathLike], modalities: Optional[Sequence[str
                 raise DataError(f"{inter}, line {bad[0] + 2}: itemID {ids[bad[0]]} is out of range for "
                                 f"{available[mod].name} with {arr.shape[0]} rows, expected 0..{arr.shape[0] - 1}")
         features[mod] = check_features(mod, arr, n_items, source=str(available[mod]))
+        zero = int((~features[mod].any(axis=1)).sum())
+        if zero:
+            log.warning("%s: %d of %d items have an all-zero feature row (no similarity to anything: no kNN "
+                        "neighbours in this modality)", available[mod], zero, n_items)
 
     return RecDataset(n_users, n_items, splits["train"], splits["valid"], splits["test"], features,
                       user_ids=_read_map(path / "user_map.tsv", n_users),
