@@ -139,3 +139,24 @@ def test_analyze_neighbours_command(runs, capsys):
     assert main(["analyze", "neighbours", str(out["cm3"]), "--item", "1", "--space", "proj_mm",
                  "--out", str(dest)]) == 2
     assert "no item space 'proj_mm'" in capsys.readouterr().err
+
+
+def test_k_beyond_the_items_and_unknown_spaces_are_refused_and_plot_reads_grids(runs, tmp_path, capsys):
+    root, ds, out = runs
+    assert main(["analyze", "overlap", str(out["cm3"]), "--k", "50", "--no-raw", "--out", str(tmp_path / "o")]) == 2
+    assert "give k < 50" in capsys.readouterr().err
+    assert main(["analyze", "neighbours", str(out["cm3"]), "--item", "3", "--k", "50", "--out", str(tmp_path)]) == 2
+    assert "give k < 50" in capsys.readouterr().err
+    assert main(["analyze", "overlap", str(out["cm3"]), "--spaces", "final,bogus", "--out", str(tmp_path)]) == 2
+    assert "bogus is not a space of these runs" in capsys.readouterr().err
+    # plot: a grid folder stands for its selected point; same-named folders get distinguishing labels
+    from mmgraph.analysis.spaces import run_labels
+    assert run_labels(["/r/lightgcn/point_000/seed_1", "/r/freedom/point_000/seed_1"]) == [
+        "lightgcn/point_000/seed_1", "freedom/point_000/seed_1"]
+    assert run_labels([out["cm3"], out["cm3"]]) == ["cm3#1", "cm3#2"]
+    grid = tmp_path / "grid"
+    assert main(["train", "--method", "mf", "--data", str(root / "toy"), "--epochs", "2", "--out", str(grid),
+                 "--grid", "--set", "reg_weight=[0.0,0.1]", "threads=1", "--no-progress"]) == 0
+    assert main(["plot", str(grid), str(out["cm3"]), "--keys", "valid_recall@20",
+                 "--output", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0

@@ -109,6 +109,9 @@ def analyze_neighbours(run_dirs: Sequence, target: int, out_dir, k: int = 3, spa
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
     runs, dataset = load_runs(run_dirs, data, checkpoint)
+    if k >= dataset.n_items:
+        raise ConfigError(f"--k {k}: an item of {dataset.name} has {dataset.n_items - 1} other items; give "
+                          f"k < {dataset.n_items}")
     table = neighbour_table([(label, model_spaces(model)) for label, model in runs], dataset, target, k, space)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

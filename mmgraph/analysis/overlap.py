@@ -74,6 +74,10 @@ def overlap_matrix(spaces: Dict[str, np.ndarray], k: int = 10, metric: str = "ov
     sizes = {name: np.shape(x)[0] for name, x in spaces.items()}
     if len(set(sizes.values())) > 1:
         raise ConfigError(f"spaces cover different item counts: {sizes}")
+    n_items = next(iter(sizes.values()), 0)
+    if int(k) >= n_items:
+        raise ConfigError(f"--k {k}: a space of {n_items} items has {n_items - 1} neighbours per item; give "
+                          f"k < {n_items} (every list would hold all the other items)")
     names = list(spaces)
     nbrs = {name: topk_neighbours(spaces[name], k, backend) for name in names}
     m = np.ones((len(names), len(names)))

@@ -51,8 +51,13 @@ def model_spaces(model) -> Dict[str, np.ndarray]:
 
 
 def run_labels(run_dirs: Sequence) -> List[str]:
-    """Short, distinct labels for run folders: the folder names (made unique with ``#k``)."""
-    names = [Path(str(r)).resolve().name or str(r) for r in run_dirs]
+    """Short, distinct labels for run folders: the folder names, with as many parent folders as it takes to
+    tell different folders apart (``lightgcn/point_000/seed_1``); one folder named twice gets ``#k``."""
+    paths = [Path(str(r)).resolve() for r in run_dirs]
+    depth, deepest = 1, max((len(p.parts) for p in paths), default=1)
+    while depth < deepest and len({"/".join(p.parts[-depth:]) for p in paths}) < len(set(paths)):
+        depth += 1
+    names = ["/".join(p.parts[-depth:]) or str(r) for p, r in zip(paths, run_dirs)]
     out, seen = [], {}
     for name in names:
         seen[name] = seen.get(name, 0) + 1
@@ -94,5 +99,9 @@ def collect_spaces(runs: Sequence[Tuple[str, object]], dataset=None, include_raw
         kept = {k: v for k, v in out.items() if k in wanted or k.split(":", 1)[-1] in wanted}
         if not kept:
             raise ConfigError(f"--spaces {', '.join(select)} matches none of: {', '.join(out)}")
+        unmatched = [s for s in select if not any(k == s or k.split(":", 1)[-1] == s for k in out)]
+        if unmatched:
+            raise ConfigError(f"--spaces: {', '.join(unmatched)} is not a space of these runs; they have: "
+                              f"{', '.join(out)}")
         out = kept
     return out

@@ -21,7 +21,10 @@ def register(sub) -> None:
 
 
 def load_history(run_dir) -> list:
-    path = Path(run_dir) / "history.json"
+    """The per-epoch records of a run folder (of a grid folder: its selected point's)."""
+    from mmgraph.train.run import resolve_run_dir
+
+    path = resolve_run_dir(run_dir) / "history.json"
     if not path.exists():
         raise DataError(f"{run_dir}: no history.json (is it a run directory?)")
     return json.loads(path.read_text())
@@ -34,7 +37,9 @@ def plot_histories(run_dirs, keys, output) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("plotting needs matplotlib: pip install 'mmgraph[plot]'") from None
-    histories = {str(r): load_history(r) for r in run_dirs}
+    from mmgraph.analysis.spaces import run_labels
+
+    histories = dict(zip(run_labels(run_dirs), (load_history(r) for r in run_dirs)))
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         found = False
@@ -42,9 +47,10 @@ def plot_histories(run_dirs, keys, output) -> Path:
             pts = [(r["epoch"], r[key]) for r in hist if key in r and r[key] is not None]
             if pts:
                 found = True
-                ax.plot(*zip(*pts), label=Path(label).name)
+                ax.plot(*zip(*pts), label=label)
         if not found:
-            raise DataError(f"no run has a '{key}' column; available: {sorted(histories[str(run_dirs[0])][0])}")
+            first = next(iter(histories.values()))
+            raise DataError(f"no run has a '{key}' column; available: {sorted(first[0]) if first else []}")
         ax.set_title(key)
         ax.set_xlabel("epoch")
     axes[0][0].legend(fontsize=8)
