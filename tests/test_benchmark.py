@@ -11,7 +11,7 @@ import pytest
 
 import mmgraph.train.run as run_module
 from mmgraph.benchmark import parse_methods, read_results, summarise
-from mmgraph.benchmark.doc import check_claim, load_claims, write_results_doc
+from mmgraph.benchmark.doc import check_claim, load_claims
 from mmgraph.cli.main import main
 from mmgraph.errors import ConfigError
 

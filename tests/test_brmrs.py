@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mmgraph.data import make_synthetic
 from mmgraph.errors import ConfigError
-from mmgraph.graph import brmrs_item_graph, brmrs_user_graph, build_graph, relation_graph, user_mean_features
+from mmgraph.graph import brmrs_item_graph, brmrs_user_graph, relation_graph, user_mean_features
 from mmgraph.graph.base import normalize_graph
 from mmgraph.models.base import Batch, Channel
 from mmgraph.models.brmrs import BRMRSObjective, chns_negatives, selection_keys, synergy_loss

@@ -1,7 +1,6 @@
 """CM3: calibrated uniformity (Theorem 1), the model's pieces, gradients and the ablation switches."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -158,7 +158,7 @@ def test_cna_loss_matches_equation_9(synth):
     got = plugin.loss(batch, out)
     assert set(got) == {"cna"}
     # brute force: per modality, per distinct item with >= 1 neighbour
-    u_all, i_all = out.user_emb, out.item_emb
+    i_all = out.item_emb
     items = torch.unique(batch.pos)
     emb_all = {"id": F.normalize(i_all, dim=-1)}
     for m in synth.features:

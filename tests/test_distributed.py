@@ -20,7 +20,6 @@ import torch
 from mmgraph.cli.main import main
 from mmgraph.data import make_synthetic
 from mmgraph.evaluation import Evaluator
-from mmgraph.models.base import Batch
 from mmgraph.train.distributed import DistContext, ShardedBatches, evaluate_sharded, strip_nproc
 from mmgraph.train.sampler import BPRSampler
 

@@ -13,12 +13,12 @@ import torch
 
 from mmgraph.cli.main import main
 from mmgraph.data import make_synthetic, save_atomic
-from mmgraph.errors import ConfigError, DataError
+from mmgraph.errors import ConfigError
 from mmgraph.evaluation import Evaluator
 from mmgraph.graph import Relation, build_graph, load_graph, relation_graph, save_graph
 from mmgraph.graph.base import ItemGraph
 from mmgraph.graph.relations import set_relation
-from mmgraph.models.base import Batch, LossOutput
+from mmgraph.models.base import Batch
 from mmgraph.nn.conv import LightGCNConv
 from mmgraph.train import build_model, load_config, train
 from mmgraph.train.trainer import Trainer, make_adam
@@ -335,7 +335,6 @@ def test_resume_of_a_run_that_stopped_early_trains_no_more(small, tmp_path):
 
 
 def test_a_broken_builtin_module_is_an_error_not_a_missing_method(tmp_path, monkeypatch):
-    from mmgraph.utils.registry import Registry
     pkg = tmp_path / "fakepkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")

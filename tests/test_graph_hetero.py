@@ -8,7 +8,7 @@ import torch
 from mmgraph.cli.main import main
 from mmgraph.data import RecDataset, make_synthetic, save_atomic
 from mmgraph.errors import DataError
-from mmgraph.graph import ItemGraph, build_hetero_data, build_item_graphs, item_graph_from_hetero, load_object
+from mmgraph.graph import ItemGraph, build_hetero_data, build_item_graphs, item_graph_from_hetero
 
 
 @pytest.fixture(scope="module")

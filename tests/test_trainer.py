@@ -6,7 +6,6 @@ import torch
 from mmgraph.data import make_synthetic
 from mmgraph.errors import TrainingError
 from mmgraph.models.base import LossOutput
-from mmgraph.models.registry import get_model_class
 from mmgraph.train.config import load_config
 from mmgraph.train.run import build_model, load_run, train
 from mmgraph.train.trainer import Trainer

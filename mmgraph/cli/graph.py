@@ -90,14 +90,11 @@ def _summary(name: str, g) -> str:
 
 
 def cmd_build(args) -> int:
-    import logging
-
     from mmgraph.data.atomic import load_atomic
     from mmgraph.graph.hetero import build_hetero_data
     from mmgraph.graph.item_graphs import build_item_graphs
     from mmgraph.graph.relations import save_graph
 
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
     for flag in ("k", "n_candidates"):
         value = getattr(args, flag)
         if value is not None and value < 1:

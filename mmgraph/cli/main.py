@@ -54,8 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)   # recorded by commands that log their command line
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if not args.verbose:   # FAISS's probing of its AVX2 / AVX512 builds: noise at INFO
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if args.verbose:   # mmgraph.utils.faiss_utils quiets FAISS's loader; --verbose shows it again
+        logging.getLogger("faiss.loader").setLevel(logging.DEBUG)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:   # `mmgraph evaluate RUN | head`: the reader stopped; not an error of ours

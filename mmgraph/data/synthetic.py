@@ -7,7 +7,7 @@ one that does not, especially for items with few training interactions).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 

@@ -49,7 +49,7 @@ from mmgraph.errors import ConfigError
 from mmgraph.graph.bipartite import sym_norm_weights
 from mmgraph.graph.hetero import INTERACTS
 from mmgraph.graph.relations import Relation, relation_adj
-from mmgraph.losses import bpr_loss, info_nce, info_nce_counts, l2_reg
+from mmgraph.losses import bpr_loss, info_nce_counts, l2_reg
 from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder

@@ -13,7 +13,6 @@ same backbone settings; each run gets its own run directory under ``out`` and is
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence

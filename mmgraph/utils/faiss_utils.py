@@ -15,6 +15,10 @@ from typing import Optional, Tuple
 import numpy as np
 
 log = logging.getLogger(__name__)
+# FAISS logs at INFO how it probes its AVX512 / AVX2 builds (with ModuleNotFoundError lines): noise in every
+# run and script that builds a kNN graph; a caller that configured this logger keeps its setting
+if logging.getLogger("faiss.loader").level == logging.NOTSET:
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 @functools.lru_cache(maxsize=1)
