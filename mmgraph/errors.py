@@ -16,3 +16,19 @@ class ConfigError(MMGraphError, ValueError):
 
 class TrainingError(MMGraphError, RuntimeError):
     """Training diverged (NaN/inf loss) or cannot continue."""
+
+
+def run_script(main) -> None:
+    """``sys.exit(main())`` for the scripts in ``scripts/``: an :class:`MMGraphError` (bad input) ends with one
+    ``error: ...`` line on stderr and exit code 2, as the ``mmgraph`` command does; Ctrl-C with 130."""
+    import sys
+
+    try:
+        code = main()
+    except MMGraphError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -263,10 +263,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mmgraph.errors import MMGraphError
+    from mmgraph.errors import run_script
 
-    try:
-        raise SystemExit(main())
-    except MMGraphError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_script(main)

@@ -558,4 +558,6 @@ def main(argv: Optional[List[str]] = None,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmgraph.errors import run_script
+
+    run_script(main)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.graph.bipartite import normalized_bipartite_adj  # noqa: E402
 from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
 from mmgraph.train.run import build_model, load_dataset  # noqa: E402
@@ -94,12 +95,18 @@ def main(argv=None) -> int:
     batches = list(trainers["released"].sampler.epoch())
     n_steps = len(batches)
     timed = [b for b in batches if len(b) == max(len(x) for x in batches)][: args.steps + 1]
+    if len(timed) < 2:   # the first step is a warm-up, not timed
+        raise ConfigError(f"{dataset.name} has {len(timed)} full batch(es) per epoch; timing needs at least 2: "
+                          "use a larger dataset or a smaller batch_size")
+    if len(timed) - 1 < args.steps:
+        print(f"note: {dataset.name} has {len(timed)} full batches per epoch: timing {len(timed) - 1} steps, "
+              f"not {args.steps}")
 
     ref_model.train()
     torch.manual_seed(0)
     ours = float(ref_model.loss(timed[0]).loss.detach())
     torch.manual_seed(0)
-    ref = float(reference_loss(ref_model, timed[0], adj))
+    ref = float(reference_loss(ref_model, timed[0], adj).detach())
     print(f"released-variant loss on one batch: library {ours:.6f}, reference {ref:.6f}")
 
     per_step = {}
@@ -112,7 +119,7 @@ def main(argv=None) -> int:
         per_step[f"mmgraph variant={variant}"] = time_steps(lambda b, m=models[variant]: m.loss(b).loss,
                                                             timed, tr.optimizer)[1:]
     base = statistics.median(per_step["reference (released code's way)"])
-    print(f"\nper training step (median of {args.steps}, batch {len(timed[0])} rows, {n_steps} steps/epoch):")
+    print(f"\nper training step (median of {len(timed) - 1}, batch {len(timed[0])} rows, {n_steps} steps/epoch):")
     for name, ts in per_step.items():
         med = statistics.median(ts)
         print(f"  {name:34s} {1e3 * med:8.1f} ms   x{base / med:5.2f} vs reference"
@@ -135,4 +142,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmgraph.errors import run_script
+
+    run_script(main)

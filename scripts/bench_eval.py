@@ -262,4 +262,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from mmgraph.errors import run_script
+
+    run_script(main)

@@ -148,4 +148,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmgraph.errors import run_script
+
+    run_script(main)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmgraph  # noqa: E402,F401  (before torch: OpenMP wait policy)
 import torch  # noqa: E402
 
+from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
 from mmgraph.train.run import build_model, build_plugins, build_run_graph, load_dataset  # noqa: E402
 from mmgraph.train.trainer import Trainer  # noqa: E402
@@ -149,7 +150,7 @@ def bench_pair(backbone: str, entry: str, dataset, sets, steps: int) -> Dict[str
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("::")[0].split()))
     p.add_argument("--data", required=True, help="dataset folder or synthetic[:...]")
     p.add_argument("--methods", default="mf,lightgcn,directau,vbpr,freedom,bm3,cm3",
                    help="comma-separated METHOD or METHOD+PLUGIN entries")
@@ -160,9 +161,14 @@ def main(argv=None) -> int:
                    help="time each METHOD+PLUGIN entry's steps alternately with its backbone's (a ratio robust to "
                         "a shared machine's changing load); the backbone row shows its last pair's timings")
     args = p.parse_args(argv)
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     dataset = load_dataset(args.data)
     sets = _split_sets(args.set)
     entries = [e.strip() for e in args.methods.split(",") if e.strip()]
+    unknown = sorted(set(sets) - {"*"} - {e.split("+")[0] for e in entries})
+    if unknown:
+        raise ConfigError(f"--set {unknown[0]}:...: {unknown[0]} is not among --methods ({args.methods})")
     rows: Dict[str, Dict[str, float]] = {}
     bases: Dict[str, Dict[str, float]] = {}   # the backbone timings each plug-in entry is compared with
     for e in entries:
@@ -190,4 +196,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmgraph.errors import run_script
+
+    run_script(main)

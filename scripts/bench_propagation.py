@@ -34,14 +34,14 @@ def timeit(fn, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", help="MMRec atomic folder (default: a Baby-sized random graph)")
+    ap.add_argument("--data", help="dataset folder or synthetic[:...] (default: a Baby-sized random graph)")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
     if args.data:
-        from mmgraph.data import load_atomic
-        ds = load_atomic(args.data)
+        from mmgraph.train.run import load_dataset
+        ds = load_dataset(args.data)
         pairs, n_users, n_items, name = ds.train, ds.n_users, ds.n_items, ds.name
     else:
         n_users, n_items, name = 19445, 7050, "baby-sized random"
@@ -83,4 +83,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from mmgraph.errors import run_script
+
+    run_script(main)

@@ -157,4 +157,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmgraph.errors import run_script
+
+    run_script(main)

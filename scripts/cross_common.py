@@ -69,10 +69,6 @@ def pick(mapping: dict, names: str, what: str) -> dict:
 
 def run(main) -> None:
     """Call ``main()``; input errors end with one line on stderr and exit code 2 (like ``mmgraph``)."""
-    from mmgraph.errors import MMGraphError
+    from mmgraph.errors import run_script
 
-    try:
-        raise SystemExit(main())
-    except MMGraphError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_script(main)

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mmgraph.data import make_synthetic  # noqa: E402
+from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.models.base import Batch  # noqa: E402
 from mmgraph.train import build_model  # noqa: E402
 
@@ -264,11 +265,20 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-python", default="/tmp/peers-venv/bin/python")
     ap.add_argument("--mmrec", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "peers" / "mmrec" / "src"))
     args = ap.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in MMREC_NAMES]
+    if unknown:
+        raise ConfigError(f"--methods: {unknown[0]!r} has no cross-check; choose from {', '.join(MMREC_NAMES)}")
+    if not Path(args.peer_python).exists():
+        raise ConfigError(f"--peer-python {args.peer_python} does not exist (the peers' virtual environment: see "
+                          "../shared/peers/README)")
+    if not Path(args.mmrec).is_dir():
+        raise ConfigError(f"--mmrec {args.mmrec} is not a folder (MMRec's src/)")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         shutil.copytree(args.mmrec, src)
         (Path(tmp) / "theirs.py").write_text(THEIRS)
-        for method in args.methods.split(","):
+        for method in methods:
             gumbel = F.gumbel_softmax
             if method == "lgmrec":
                 F.gumbel_softmax = no_gumbel_noise
@@ -284,4 +294,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmgraph.errors import run_script
+
+    run_script(main)
