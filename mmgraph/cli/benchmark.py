@@ -52,7 +52,8 @@ def register(sub) -> None:
                                    "published claims checked with paired t-tests over seeds.")
     d.add_argument("bench_dir", help="a folder written by `mmgraph benchmark --out`")
     d.add_argument("--output", default="docs/results.md", help="(default: %(default)s)")
-    d.add_argument("--claims", help="YAML file of claims (default: docs/claims.yaml when it exists)")
+    d.add_argument("--claims", help="YAML file of claims (default: docs/claims.yaml of the working folder, else "
+                   "of the mmgraph checkout, when it exists)")
     d.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
     d.add_argument("--note", help="a paragraph placed under the command (e.g. what the table leaves out)")
     d.set_defaults(func=run_results_doc)
@@ -92,8 +93,9 @@ def run_results_doc(args: argparse.Namespace) -> int:
     from mmgraph.benchmark.doc import write_results_doc
 
     claims = args.claims
-    if claims is None and Path("docs/claims.yaml").exists():
-        claims = "docs/claims.yaml"
+    if claims is None:   # the working folder's docs/, else the checkout's (an editable install)
+        shipped = Path(__file__).resolve().parents[2] / "docs" / "claims.yaml"
+        claims = next((str(p) for p in (Path("docs/claims.yaml"), shipped) if p.exists()), None)
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
     if args.note is not None:   # the note is printed under the command: shown once
         argv = [a if a != args.note else "'<the paragraph below>'" for a in argv]
