@@ -152,3 +152,23 @@ def test_hyper_infonce_on_factored_rows_equals_the_dense_rows(tau, rank):
     ref = lg.hyper_infonce(a, p, factor @ basis, tau, counts=counts)
     torch.testing.assert_close(ours, ref)
     assert_same_gradients(ours, ref, [a, p, factor, basis], rtol=1e-7, atol=1e-9)
+
+
+def test_evaluate_and_export_reproduce_the_runs_final_metrics_despite_evaluation_noise(tmp_path, capsys):
+    # LGMRec draws Gumbel noise at evaluation (as MMRec): the final evaluation and `mmgraph evaluate` both
+    # compute their embeddings from the run's seed, so they agree, and two exports are the same
+    import json
+
+    from mmgraph.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "lgmrec", "--data", "synthetic:users=120,items=90", "--epochs", "2",
+                 "--out", str(run), "--no-progress", "--set", "threads=1", "log_geometry=false"]) == 0
+    final = json.loads((run / "final_metrics.json").read_text())
+    capsys.readouterr()
+    for split in ("test", "valid"):
+        assert main(["evaluate", str(run), "--split", split, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[split] == final[split]
+    for name in ("a.csv", "b.csv"):
+        assert main(["export", str(run), "--k", "5", "--output", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()

@@ -50,6 +50,14 @@ def register(sub) -> None:
     x.set_defaults(func=run_export)
 
 
+def _seed_like_the_run(config) -> None:
+    """The run's seed before its embeddings are computed, as its final evaluation did (see ``Trainer``): a
+    model with noise at evaluation (LGMRec) then reproduces ``final_metrics.json``."""
+    from mmgraph.train.reproducibility import DEFAULT_SEED, seed_everything
+
+    seed_everything(int(config.get("seed", DEFAULT_SEED)))
+
+
 def channel_embeddings(model, channel: str = "final"):
     """``(users, items)`` of one of the model's channels, or a one-line error naming the available ones."""
     if channel == "final":
@@ -69,6 +77,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if max(ks) > dataset.n_items:
         raise ConfigError(f"--topk {max(ks)} is more than the {dataset.n_items} items of {dataset.name}; every "
                           "item would be in the top-K")
+    _seed_like_the_run(config)
     user_emb, item_emb = channel_embeddings(model, args.channel)
     evaluator = Evaluator(dataset, args.split, ks=ks, device=user_emb.device,
                           retrieval=args.retrieval or config.get("retrieval", "exact"))
@@ -107,7 +116,7 @@ def _run_export(args: argparse.Namespace, ctx) -> int:
     if args.k < 1:
         raise DataError(f"--k must be >= 1, got {args.k}")
     check_output_file(args.output)
-    model, dataset, _ = load_run(args.run_dir, args.data)
+    model, dataset, config = load_run(args.run_dir, args.data)
     if args.k > dataset.n_items:
         raise DataError(f"--k {args.k} is more than the {dataset.n_items} items of {dataset.name}; use --k "
                         f"{dataset.n_items} or less")
@@ -122,6 +131,7 @@ def _run_export(args: argparse.Namespace, ctx) -> int:
         line_numbers, raw_users = zip(*entries)
     users = resolve_users(dataset, raw_users, source=f"--users file {args.users}",
                           line_numbers=line_numbers if raw_users is not None else None)
+    _seed_like_the_run(config)
     user_emb, item_emb = channel_embeddings(model, args.channel)
     table = recommend_sharded(user_emb, item_emb, dataset, args.k, users, exclude_seen=not args.include_seen,
                               backend=args.backend, ctx=ctx)

@@ -27,7 +27,7 @@ from mmgraph.losses import alignment, uniformity
 from mmgraph.models.base import Batch, Recommender
 from mmgraph.train.distributed import (SINGLE, DistContext, LossModule, ShardedBatches, evaluate_sharded,
                                        wrap_ddp)
-from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, set_rng_state
+from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, seed_everything, set_rng_state
 from mmgraph.train.rundir import fingerprint_tensors, load_checkpoint
 from mmgraph.utils.io import atomic_torch_save, atomic_write, write_json
 from mmgraph.utils.memory import tune_glibc_malloc
@@ -252,7 +252,12 @@ class Trainer:
     def _finish(self, train_seconds: float) -> Dict[str, Any]:
         if self._best_state is not None:
             self._load_state_dict(self._best_state)
+        # each split's embeddings from the run's seed: a model that draws noise at evaluation (LGMRec's
+        # Gumbel hyperedges, as MMRec) then scores here exactly as `mmgraph evaluate` / `export` do later
+        seed = int(self.config.get("seed", DEFAULT_SEED))
+        seed_everything(seed)
         valid = self.validate()
+        seed_everything(seed)
         test = self.test()
         result = {"valid": valid, "test": test, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
                   "seconds_per_epoch": float(np.mean([r["epoch_seconds"] for r in self.history]))
