@@ -120,3 +120,15 @@ def test_multimodal_method_on_data_without_features_is_one_clear_error(synth):
     bare = synth.with_features({})
     with pytest.raises(ConfigError, match=r"'freedom' needs item features, but .* has none: add them .* ID-only"):
         train("freedom", bare, load_config("freedom", overrides={"epochs": 1}), progress=False)
+
+
+def test_settings_a_method_cannot_run_with_are_refused_before_the_graph_is_built(synth, monkeypatch):
+    from mmgraph.errors import ConfigError
+    from mmgraph.train import run as run_mod
+
+    def no_graph(*args, **kwargs):
+        raise AssertionError("the graph was built before the settings were checked")
+
+    monkeypatch.setattr(run_mod, "build_run_graph", no_graph)
+    with pytest.raises(ConfigError, match="cm3 trains on the full graph only"):
+        train("cm3", synth, load_config("cm3", overrides={"epochs": 1, "graph_batching": "sampled"}), progress=False)

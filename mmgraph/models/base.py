@@ -154,11 +154,17 @@ class Recommender(nn.Module):
         self.config = {**self.defaults, **(config or {})}
         self.n_users, self.n_items = node_counts(data)
         self.embedding_size = int(self.config.get("embedding_size", 64))
-        if self.config.get("graph_batching", "full") == "sampled" and not self.supports_sampled_graph:
+        self.check_settings(self.config)
+
+    @classmethod
+    def check_settings(cls, config: Dict[str, Any]) -> None:
+        """Refuse settings the method cannot run with (a one-line :class:`ConfigError`); needs no data, so a
+        run checks it before building its graph."""
+        if config.get("graph_batching", "full") == "sampled" and not cls.supports_sampled_graph:
             from mmgraph.errors import ConfigError
             from mmgraph.models.registry import available_methods
             able = [n for n, c in available_methods().items() if getattr(c, "supports_sampled_graph", False)]
-            raise ConfigError(f"{self.method_name} trains on the full graph only: graph_batching=sampled is "
+            raise ConfigError(f"{cls.method_name} trains on the full graph only: graph_batching=sampled is "
                               f"supported by {', '.join(able)}")
 
     # ---- to implement -------------------------------------------------------------------

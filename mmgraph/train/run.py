@@ -315,6 +315,7 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
     if config.get("threads"):  # e.g. 1 on a shared, oversubscribed CPU
         torch.set_num_threads(int(config["threads"]))
     device = distributed.rank_device(resolve_device(config.get("device", "auto")), ctx)
+    get_model_class(method).check_settings(config)
     if graph is None:   # (a given graph may carry the features: build_model checks it)
         check_method_data(method, dataset)
     run_graph = build_run_graph(method, dataset, config, graph)
