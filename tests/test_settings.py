@@ -5,6 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mmgraph.errors import ConfigError
 from mmgraph.models.registry import available_methods
@@ -205,4 +206,33 @@ def test_config_file_values_and_grid(tmp_path):
     assert cfg["reg_weight"] == 0.01 and cfg["grid"] == {"learning_rate": [0.001, 0.005]}
     path.write_text("n_layers: many\n")
     with pytest.raises(ConfigError, match=r"n_layers: expected an integer >= 0, got 'many' \(--config"):
+        load_config("lightgcn", config_file=str(path))
+
+
+def test_api_configs_get_the_defaults_and_are_checked_before_use(tmp_path):
+    from mmgraph.train import train
+    from mmgraph.train.config import validate_config
+
+    # a hand-built partial config: the method's defaults fill what it leaves out (recorded in config.yaml)
+    train("lattice", "synthetic:users=120,items=90", {"epochs": 1, "threads": 1}, out_dir=tmp_path / "r",
+          progress=False)
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    want = load_config("lattice")
+    assert saved["learning_rate"] == want["learning_rate"] and saved["lr_decay"] == want["lr_decay"]
+    for bad, needle in (({"modalities": 5}, "modalities: expected"), ([1, 2], "expected a mapping"),
+                        ({1: 2}, "setting names must be strings")):
+        with pytest.raises(ConfigError, match=needle):
+            train("mf", "synthetic:users=120,items=90", bad, progress=False)
+    # plug-in names are case-insensitive like method names; cross and fettle exclude each other
+    assert validate_config("mf", {"plugins": ["Cross"], "cross_alpha": 0.1})["plugins"] == ["cross"]
+    with pytest.raises(ConfigError, match="cross and fettle are two modes"):
+        load_config("mf", overrides={"plugins": ["cross", "fettle"]})
+
+
+def test_a_methods_block_matches_names_case_insensitively_and_refuses_unknown_ones(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("methods:\n  LightGCN: {n_layers: 4}\n")
+    assert load_config("lightgcn", config_file=str(path))["n_layers"] == 4
+    path.write_text("methods:\n  lightgnc: {n_layers: 3}\n")
+    with pytest.raises(ConfigError, match="methods: 'lightgnc' is not a method"):
         load_config("lightgcn", config_file=str(path))

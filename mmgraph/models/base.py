@@ -242,16 +242,19 @@ class GraphRecommender(Recommender):
     """A recommender with ID embeddings propagated over the training user-item graph.
 
     Holds the normalised adjacency (a :class:`SparseAdj` submodule, not saved: rebuilt from the graph)
-    and a :class:`LightGCNEncoder` (``n_layers``, ``readout``); :meth:`propagate` returns
-    (users ``[U, d]``, items ``[I, d]``).
+    and a :class:`LightGCNEncoder` (``n_layers`` from the config, the class's ``readout``); :meth:`propagate`
+    returns (users ``[U, d]``, items ``[I, d]``).
     """
+
+    #: how the layers' outputs are combined (:class:`LightGCNEncoder`); a subclass fixes its own
+    readout: str = "mean"
 
     def __init__(self, data, config=None):
         super().__init__(data, config)
         self.adj = interaction_adj(data)
         self.user_emb = xavier_embedding(self.n_users, self.embedding_size)
         self.item_emb = xavier_embedding(self.n_items, self.embedding_size)
-        self.encoder = LightGCNEncoder(int(self.config.get("n_layers", 2)), self.config.get("readout", "mean"))
+        self.encoder = LightGCNEncoder(int(self.config.get("n_layers", 2)), self.readout)
         self._graph = data  # the run's HeteroData, for the sampled-subgraph loader
         self._subgraph_batches = None
 

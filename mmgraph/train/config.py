@@ -75,7 +75,12 @@ def _override_layer(path: Path, method: str) -> Tuple[Dict[str, Any], Dict[str, 
         raise ConfigError(f"{path}: 'grid:' and 'methods:' must be mappings")
     if "schema" in data:
         raise ConfigError(f"{path}: a 'schema:' block belongs in configs/methods or configs/plugins files")
-    mine = per_method.get(method) or {}
+    from mmgraph.models.registry import available_methods
+    known = set(available_methods())
+    unknown = [str(m) for m in per_method if str(m).lower() not in known]
+    if unknown:
+        raise ConfigError(f"{path}: methods: {unknown[0]!r} is not a method; choose from {', '.join(sorted(known))}")
+    mine = next((v for m, v in per_method.items() if str(m).lower() == method), None) or {}
     if not isinstance(mine, dict):
         raise ConfigError(f"{path}: methods: {method}: must be a mapping of key: value")
     data.update(mine)
@@ -150,6 +155,8 @@ def load_config(method: str, dataset_name: Optional[str] = None, config_file: Op
             config[key] = setting.check(value, "--set")
             builtin_grid.pop(key, None)
             user_grid.pop(key, None)
+    if "plugins" in config:
+        config["plugins"] = plugins   # names as registered (lower case)
     check_semantics(config)
     if method_grid is None:
         method_grid = not user_grid
@@ -192,6 +199,9 @@ def _check_plugins(names: List[str], origin: str) -> None:
                               + (f"; did you mean {', '.join(close)}?" if close else ""))
     if len(set(names)) != len(names):
         raise ConfigError(f"plugins: {names} names a plug-in twice ({origin})")
+    if {"cross", "fettle"} <= set(names):
+        raise ConfigError(f"plugins: cross and fettle are two modes of one plug-in (both read the cross_* keys); "
+                          f"choose one ({origin})")
 
 
 def check_semantics(config: Dict[str, Any]) -> None:
@@ -224,10 +234,15 @@ def validate_config(method: str, config: Dict[str, Any], config_dir: Optional[Pa
     _check_plugins(plugins, "config")
     schema = build_schema(method, plugins, config_dir)
     out = {}
+    bad = [k for k in config if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"config: setting names must be strings, got {bad[0]!r}")
     for key, value in config.items():
         if key in ("grid", "method"):
             continue
         out[key] = schema.check(key, value, "config")
+    if "plugins" in out:
+        out["plugins"] = plugins      # names as registered (lower case)
     check_semantics(out)
     out["method"] = method
     return out

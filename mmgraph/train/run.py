@@ -236,6 +236,9 @@ def train(method: str, data: Union[str, Path, RecDataset], config: Optional[Dict
     Returns ``(final_metrics, trainer)``.
     """
     out = Path(out_dir) if out_dir else None
+    if config is not None and not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of setting: value (see load_config), got "
+                          f"{type(config).__name__}")
     if resume and out is None:
         raise ConfigError("resuming needs the run folder (--out DIR)")
     if resume and overwrite:
@@ -281,9 +284,18 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
     elif out is not None and ctx.is_main:
         check_fresh_folder(out, overwrite)
 
+    if config is not None:   # checked before its modalities select the data
+        config = validate_config(method, config)
     dataset = load_dataset(data, (config or {}).get("modalities"))
     if config is None:
         config = load_config(method, dataset.name)
+    elif saved is None:
+        # a hand-built config (Python API) gets the method's (and its plug-ins') defaults for what it leaves
+        # out, as --set does on the command line; a resumed run's config is the folder's, as it was
+        base = load_config(method, dataset.name, overrides={"plugins": config["plugins"]} if "plugins" in config
+                           else None)
+        base.pop("grid", None)
+        config = {**base, **config}
     config = validate_config(method, config)
     runtime = runtime_keys(method, config)
     if saved is not None:

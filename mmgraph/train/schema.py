@@ -585,8 +585,8 @@ def plugin_list(value: Any, origin: str = "") -> List[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [value]
+        return [value.strip().lower()]
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
+        return [v.strip().lower() for v in value]
     where = f" ({origin})" if origin else ""
     raise ConfigError(f"plugins: expected a list of plug-in names, got {_show(value)}{where}")
