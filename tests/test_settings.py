@@ -236,3 +236,11 @@ def test_a_methods_block_matches_names_case_insensitively_and_refuses_unknown_on
     path.write_text("methods:\n  lightgnc: {n_layers: 3}\n")
     with pytest.raises(ConfigError, match="methods: 'lightgnc' is not a method"):
         load_config("lightgcn", config_file=str(path))
+
+
+def test_every_setting_of_every_method_and_plugin_has_a_description():
+    for method in available_methods():
+        for plugins in ([], *([p] for p in available_plugins())):
+            schema = build_schema(method, plugins)
+            missing = [k for k, s in schema.settings.items() if not s.comment]
+            assert not missing, (method, plugins, missing)

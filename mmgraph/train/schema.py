@@ -400,6 +400,19 @@ def _read_declarations(path: str, mtime_ns: int) -> Declarations:
     return Declarations(p, data, specs, grid, {k: comments.get(k, "") for k in data})
 
 
+#: the description of a key that many methods declare, shown where a method's YAML line has no comment
+COMMON_HELP: Dict[str, str] = {
+    "embedding_size": "width d of the embeddings",
+    "reg_weight": "weight of the L2 regulariser",
+    "n_layers": "propagation layers",
+    "n_ui_layers": "LightGCN layers on the user-item graph",
+    "n_mm_layers": "hops on the modality item-item graphs",
+    "knn_k": "neighbours per item in the modality kNN graphs",
+    "lr_decay_step": "epochs between learning-rate decays (by lr_decay)",
+    "patience": "early stopping: validations without strict improvement before stopping (+1)",
+}
+
+
 def read_declarations(path: Path) -> Declarations:
     path = Path(path)
     return _read_declarations(str(path), path.stat().st_mtime_ns)
@@ -567,7 +580,8 @@ def build_schema(method: str, plugins: Sequence[str] = (), config_dir: Optional[
                 if not _accept_any(setting.alts, value)[0]:
                     raise ConfigError(f"{where}: {key}: null is not {setting.expectation()}")
             else:
-                setting = _make_setting(key, value, spec, where, source, decl.comments.get(key, ""))
+                setting = _make_setting(key, value, spec, where, source,
+                                        decl.comments.get(key) or COMMON_HELP.get(key, ""))
             settings[key] = setting
         if not source.startswith("plugin:"):  # a plug-in's grid: block is documentation of its search space
             for key, values in decl.grid.items():
