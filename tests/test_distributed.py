@@ -102,3 +102,32 @@ def test_two_processes_match_one_process_and_resume_and_export(tmp_path):
     assert len(e1) == 160 * 10
     pd.testing.assert_frame_equal(e1, e2)
     assert np.array_equal(e1["user_id"].unique(), np.arange(160))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not __import__("shutil").which("pgrep"),
+                    reason="PR_SET_PDEATHSIG is Linux's; the check lists processes with pgrep")
+def test_killing_the_launcher_stops_its_workers(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "mmgraph", "train", "--method", "mf", "--data",
+                                 "synthetic:users=200,items=150", "--epochs", "100000", "--no-progress", "--out",
+                                 str(out), "--nproc", "2", "--set", "threads=1", "patience=100000"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "history.json").exists() and time.time() < deadline:   # the workers are training
+            time.sleep(0.5)
+        assert (out / "history.json").exists()
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+            if not left:
+                break
+            time.sleep(0.5)
+        assert not left, "workers outlived their launcher"
+    finally:
+        subprocess.run(["pkill", "-9", "-f", str(out)], capture_output=True)

@@ -49,8 +49,8 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel training in N processes (DistributedDataParallel under torchrun: gloo on "
-                        "CPU, NCCL with one GPU each); the same global batch, so the same result as one process "
-                        "up to float rounding")
+                        "CPU, NCCL with one GPU each); the same global batch, so full-graph training gives the "
+                        "result of one process up to float rounding (README, Scaling out)")
     p.set_defaults(func=run_train)
 
     m = sub.add_parser("methods", help="list the methods and plug-ins; --show NAME prints its settings")

@@ -242,10 +242,23 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     log.info("launching %d processes: %s", nproc, " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
+                            preexec_fn=_terminate_with_parent if sys.platform.startswith("linux") else None)
     relay_stderr(proc.stderr, sys.stderr)
     code = proc.wait()
     return 2 if code != 0 and code != 130 else code
+
+
+def _terminate_with_parent() -> None:
+    """In the torchrun child (Linux): SIGTERM when this launcher dies, however it dies (SIGKILL included);
+    torchrun then stops its workers, which would otherwise train on, orphaned, holding the run's lock."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 #: the launcher's own failure report starts with one of these (the workers already said what failed)
@@ -259,6 +272,8 @@ def relay_stderr(src, dst) -> None:
     seen = set()
     muted = False
     for line in src:
+        if seen and line.startswith("[rank"):   # the other ranks' reports of the collective the error broke
+            continue
         if line.startswith("mmgraph: error:"):
             if line not in seen:
                 seen.add(line)
