@@ -37,6 +37,9 @@ GRAPH_BATCHING = ("full", "sampled")
 def layer_fanouts(num_neighbors: Sequence[int], n_layers: int) -> List[int]:
     """One fanout per propagation layer: a one-value list applies to every layer."""
     fanouts = [int(f) for f in (num_neighbors if isinstance(num_neighbors, (list, tuple)) else [num_neighbors])]
+    if n_layers < 1:
+        raise ConfigError(f"graph_batching=sampled samples a neighbourhood per propagation layer, but the model has "
+                          f"{n_layers}; use graph_batching=full")
     if len(fanouts) == 1:
         fanouts = fanouts * n_layers
     if len(fanouts) != n_layers:
