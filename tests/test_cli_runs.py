@@ -128,7 +128,8 @@ def test_two_concurrent_trainings_into_one_folder(data, tmp_path, capsys):
     finally:
         if first.poll() is None:
             first.kill()
-    assert main(["train", "--resume", "--out", str(run), "--epochs", "3", "--no-progress"]) == 0
+    done = len(json.loads((run / "history.json").read_text()))      # epochs the killed writer finished
+    assert main(["train", "--resume", "--out", str(run), "--epochs", str(max(3, done)), "--no-progress"]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["method"] == "lightgcn"
     assert json.loads((run / "meta.json").read_text())["method"] == "lightgcn"
     capsys.readouterr()
@@ -522,3 +523,13 @@ def test_a_moved_dataset_resumes_by_content_and_fewer_epochs_are_refused(data, t
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(run), "--epochs", "5", "--data", str(other), "--no-progress"]) == 2
     assert "differs from the one the run started on" in _err(capsys)
+
+
+def test_a_graph_built_with_other_parameters_is_refused(data, tmp_path, capsys):
+    graph = tmp_path / "g5.pt"
+    assert main(["graph", "build", "--data", str(data), "--method", "freedom", "--set", "knn_k=5",
+                 "--out", str(graph)]) == 0
+    capsys.readouterr()
+    assert _train(data, tmp_path / "r", "--graph", str(graph), method="freedom") == 2
+    assert "was built with {'k': 5" in _err(capsys)
+    assert _train(data, tmp_path / "r", "--graph", str(graph), "--set", "knn_k=5", method="freedom") == 0

@@ -33,6 +33,7 @@ Relation kinds (:data:`RELATION_KINDS`; ``k`` = neighbours per node):
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import zipfile
@@ -280,13 +281,21 @@ def check_graph(data, dataset, relations: Sequence[Relation] = (), source: str =
     train = torch.from_numpy(np.ascontiguousarray(np.unique(dataset.train, axis=0).T))
     ei = data[INTERACTS].edge_index
     if ei.shape != train.shape or not torch.equal(ei.cpu(), train):
-        raise DataError(f"{source}: its {INTERACTS} edges ({ei.shape[1]}) are not the dataset's training "
-                        f"interactions ({train.shape[1]}); it was built from another split or dataset")
+        counts = (f"other pairs, the same count ({ei.shape[1]})" if ei.shape == train.shape else
+                  f"{ei.shape[1]} edges for {train.shape[1]} interactions")
+        raise DataError(f"{source}: its {INTERACTS} edges are not the dataset's training interactions ({counts}); "
+                        "it was built from another split or dataset")
     for rel in relations:
         if rel.edge_type not in data.edge_types:
             have = [et for et in data.edge_types if et not in (INTERACTS, REV_INTERACTS)]
             raise DataError(f"{source}: no relation {rel.edge_type} (needed as {rel.kind} graph); it has "
                             f"{have or 'none'}. Build it with `mmgraph graph build --method ...`")
+        recorded = (getattr(data, "relations", None) or {}).get(rel.name)
+        if isinstance(recorded, dict) and recorded.get("params") is not None and \
+                json.loads(json.dumps(recorded["params"])) != json.loads(json.dumps(dict(rel.params))):
+            raise DataError(f"{source}: relation {rel.edge_type} was built with {recorded['params']}, but this run "
+                            f"asks for {dict(rel.params)}; set the run's keys to match (e.g. --set knn_k=...) or "
+                            "rebuild the graph")
         store = data[rel.edge_type]
         n = dataset.n_items if rel.node == "item" else dataset.n_users
         eidx = store.edge_index
