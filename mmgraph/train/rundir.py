@@ -127,9 +127,7 @@ class RunLock:
         return self._clear_stale_temps()
 
     def _clear_stale_temps(self) -> "RunLock":
-        for name in set(RUN_FILES) | set(GRID_FILES):
-            for tmp in self.folder.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+        remove_stale_temps(self.folder)
         return self
 
     def _holder(self) -> Dict[str, Any]:
@@ -313,14 +311,21 @@ def preflight(folder, overwrite: bool = False) -> None:
         check_fresh_folder(folder, overwrite=False)
 
 
+def remove_stale_temps(folder) -> None:
+    """Remove the temporary files that writes of run files left when their process was killed
+    (``.history.json.<random>.tmp``, see :func:`mmgraph.utils.io.atomic_write`)."""
+    for name in set(RUN_FILES) | set(GRID_FILES):
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def clear_run_files(folder) -> None:
     """Remove the files a run or a grid writes, and the temporary files of writes a killed run left
     unfinished (``.history.json.<random>.tmp``, see :func:`mmgraph.utils.io.atomic_write`)."""
     folder = Path(folder)
     for name in set(RUN_FILES) | set(GRID_FILES):
         (folder / name).unlink(missing_ok=True)
-        for tmp in folder.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+    remove_stale_temps(folder)
     for sub in folder.iterdir():
         if sub.is_dir() and POINT_DIR.match(sub.name):
             shutil.rmtree(sub)
