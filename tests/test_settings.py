@@ -209,6 +209,21 @@ def test_config_file_values_and_grid(tmp_path):
         load_config("lightgcn", config_file=str(path))
 
 
+def test_yaml_values_follow_the_1_2_core_schema():
+    from mmgraph.train.config import parse_overrides
+    from mmgraph.utils.io import load_yaml
+
+    # YAML 1.1 (PyYAML) would give 8, 750, a date, False, False and the text '1.5e3'
+    assert load_yaml("[010, '12:30', 12:30, 2026-12-06, no, off, 1.5e3, 0o17, 0x1f, 1_000, .5, -.inf, true]") == [
+        10, "12:30", "12:30", "2026-12-06", "no", "off", 1500.0, 15, 31, 1000, 0.5, float("-inf"), True]
+    assert parse_overrides(["n_layers=02", "learning_rate=1E-3"]) == {"n_layers": 2, "learning_rate": 0.001}
+    with pytest.raises(ConfigError, match=r"frozen_embeddings: expected true or false, got 'no'"):
+        validate_config("mmgcn", {**load_config("mmgcn"), "frozen_embeddings": parse_overrides(
+            ["frozen_embeddings=no"])["frozen_embeddings"]})
+    with pytest.raises(ConfigError, match=r"n_layers: expected an integer >= 0, got '1:30'"):
+        validate_config("lightgcn", {**load_config("lightgcn"), **parse_overrides(["n_layers=1:30"])})
+
+
 def test_api_configs_get_the_defaults_and_are_checked_before_use(tmp_path):
     from mmgraph.train import train
     from mmgraph.train.config import validate_config

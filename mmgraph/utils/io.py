@@ -90,8 +90,10 @@ def save_figure(fig: Any, path: Union[str, os.PathLike], dpi: int = 110) -> Path
 
 
 def _yaml_loader():
-    """``yaml.SafeLoader`` plus YAML 1.2's floats without a dot (``1e-3``, ``5E4``), which YAML 1.1 (PyYAML)
-    reads as strings: a config's ``learning_rate: 1e-3`` is the number a reader means."""
+    """``yaml.SafeLoader`` with YAML 1.2's core schema for plain scalars, the types a reader of a config means:
+    ``1e-3`` is a float (YAML 1.1, PyYAML's default, leaves it text), ``010`` is ten (not octal 8), ``12:30`` and
+    ``2026-12-06`` are text (not 750 and a date), only true / false are booleans (``yes``, ``no``, ``on``, ``off``
+    are text, which a boolean setting then refuses by name rather than taking ``no`` as false)."""
     import re
 
     import yaml
@@ -99,9 +101,26 @@ def _yaml_loader():
     class Loader(yaml.SafeLoader):
         pass
 
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                 re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    replaced = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in replaced]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    exponent = r"(?:[eE][-+]?[0-9]+)"
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int",
+                                 re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
                                  list("-+0123456789"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        rf"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*{exponent}?|\.[0-9][0-9_]*{exponent}?|[0-9][0-9_]*{exponent})"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+    def construct_int(loader, node):
+        text = loader.construct_scalar(node).replace("_", "")
+        return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
     return Loader
 
 
@@ -109,7 +128,8 @@ _LOADER = None
 
 
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with ``1e-3``-style floats read as numbers (see :func:`_yaml_loader`)."""
+    """``yaml.safe_load`` with YAML 1.2 core scalars: ``1e-3`` a float, ``010`` ten, only true / false booleans
+    (see :func:`_yaml_loader`)."""
     import yaml
 
     global _LOADER
