@@ -259,3 +259,14 @@ def test_every_setting_of_every_method_and_plugin_has_a_description():
             schema = build_schema(method, plugins)
             missing = [k for k, s in schema.settings.items() if not s.comment]
             assert not missing, (method, plugins, missing)
+
+
+def test_device_names_are_checked_with_the_config():
+    # before any data is read (a misspelt device used to surface only when training started)
+    base = load_config("lightgcn")
+    for name in ("cpu", "auto", "cuda", "cuda:1"):
+        assert validate_config("lightgcn", {**base, "device": name})["device"] == name
+    with pytest.raises(ConfigError, match="device 'banana': expected auto, cpu, cuda or cuda:N"):
+        validate_config("lightgcn", {**base, "device": "banana"})
+    with pytest.raises(ConfigError, match="device 'mps': mmgraph runs on cpu or cuda"):
+        validate_config("lightgcn", {**base, "device": "mps"})

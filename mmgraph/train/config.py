@@ -210,6 +210,10 @@ def check_semantics(config: Dict[str, Any]) -> None:
     if isinstance(epochs, int) and isinstance(step, int) and step > epochs:
         raise ConfigError(f"eval_step: {step} is more than epochs ({epochs}): the run would never validate, "
                           "so it would have no best checkpoint")
+    if config.get("device") is not None:
+        from mmgraph.train.reproducibility import parse_device
+
+        parse_device(config["device"])
     metric = config.get("valid_metric")
     if metric is not None:
         from mmgraph.evaluation.metrics import METRICS

@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 import random
 import sys
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -63,22 +63,34 @@ def _tuplify(obj):
     return obj
 
 
+def parse_device(name: str) -> Optional[torch.device]:
+    """The device ``name`` selects, without asking whether it is present: ``None`` for ``auto``; a name other
+    than ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` is a :class:`~mmgraph.errors.ConfigError` (checked with the
+    config, before any data is read)."""
+    from mmgraph.errors import ConfigError
+
+    name = str(name).strip()
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r}: mmgraph runs on cpu or cuda (or auto)")
+    return device
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a device this torch cannot
     use is a :class:`~mmgraph.errors.ConfigError` (not a CUDA assertion deep in the first tensor move)."""
     from mmgraph.errors import ConfigError
 
-    name = str(name).strip()
-    if name == "auto":
+    device = parse_device(name)
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cpu":
         return device
-    if device.type != "cuda":
-        raise ConfigError(f"device {name!r}: mmgraph runs on cpu or cuda (or auto)")
     if not torch.cuda.is_available():
         why = ("this torch build has no CUDA support" if torch.version.cuda is None
                else "no CUDA device is visible")
