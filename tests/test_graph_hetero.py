@@ -79,6 +79,17 @@ def test_cli_build_and_info(tmp_path, monkeypatch, capsys, ds):
     assert main(["graph", "build", "--data", str(folder), "--kind", "knn", "--k", "3",
                  "--modalities", "rand", "--random-features", "rand=7", "--no-cache"]) == 0
     capsys.readouterr()
+    # a default k is recorded as the k used; a user-user relation is described per user; synthetic data as in train
+    out = tmp_path / "d.pt"
+    assert main(["graph", "build", "--data", "synthetic:users=120,items=90", "--method", "dragon", "--no-cache",
+                 "--out", str(out)]) == 0
+    assert main(["graph", "build", "--data", str(folder), "--kind", "knn", "--no-cache", "--out",
+                 str(tmp_path / "k.pt")]) == 0
+    capsys.readouterr()
+    assert main(["graph", "info", str(out)]) == main(["graph", "info", str(tmp_path / "k.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "users=120 items=90" in text and "neighbours/user" in text and "neighbours/item" in text
+    assert "'k': 10" in text and "None" not in text
 
 
 @pytest.mark.parametrize("argv", [

@@ -37,14 +37,26 @@ def _kv_floats(text: str, what: str) -> Dict[str, float]:
     return out
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Shows an option's default when it says something: not for None / False, nor when the help gives it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.default == [] \
+                or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("graph", help="build and inspect run graphs (HeteroData: interactions + relations)")
     sub = p.add_subparsers(dest="graph_command", metavar="ACTION")
     sub.required = True
 
     b = sub.add_parser("build", help="build a run graph (HeteroData) from a dataset folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--data", required=True, help="MMRec atomic dataset folder")
+                       formatter_class=_DefaultsHelp)
+    b.add_argument("--data", required=True, help="MMRec atomic dataset folder, or synthetic[:users=N,items=M,...] "
+                                                 "as in train")
     what = b.add_mutually_exclusive_group(required=True)
     what.add_argument("--method", help="build exactly the graph `mmgraph train --method METHOD` uses "
                                        "(with --set / --config applied)")
@@ -68,7 +80,8 @@ def register(subparsers) -> None:
     b.add_argument("--random-features", default=None,
                    help="attach Gaussian features name=dim,... (for folders without features, e.g. baby)")
     b.add_argument("--seed", type=int, default=0, help="seed of --random-features")
-    b.add_argument("--backend", default="faiss", choices=("faiss", "torch"))
+    b.add_argument("--backend", default="faiss", choices=("faiss", "torch"),
+                   help="exact kNN search: FAISS, or blockwise torch products (the same neighbours)")
     b.add_argument("--cpu", action="store_true", help="never use a GPU for FAISS")
     b.add_argument("--cache-dir", default=None, help="graph cache folder (default $MMGRAPH_CACHE or "
                                                      "~/.cache/mmgraph/graphs)")
@@ -81,10 +94,10 @@ def register(subparsers) -> None:
     i.set_defaults(func=cmd_info)
 
 
-def _summary(name: str, g) -> str:
+def _summary(name: str, g, node: str = "item") -> str:
     counts = g.row_counts().numpy()
     sums = g.row_sums().numpy()
-    return (f"{name}: items={g.num_nodes} edges={g.num_edges} neighbours/item min={counts.min() if len(counts) else 0}"
+    return (f"{name}: {node}s={g.num_nodes} edges={g.num_edges} neighbours/{node} min={counts.min() if len(counts) else 0}"
             f" mean={counts.mean() if len(counts) else 0:.2f} max={counts.max() if len(counts) else 0}"
             f" row-sum mean={sums.mean() if len(sums) else 0:.4f}")
 
@@ -92,8 +105,9 @@ def _summary(name: str, g) -> str:
 def cmd_build(args) -> int:
     from mmgraph.data.atomic import load_atomic
     from mmgraph.graph.hetero import build_hetero_data
-    from mmgraph.graph.item_graphs import build_item_graphs
+    from mmgraph.graph.item_graphs import build_item_graphs, default_k
     from mmgraph.graph.relations import save_graph
+    from mmgraph.train.run import SYNTHETIC_PREFIX, load_dataset
 
     for flag in ("k", "n_candidates"):
         value = getattr(args, flag)
@@ -106,7 +120,10 @@ def cmd_build(args) -> int:
     needs_features = args.kind != "cooccurrence"
     load_mods = [m for m in (modalities or []) if m not in rand] if modalities is not None else None
     t0 = time.perf_counter()
-    ds = load_atomic(args.data, modalities=load_mods, mmap=True)
+    if str(args.data).split(":", 1)[0] == SYNTHETIC_PREFIX:
+        ds = load_dataset(args.data, modalities=load_mods)
+    else:
+        ds = load_atomic(args.data, modalities=load_mods, mmap=True)
     if rand:
         rng = np.random.default_rng(args.seed)
         feats = dict(ds.features)
@@ -155,7 +172,7 @@ def cmd_build(args) -> int:
     print(f"built {args.kind} graph(s) in {elapsed:.2f}s")
     if args.out:
         data = build_hetero_data(ds, graphs, include_features=False)
-        described = {"k": args.k, **params}
+        described = {"k": args.k or default_k(args.kind), **params}
         data.relations = {name: {"kind": args.kind, "params": described, "node": "item"} for name in graphs}
         save_graph(data, args.out)
         print(f"wrote {args.out}")
@@ -181,7 +198,8 @@ def _build_for_method(args, ds, cache) -> int:
     data = build_graph(ds, relations, cache=config.get("graph_cache", True) and cache,
                        use_gpu=False if args.cpu else None, include_features=False)
     for rel in relations:
-        print(_summary(f"{rel.node}-{rel.name}-{rel.node} ({rel.kind})", relation_graph(data, rel.name, rel.node)))
+        print(_summary(f"{rel.node}-{rel.name}-{rel.node} ({rel.kind})", relation_graph(data, rel.name, rel.node),
+                       rel.node))
     print(f"built the {args.method} graph ({len(relations)} relation(s) besides the interactions) in "
           f"{time.perf_counter() - t0:.2f}s")
     if args.out:
@@ -203,7 +221,7 @@ def cmd_info(args) -> int:
             continue
         spec = described.get(et[1], {})
         label = f"{et[0]}-{et[1]}-{et[2]}" + (f" ({spec.get('kind')} {spec.get('params')})" if spec else "")
-        print(_summary(label, relation_graph(data, et[1], et[0])))
+        print(_summary(label, relation_graph(data, et[1], et[0]), et[0]))
     return 0
 
 

@@ -355,6 +355,11 @@ def brmrs_user_graph(features, interactions, k: int = 10, alpha: float = 0.5,
 
 
 # --------------------------------------------------------------------------- dispatcher
+def default_k(kind: str) -> int:
+    """Neighbours per item when a graph kind's ``k`` is not given: 5 for co-occurrence, 10 otherwise."""
+    return 5 if kind == "cooccurrence" else 10
+
+
 def build_item_graphs(dataset, kind: str, k: Optional[int] = None, modalities: Optional[Sequence[str]] = None,
                       cache: Cache = False, use_gpu: Optional[bool] = None, **params) -> Dict[str, ItemGraph]:
     """Build the item-item graph(s) of one ``kind`` for a RecDataset, named by HeteroData relation.
@@ -386,14 +391,15 @@ def build_item_graphs(dataset, kind: str, k: Optional[int] = None, modalities: O
 
     if kind == "cooccurrence":
         p = take("norm", "block_size", "measure", "min_count")
-        key = {"k": int(k or 5), "norm": p.get("norm", "none"), "n_users": dataset.n_users,
+        k = int(k or default_k(kind))
+        key = {"k": k, "norm": p.get("norm", "none"), "n_users": dataset.n_users,
                "n_items": dataset.n_items}
         if (p.get("measure", "cosine"), int(p.get("min_count", 1))) != ("cosine", 1):
             key.update(measure=p.get("measure", "cosine"), min_count=int(p.get("min_count", 1)))
         g = cached("cooccur", key, {"train": np.unique(dataset.train, axis=0)},
-                   lambda: cooccurrence_graph(dataset, k or 5, **p), _cache_dir(cache))
+                   lambda: cooccurrence_graph(dataset, k, **p), _cache_dir(cache))
         return {"cooccur": g}
-    k = int(k or 10)
+    k = int(k or default_k(kind))
     if kind == "knn":
         p = take("self_loops", "norm", "weight")
         feats = _select(_features(dataset), modalities)
