@@ -115,3 +115,10 @@ def test_mmgcn_loss_on_batch_rows_equals_the_full_tables(tiny):
     for m in model.modalities:
         torch.testing.assert_close(out.channel(m).user_rows(ids), parts[m][ids])
         torch.testing.assert_close(out.channel(m).item_rows(ids), parts[m][U + ids])
+
+
+def test_dim_latent_for_an_absent_modality_is_reported(tiny, caplog):
+    cfg = load_config("mmgcn")
+    with caplog.at_level("INFO", logger="mmgraph.models.mmgcn"):
+        build_model("mmgcn", tiny, {**cfg, "dim_latent": {"txt": 8}})
+    assert [r.levelname for r in caplog.records if "dim_latent names txt" in r.message] == ["WARNING"]

@@ -19,6 +19,7 @@ but its code always stacks three layers; the default here is the three MMRec run
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -33,6 +34,8 @@ from mmgraph.nn.conv import LightGCNConv
 from mmgraph.nn.features import FeatureTables
 from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
+
+log = logging.getLogger(__name__)
 
 
 def mean_adj(edge_index: Tensor, n_users: int, n_items: int) -> SparseAdj:
@@ -130,6 +133,12 @@ class MMGCN(Recommender):
         else:
             self.id_emb = nn.Parameter(id_emb)
         latent = dict(cfg.get("dim_latent") or {})
+        absent = sorted(set(latent) - set(feats))
+        if absent:
+            # the default names image, which a text-only dataset lacks: worth a note; a key the user set, a warning
+            level = logging.INFO if latent == self.defaults["dim_latent"] else logging.WARNING
+            log.log(level, "mmgcn: dim_latent names %s, not a modality of this dataset (%s): ignored",
+                    ", ".join(absent), ", ".join(feats) or "none")
         self.gcn = nn.ModuleDict({m: ModalityGCN(self.n_users, int(f.shape[1]), d, int(cfg["n_layers"]),
                                                  latent.get(m), frozen) for m, f in feats.items()})
         self.adj = mean_adj(data[INTERACTS].edge_index, self.n_users, self.n_items)
