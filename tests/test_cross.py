@@ -365,6 +365,11 @@ def test_fettle_mode_and_switches(synth):
     assert fettle.strategy == "oneway" and not fettle.use_cna
     with pytest.raises(ConfigError, match="cross_strategy"):  # FETTLE fixes it: not one of its settings
         _build(synth, plugins=["fettle"], cross_strategy="dynamic")
+    for key, value in (("cross_k", 10), ("cross_gamma", 0.5), ("cross_lambda_n", 2.0),
+                       ("cross_cna_negatives", "targets")):    # CNA's keys: nothing for them to change
+        with pytest.raises(ConfigError, match=f"fettle.*no neighbour alignment.*{key}="):
+            _build(synth, plugins=["fettle"], **{key: value})
+    _build(synth, plugins=["fettle"], cross_k=5)   # the default (as every saved FETTLE config has it) is fine
     model, plugin, _ = _build(synth, cross_dt=False, cross_cla=False)
     batch = _batch(synth)
     assert set(plugin.loss(batch, model.loss(batch))) == {"ilda", "cna"}

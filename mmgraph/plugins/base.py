@@ -30,11 +30,17 @@ class Plugin(nn.Module):
     def __init__(self, data, model: Recommender, config: Optional[Dict[str, Any]] = None):
         super().__init__()
         config = dict(config or {})
+        self.check_settings(config)
         self.config = {**self.defaults, **{k: config[k] for k in self.defaults if k in config}}
         from mmgraph.train.reproducibility import DEFAULT_SEED
         self.seed = int(config.get("seed", DEFAULT_SEED))
         # not a submodule: the backbone's parameters are registered (and saved) by the trainer already
         self.__dict__["backbone"] = model
+
+    @classmethod
+    def check_settings(cls, config: Dict[str, Any]) -> None:
+        """Refuse settings the plug-in cannot run with (a one-line :class:`~mmgraph.errors.ConfigError`); needs no
+        data, so a run checks it before building its graph."""
 
     @classmethod
     def relations(cls, config: Dict[str, Any], modalities: Sequence[str]) -> List[Relation]:

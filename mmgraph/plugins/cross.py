@@ -432,3 +432,13 @@ class FETTLE(CROSS):
     ``cross_*`` keys; ``cross_strategy`` and ``cross_cna`` are fixed."""
 
     fixed = {"cross_strategy": "oneway", "cross_cna": False}
+    #: CNA's keys: FETTLE has no CNA, so a value other than the default would change nothing
+    unused = ("cross_gamma", "cross_lambda_n", "cross_k", "cross_cna_negatives")
+
+    @classmethod
+    def check_settings(cls, config: Dict[str, Any]) -> None:
+        changed = [k for k in cls.unused if k in config and config[k] != cls.defaults[k]]
+        if changed:
+            raise ConfigError(f"plugins=[fettle] has no neighbour alignment (CNA came with CROSS): "
+                              f"{changed[0]}={config[changed[0]]} would change nothing; drop it, or use "
+                              "plugins=[cross]")

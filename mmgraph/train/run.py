@@ -328,6 +328,9 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
         torch.set_num_threads(int(config["threads"]))
     device = distributed.rank_device(resolve_device(config.get("device", "auto")), ctx)
     get_model_class(method).check_settings(config)
+    from mmgraph.plugins import get_plugin_class
+    for name in plugin_names(config):
+        get_plugin_class(name).check_settings(config)
     if graph is None:   # (a given graph may carry the features: build_model checks it)
         check_method_data(method, dataset)
     run_graph = build_run_graph(method, dataset, config, graph)
