@@ -89,6 +89,8 @@ def test_resume_reuses_finished_runs_and_trains_only_what_is_new(tmp_path, count
     (run_dir / "final_metrics.json").unlink()
     assert main(bench(out, "mf,mf+cross", 2)) == 0
     assert count_trainings[2:] == [True, False, False]
+    printed = capsys.readouterr().out
+    assert "3 run(s) trained (1 of them resumed), 1 reused" in printed and "of 2, resumed)" in printed
     rows = read_results(out / "results.csv")
     assert [(r["method"], r["seed"]) for r in rows] == [("mf", 1), ("mf", 2), ("mf+cross", 1), ("mf+cross", 2)]
     cross_dir = out / rows[2]["run_dir"]

@@ -1,4 +1,5 @@
-"""The benchmark's files: ``results.csv`` (one row per run), ``summary.csv`` / ``summary.md`` (mean +- std
+"""The benchmark's files: ``results.csv`` (one row per reported run: each seed of the selected point; a grid's
+other points stay in its folder's ``grid_summary.json``), ``summary.csv`` / ``summary.md`` (mean +- std
 over seeds per method and dataset, the best per column in bold, paired t-tests against the reference
 method), ``summary.png`` (bars with error bars) and, with groups, ``groups.csv`` / ``groups.md``
 (popularity-group Recall).

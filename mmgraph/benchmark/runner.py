@@ -149,7 +149,8 @@ class BenchmarkResult:
     meta: Dict[str, Any] = field(default_factory=dict)
     summaries: Dict[tuple, Dict[str, Any]] = field(default_factory=dict)
     rows: List[Dict[str, Any]] = field(default_factory=list)
-    trained: int = 0
+    trained: int = 0     # runs trained by this call, resumed ones included
+    resumed: int = 0     # of which continued from an interrupted run
     reused: int = 0
 
 
@@ -256,19 +257,25 @@ def run_benchmark(specs: Sequence[MethodSpec], data: Sequence[str], seeds: Seque
                 raise ConfigError(f"{job.folder} holds a single run, not a benchmark grid; use another --out")
             dataset = datasets[job.dataset_name][1]
 
-            def callback(info, job=job):
+            resumed = set()
+
+            def callback(info, job=job, resumed=resumed):
                 if info["event"] == "start":
+                    if folder_state(job.folder / info["dir"]) == "interrupted":
+                        resumed.add(info["dir"])
                     bar.set_postfix_str(f"{job.dataset_name} {job.spec.label} seed {info['seed']}"
                                         + (f" point {info['point'] + 1}/{job.points}" if job.points > 1 else ""))
                 else:
                     result.reused += bool(info["reused"])
                     result.trained += not info["reused"]
+                    was_resumed = not info["reused"] and info["dir"] in resumed
+                    result.resumed += was_resumed
                     r = info["result"]
                     bar.write(f"{job.dataset_name} {job.spec.label} seed {info['seed']}"
                               + (f" {info['params']}" if info["params"] else "")
                               + f": valid R@20 {r['valid'].get('recall@20', float('nan')):.4f} test R@20 "
                               f"{r['test'].get('recall@20', float('nan')):.4f} (best epoch {r['best_epoch']} of "
-                              f"{r['epochs_run']}{', reused' if info['reused'] else ''})")
+                              f"{r['epochs_run']}{', reused' if info['reused'] else ', resumed' if was_resumed else ''})")
                     bar.update(1)
                 if on_run is not None:
                     on_run({**info, "dataset": job.dataset_name, "method": job.spec.label})
@@ -294,7 +301,8 @@ def run_benchmark(specs: Sequence[MethodSpec], data: Sequence[str], seeds: Seque
             if on_job is not None:
                 on_job(result)
         # written once every run is done: it describes the results next to it
-        meta.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), trained=result.trained, reused=result.reused)
+        meta.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), trained=result.trained, resumed=result.resumed,
+                    reused=result.reused)
         write_json(out / "benchmark.json", meta)
     return result
 

@@ -18,7 +18,8 @@ settings (--set KEY=VALUE ...):
 folder (--out DIR):
   runs/<dataset>/<method>/ holds one grid folder per (dataset, method) (point_000/seed_1 ...); finished
   runs are reused and interrupted ones resumed, so the same command continues an interrupted benchmark.
-  results.csv (one row per run), summary.md / summary.csv (mean ± std, best in bold, paired t-tests),
+  results.csv (one row per reported run: with --grid, each seed of the selected point; every point's
+  results stay in runs/<dataset>/<method>/grid_summary.json), summary.md / summary.csv (mean ± std, best in bold, paired t-tests),
   summary.png (bars with error bars) and, with --groups, groups.csv.
 """
 
@@ -82,7 +83,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
                            on_job=partial)
     files = write_report(result.out, result.rows, result.reference, result.meta, groups=args.groups)
     print(summary_tables(summarise(result.rows, result.reference), result.reference))
-    print(f"{result.trained} run(s) trained, {result.reused} reused; wrote "
+    resumed = f" ({result.resumed} of them resumed)" if result.resumed else ""
+    print(f"{result.trained} run(s) trained{resumed}, {result.reused} reused; wrote "
           + ", ".join(str(p) for p in files.values()))
     return 0
 
