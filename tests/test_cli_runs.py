@@ -494,6 +494,10 @@ def test_a_refused_run_leaves_no_folder_and_a_new_holder_clears_stale_temps(data
     out = tmp_path / "refused"
     assert _train(data, out, "--set", "plugins=[brmrs]", method="lightgcn") == 2
     assert "exposes none" in _err(capsys) and not out.exists()
+    # a grid refused at its first run: no folder either, so the corrected command can use it
+    assert _train(data, out, "--set", "plugins=[brmrs]", "seed=[1,2]", "--grid", method="lightgcn") == 2
+    assert "exposes none" in _err(capsys) and not out.exists()
+    assert _train(data, out, "--set", "seed=[1,2]", "--grid", method="lightgcn") == 0
     stale = finished / ".last.pt.k1ll3d.tmp"
     stale.write_bytes(b"")
     assert _train(data, finished, "--resume", "--epochs", "3") == 0

@@ -33,8 +33,9 @@ from mmgraph.models.registry import get_model_class
 from mmgraph.train import distributed
 from mmgraph.train.config import load_config, validate_config
 from mmgraph.train.reproducibility import DEFAULT_SEED, library_versions, resolve_device, seed_everything
-from mmgraph.train.rundir import (RunLock, check_fresh_folder, config_hash, dataset_hash, file_hash,
-                                  folder_state, load_checkpoint, read_fingerprint, read_meta, read_run_config)
+from mmgraph.train.rundir import (RunLock, check_fresh_folder, config_hash, dataset_hash, discard_unstarted_grid,
+                                  file_hash, folder_state, load_checkpoint, read_fingerprint, read_meta,
+                                  read_run_config)
 from mmgraph.train.trainer import Trainer
 from mmgraph.utils.io import atomic_write, write_json
 
@@ -576,31 +577,37 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
                     "graph": str(Path(graph).resolve()) if isinstance(graph, (str, Path)) else None,
                     "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         rows = []
-        for k, params in enumerate(points):
-            runs = []
-            for seed in seeds or [base.get("seed", DEFAULT_SEED)]:
-                point = {**base, **params, "seed": seed}
-                rel = f"point_{k:03d}" + (f"/seed_{seed}" if seeds else "")
-                log.info("grid point %d/%d: %s%s", k + 1, len(points), params, f" seed {seed}" if seeds else "")
-                sub = out / rel if out is not None else None
-                info = {"point": k, "seed": seed, "params": params, "dir": rel}
-                if on_run is not None:
-                    on_run({"event": "start", **info})
-                result, reused = run_or_reuse(method, dataset, point, sub, progress=progress, data_spec=spec,
-                                              graph=graph)
-                if on_run is not None:
-                    on_run({"event": "done", **info, "reused": reused, "result": result})
-                runs.append({"seed": seed, "dir": rel, "valid": result["valid"], "test": result["test"],
-                             **{key: result[key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")}})
-            row = {"point": k, "params": params, "dir": f"point_{k:03d}", "runs": runs,
-                   "valid": _mean_metrics(runs, "valid"), "test": _mean_metrics(runs, "test")}
-            if len(runs) == 1:
-                row.update({key: runs[0][key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")})
-            else:
-                # sample standard deviation (ddof 1), as `mmgraph benchmark` reports its seeds
-                row["valid_std"] = {metric: float(np.std([r["valid"][metric] for r in runs], ddof=1))}
-                row["test_std"] = {metric: float(np.std([r["test"][metric] for r in runs], ddof=1))}
-            rows.append(row)
+        try:
+            for k, params in enumerate(points):
+                runs = []
+                for seed in seeds or [base.get("seed", DEFAULT_SEED)]:
+                    point = {**base, **params, "seed": seed}
+                    rel = f"point_{k:03d}" + (f"/seed_{seed}" if seeds else "")
+                    log.info("grid point %d/%d: %s%s", k + 1, len(points), params,
+                             f" seed {seed}" if seeds else "")
+                    sub = out / rel if out is not None else None
+                    info = {"point": k, "seed": seed, "params": params, "dir": rel}
+                    if on_run is not None:
+                        on_run({"event": "start", **info})
+                    result, reused = run_or_reuse(method, dataset, point, sub, progress=progress, data_spec=spec,
+                                                  graph=graph)
+                    if on_run is not None:
+                        on_run({"event": "done", **info, "reused": reused, "result": result})
+                    runs.append({"seed": seed, "dir": rel, "valid": result["valid"], "test": result["test"],
+                                 **{key: result[key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")}})
+                row = {"point": k, "params": params, "dir": f"point_{k:03d}", "runs": runs,
+                       "valid": _mean_metrics(runs, "valid"), "test": _mean_metrics(runs, "test")}
+                if len(runs) == 1:
+                    row.update({key: runs[0][key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")})
+                else:
+                    # sample standard deviation (ddof 1), as `mmgraph benchmark` reports its seeds
+                    row["valid_std"] = {metric: float(np.std([r["valid"][metric] for r in runs], ddof=1))}
+                    row["test_std"] = {metric: float(np.std([r["test"][metric] for r in runs], ddof=1))}
+                rows.append(row)
+        except Exception:
+            if out is not None and ctx.is_main and not resume:
+                discard_unstarted_grid(out)
+            raise
         best = max(rows, key=lambda r: r["valid"][metric])
         summary = {"metric": metric, "axes": axes, "seeds": seeds, "best": best, "selected": best["dir"],
                    "points": rows}

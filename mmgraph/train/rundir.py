@@ -331,6 +331,20 @@ def clear_run_files(folder) -> None:
             shutil.rmtree(sub)
 
 
+def discard_unstarted_grid(folder) -> None:
+    """A new grid whose first run was refused: remove the ``config.yaml`` / ``meta.json`` it wrote and its
+    empty point folders, so the folder can take the corrected command. Anything a run wrote keeps it all."""
+    folder = Path(folder)
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_NAME]
+    if any(p.parent != folder or p.name not in ("config.yaml", "meta.json") for p in files):
+        return
+    for path in files:
+        path.unlink(missing_ok=True)
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+
+
 # ------------------------------------------------------------------------------------------ hashes
 def _digest() -> "hashlib._Hash":
     return hashlib.blake2b(digest_size=16)
