@@ -502,6 +502,8 @@ def test_a_refused_run_leaves_no_folder_and_a_new_holder_clears_stale_temps(data
     stale.write_bytes(b"")
     assert _train(data, finished, "--resume", "--epochs", "3") == 0
     assert not stale.exists()
+    launch = json.loads((finished / "meta.json").read_text())["resumed"][-1]   # each launch recorded
+    assert launch["processes"] == 1 and launch["device"] == "cpu" and "versions" not in launch
 
 
 def test_a_moved_dataset_resumes_by_content_and_fewer_epochs_are_refused(data, tmp_path, capsys):

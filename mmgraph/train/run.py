@@ -349,7 +349,11 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
                 "graph_hash": graph_hash, "command": " ".join(sys.argv),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "processes": ctx.world}
         else:
-            meta.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            launch = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "processes": ctx.world, "device": str(device),
+                      "command": " ".join(sys.argv)}
+            if library_versions() != meta.get("versions"):
+                launch["versions"] = library_versions()
+            meta.setdefault("resumed", []).append(launch)
             meta["data"] = _data_spec(data_spec or data, dataset)   # the content hash matched: maybe a new path
         if not resume or _differences(saved or {}, config, ()):
             _write_config(out / "config.yaml", config)   # a resume may change runtime keys (epochs)
