@@ -1,10 +1,15 @@
 """Subnormal floats flushed to zero while training (mmgraph.utils.denormals)."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from mmgraph.utils.denormals import flush_denormal_enabled, flushing_denormals
+
+with contextlib.suppress(ImportError):
+    import faiss  # noqa: F401  (its wheel maps a second libgomp: the flag must reach torch's threads, not faiss's)
 
 SUBNORMAL = 1e-39   # below float32's smallest normal number (1.18e-38)
 

@@ -10,7 +10,8 @@ are 0; DAZ: subnormal inputs read as 0) changes values only below 1.2e-38.
 The flag lives in each thread's floating-point control register, so setting it on the calling thread
 (``torch.set_flush_denormal``) does not reach the OpenMP threads torch's kernels already run on. GNU OpenMP
 (the ``libgomp`` of PyTorch's Linux wheels) keeps its workers' own registers; :func:`set_flush_denormal`
-therefore also runs one OpenMP parallel region that sets the flag on every thread of the team. (Intel's
+therefore also runs one OpenMP parallel region that sets the flag on every thread of the team (of torch's
+``libgomp``: faiss-cpu's wheel, for one, brings another copy with threads of its own). (Intel's
 and LLVM's OpenMP runtimes copy the calling thread's setting into their workers at each parallel region;
 threads created later inherit it from the thread that creates them.)
 """
@@ -20,13 +21,13 @@ import contextlib
 import ctypes
 import logging
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 
 log = logging.getLogger(__name__)
 
-_GOMP_PARALLEL = None      # libgomp's GOMP_parallel, once looked up (False: not in this process)
+_GOMP_PARALLEL: Optional[List[Callable]] = None   # the GOMP_parallel functions to call, once looked up
 _CALLBACK_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
@@ -36,36 +37,41 @@ def flush_denormal_enabled() -> bool:
     return bool((tiny * 1.0).item() == 0.0)
 
 
-def _gomp_parallel():
-    """``GOMP_parallel`` of the libgomp loaded in this process, or ``None``."""
+def _gomp_parallels() -> List[Callable]:
+    """``GOMP_parallel`` of the GNU OpenMP runtime torch runs on: the ``libgomp`` in torch's own folder (wheels
+    such as faiss-cpu's bring their own copy, with their own threads), else every system ``libgomp.so*``."""
     global _GOMP_PARALLEL
     if _GOMP_PARALLEL is None:
-        _GOMP_PARALLEL = False
-        path = _loaded_library("libgomp")
-        if path is not None:
+        paths = _loaded_libraries("libgomp")
+        torch_dir = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
+        own = [p for p in paths if os.path.realpath(p).startswith(torch_dir)]
+        chosen = own or [p for p in paths if os.path.basename(p).startswith("libgomp.so")]
+        _GOMP_PARALLEL = []
+        for path in chosen:
             try:
                 fn = ctypes.CDLL(path).GOMP_parallel
-                fn.argtypes = [_CALLBACK_TYPE, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-                fn.restype = None
-                _GOMP_PARALLEL = fn
             except (OSError, AttributeError):
-                pass
-    return _GOMP_PARALLEL or None
+                continue
+            fn.argtypes = [_CALLBACK_TYPE, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+            fn.restype = None
+            _GOMP_PARALLEL.append(fn)
+    return _GOMP_PARALLEL
 
 
-def _loaded_library(stem: str) -> Optional[str]:
-    """The path of a shared library ``stem*.so*`` mapped into this process (Linux), or ``None``."""
+def _loaded_libraries(stem: str) -> List[str]:
+    """The distinct paths of the shared libraries ``stem*.so*`` mapped into this process (Linux; else none)."""
+    found: List[str] = []
     try:
         with open("/proc/self/maps") as fh:
             for line in fh:
                 fields = line.split(maxsplit=5)
                 path = fields[5].strip() if len(fields) == 6 else ""
                 name = os.path.basename(path)
-                if name.startswith(stem) and ".so" in name:
-                    return path
+                if name.startswith(stem) and ".so" in name and path not in found:
+                    found.append(path)
     except OSError:
-        return None
-    return None
+        pass
+    return found
 
 
 def set_flush_denormal(on: bool) -> bool:
@@ -73,11 +79,11 @@ def set_flush_denormal(on: bool) -> bool:
     OpenMP team. Returns whether the CPU supports it (False: nothing changed)."""
     if not torch.set_flush_denormal(bool(on)):
         return False
-    parallel = _gomp_parallel()
-    if parallel is not None and torch.get_num_threads() > 1:
+    if torch.get_num_threads() > 1:
         # a C callback that each team thread (the caller included) runs once, taking the GIL
         callback = _CALLBACK_TYPE(lambda _: torch.set_flush_denormal(bool(on)))
-        parallel(callback, None, 0, 0)
+        for parallel in _gomp_parallels():
+            parallel(callback, None, 0, 0)
     return True
 
 
