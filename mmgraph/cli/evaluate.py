@@ -50,12 +50,16 @@ def register(sub) -> None:
     x.set_defaults(func=run_export)
 
 
-def _seed_like_the_run(config) -> None:
-    """The run's seed before its embeddings are computed, as its final evaluation did (see ``Trainer``): a
-    model with noise at evaluation (LGMRec) then reproduces ``final_metrics.json``."""
+def _embeddings_like_the_run(model, config, channel: str = "final"):
+    """``(users, items)`` of ``channel`` computed as the run's final evaluation computed them (see ``Trainer``):
+    from the run's seed (a model with noise at evaluation, LGMRec, then reproduces ``final_metrics.json``) and
+    with subnormal floats flushed as in training (``flush_denormals``)."""
     from mmgraph.train.reproducibility import DEFAULT_SEED, seed_everything
+    from mmgraph.utils.denormals import flushing_denormals
 
     seed_everything(int(config.get("seed", DEFAULT_SEED)))
+    with flushing_denormals(bool(config.get("flush_denormals", True)) and model.device.type == "cpu"):
+        return channel_embeddings(model, channel)
 
 
 def channel_embeddings(model, channel: str = "final"):
@@ -77,8 +81,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if max(ks) > dataset.n_items:
         raise ConfigError(f"--topk {max(ks)} is more than the {dataset.n_items} items of {dataset.name}; every "
                           "item would be in the top-K")
-    _seed_like_the_run(config)
-    user_emb, item_emb = channel_embeddings(model, args.channel)
+    user_emb, item_emb = _embeddings_like_the_run(model, config, args.channel)
     evaluator = Evaluator(dataset, args.split, ks=ks, device=user_emb.device,
                           retrieval=args.retrieval or config.get("retrieval", "exact"))
     result = {args.split: evaluator.evaluate(user_emb, item_emb)}
@@ -131,8 +134,7 @@ def _run_export(args: argparse.Namespace, ctx) -> int:
         line_numbers, raw_users = zip(*entries)
     users = resolve_users(dataset, raw_users, source=f"--users file {args.users}",
                           line_numbers=line_numbers if raw_users is not None else None)
-    _seed_like_the_run(config)
-    user_emb, item_emb = channel_embeddings(model, args.channel)
+    user_emb, item_emb = _embeddings_like_the_run(model, config, args.channel)
     table = recommend_sharded(user_emb, item_emb, dataset, args.k, users, exclude_seen=not args.include_seen,
                               backend=args.backend, ctx=ctx)
     if table is None:  # a rank > 0 of a multi-process export: rank 0 writes
