@@ -1,11 +1,12 @@
 """Subnormal ("denormal") floats on CPU: flushed to zero while a run trains.
 
-A float32 below ~1.2e-38 is subnormal; x86 CPUs compute with such operands up to ~100x slower than with
-normal ones. Training produces them: values that decay towards zero (Adam moments of rarely updated rows,
-attention weights and products of small numbers) underflow into that range, and an epoch slows down as
-they accumulate -- LGMRec on TikTok went from 2.5 s to 4.2-4.8 s an epoch after a few epochs, and back to
-1.75 s with them flushed (the same validation metrics). Flushing (FTZ: results that would be subnormal
-are 0; DAZ: subnormal inputs read as 0) changes values only below 1.2e-38.
+A float32 below ~1.2e-38 is subnormal; x86 CPUs compute with such operands many times slower than with
+normal ones. Some models make them in every step: LGMRec's Gumbel-softmax of its users' hyperedge logits
+(sums over each user's items, in the thousands after a few epochs, at temperature 0.2) gives probabilities in
+the subnormal range, and their products fill its hypergraph tables with thousands of subnormal entries. Its
+epochs on TikTok went from 2.5 s to 4.2-4.8 s over the first epochs, and stay at 1.75-2 s with them flushed
+(bit-identical histories at two seeds over 60 epochs). Flushing (FTZ: results that would be subnormal are 0;
+DAZ: subnormal inputs read as 0) changes values only below 1.2e-38.
 
 The flag lives in each thread's floating-point control register, so setting it on the calling thread
 (``torch.set_flush_denormal``) does not reach the OpenMP threads torch's kernels already run on. GNU OpenMP
