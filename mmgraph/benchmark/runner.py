@@ -275,7 +275,8 @@ def run_benchmark(specs: Sequence[MethodSpec], data: Sequence[str], seeds: Seque
                               + (f" {info['params']}" if info["params"] else "")
                               + f": valid R@20 {r['valid'].get('recall@20', float('nan')):.4f} test R@20 "
                               f"{r['test'].get('recall@20', float('nan')):.4f} (best epoch {r['best_epoch']} of "
-                              f"{r['epochs_run']}{', reused' if info['reused'] else ', resumed' if was_resumed else ''})")
+                              f"{r['epochs_run']}{', reused' if info['reused'] else ''}"
+                              f"{', resumed' if was_resumed else ''})")
                     bar.update(1)
                 if on_run is not None:
                     on_run({**info, "dataset": job.dataset_name, "method": job.spec.label})

@@ -19,8 +19,8 @@ folder (--out DIR):
   runs/<dataset>/<method>/ holds one grid folder per (dataset, method) (point_000/seed_1 ...); finished
   runs are reused and interrupted ones resumed, so the same command continues an interrupted benchmark.
   results.csv (one row per reported run: with --grid, each seed of the selected point; every point's
-  results stay in runs/<dataset>/<method>/grid_summary.json), summary.md / summary.csv (mean ± std, best in bold, paired t-tests),
-  summary.png (bars with error bars) and, with --groups, groups.csv.
+  results stay in runs/<dataset>/<method>/grid_summary.json), summary.md / summary.csv (mean ± std,
+  best in bold, paired t-tests), summary.png (bars with error bars) and, with --groups, groups.csv.
 """
 
 

@@ -97,7 +97,8 @@ def register(subparsers) -> None:
 def _summary(name: str, g, node: str = "item") -> str:
     counts = g.row_counts().numpy()
     sums = g.row_sums().numpy()
-    return (f"{name}: {node}s={g.num_nodes} edges={g.num_edges} neighbours/{node} min={counts.min() if len(counts) else 0}"
+    return (f"{name}: {node}s={g.num_nodes} edges={g.num_edges} "
+            f"neighbours/{node} min={counts.min() if len(counts) else 0}"
             f" mean={counts.mean() if len(counts) else 0:.2f} max={counts.max() if len(counts) else 0}"
             f" row-sum mean={sums.mean() if len(sums) else 0:.4f}")
 
