@@ -580,34 +580,9 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
                     "data_hash": dataset_hash(dataset), "axes": axes, "seeds": seeds,
                     "graph": str(Path(graph).resolve()) if isinstance(graph, (str, Path)) else None,
                     "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        rows = []
         try:
-            for k, params in enumerate(points):
-                runs = []
-                for seed in seeds or [base.get("seed", DEFAULT_SEED)]:
-                    point = {**base, **params, "seed": seed}
-                    rel = f"point_{k:03d}" + (f"/seed_{seed}" if seeds else "")
-                    log.info("grid point %d/%d: %s%s", k + 1, len(points), params,
-                             f" seed {seed}" if seeds else "")
-                    sub = out / rel if out is not None else None
-                    info = {"point": k, "seed": seed, "params": params, "dir": rel}
-                    if on_run is not None:
-                        on_run({"event": "start", **info})
-                    result, reused = run_or_reuse(method, dataset, point, sub, progress=progress, data_spec=spec,
-                                                  graph=graph)
-                    if on_run is not None:
-                        on_run({"event": "done", **info, "reused": reused, "result": result})
-                    runs.append({"seed": seed, "dir": rel, "valid": result["valid"], "test": result["test"],
-                                 **{key: result[key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")}})
-                row = {"point": k, "params": params, "dir": f"point_{k:03d}", "runs": runs,
-                       "valid": _mean_metrics(runs, "valid"), "test": _mean_metrics(runs, "test")}
-                if len(runs) == 1:
-                    row.update({key: runs[0][key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")})
-                else:
-                    # sample standard deviation (ddof 1), as `mmgraph benchmark` reports its seeds
-                    row["valid_std"] = {metric: float(np.std([r["valid"][metric] for r in runs], ddof=1))}
-                    row["test_std"] = {metric: float(np.std([r["test"][metric] for r in runs], ddof=1))}
-                rows.append(row)
+            rows = [_run_point(method, dataset, base, k, len(points), params, seeds, out, metric, progress=progress,
+                               data_spec=spec, graph=graph, on_run=on_run) for k, params in enumerate(points)]
         except Exception:
             if out is not None and ctx.is_main and not resume:
                 discard_unstarted_grid(out)
@@ -618,6 +593,36 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
         if out is not None and ctx.is_main:
             write_json(out / "grid_summary.json", summary)
     return summary
+
+
+def _run_point(method: str, dataset, base: Dict[str, Any], k: int, total: int, params: Dict[str, Any],
+               seeds: Optional[List[Any]], out: Optional[Path], metric: str, progress, data_spec, graph,
+               on_run) -> Dict[str, Any]:
+    """Train (or reuse) grid point ``k`` once per seed; its summary row (see :func:`grid_search`)."""
+    runs = []
+    for seed in seeds or [base.get("seed", DEFAULT_SEED)]:
+        point = {**base, **params, "seed": seed}
+        rel = f"point_{k:03d}" + (f"/seed_{seed}" if seeds else "")
+        log.info("grid point %d/%d: %s%s", k + 1, total, params, f" seed {seed}" if seeds else "")
+        sub = out / rel if out is not None else None
+        info = {"point": k, "seed": seed, "params": params, "dir": rel}
+        if on_run is not None:
+            on_run({"event": "start", **info})
+        result, reused = run_or_reuse(method, dataset, point, sub, progress=progress, data_spec=data_spec,
+                                      graph=graph)
+        if on_run is not None:
+            on_run({"event": "done", **info, "reused": reused, "result": result})
+        runs.append({"seed": seed, "dir": rel, "valid": result["valid"], "test": result["test"],
+                     **{key: result[key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")}})
+    row = {"point": k, "params": params, "dir": f"point_{k:03d}", "runs": runs,
+           "valid": _mean_metrics(runs, "valid"), "test": _mean_metrics(runs, "test")}
+    if len(runs) == 1:
+        row.update({key: runs[0][key] for key in ("best_epoch", "epochs_run", "seconds_per_epoch")})
+    else:
+        # sample standard deviation (ddof 1), as `mmgraph benchmark` reports its seeds
+        row["valid_std"] = {metric: float(np.std([r["valid"][metric] for r in runs], ddof=1))}
+        row["test_std"] = {metric: float(np.std([r["test"][metric] for r in runs], ddof=1))}
+    return row
 
 
 def _same_axes(old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]]) -> bool:
