@@ -94,6 +94,23 @@ def test_corrupt_entry_is_rebuilt(tmp_path, feats):
     assert load_object(path).equal(g)  # overwritten with a valid entry
 
 
+def test_an_altered_entry_is_rebuilt_and_an_undigested_one_read(tmp_path, feats, caplog):
+    build = Counter(lambda: make_graph(feats))
+    g = cached("toy", {}, {"x": feats}, build, tmp_path)
+    path = cache_path("toy", cache_key("toy", {}, {"x": feats}), tmp_path)
+    blob = torch.load(path, weights_only=True)
+    values = [v for v in blob["object"].values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    values[0][0] += 1.0                       # same size, same structure, one weight changed
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="does not match its digest"):
+        load_object(path)
+    assert cached("toy", {}, {"x": feats}, build, tmp_path).equal(g) and build.calls == 2
+    assert "rebuilding" in caplog.text and load_object(path).equal(g)
+    del blob["digest"]                         # an entry written before digests were stored
+    torch.save(blob, path)
+    assert not load_object(path).equal(g)      # read as it is (its weight is the altered one)
+
+
 def test_roundtrip_of_nested_objects(tmp_path, feats):
     g = make_graph(feats)
     obj = {"graphs": {"a": g, "b": g.scale(2.0)}, "knn": KNNResult(np.arange(6).reshape(3, 2),

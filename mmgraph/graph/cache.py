@@ -4,7 +4,8 @@ The key is a BLAKE2b digest of: the cache format version, the mmgraph version, t
 canonical JSON of the parameters, and for every input array its name, dtype, shape and raw bytes. Any
 change of features, interactions or parameters therefore gives a new key: an entry is never stale.
 Entries are ``<builder>-<key>.pt`` files written atomically with ``torch.save`` and read back with
-``torch.load(weights_only=True)``; a corrupt or unreadable entry is rebuilt and overwritten.
+``torch.load(weights_only=True)`` and checked against a digest of their content stored with them; a corrupt,
+unreadable or altered entry is rebuilt and overwritten.
 
 Default folder: ``$MMGRAPH_CACHE`` if set, else ``~/.cache/mmgraph/graphs``.
 """
@@ -135,16 +136,49 @@ def _unpack(obj):
     return obj
 
 
+def _content_digest(packed) -> str:
+    """BLAKE2b of a packed object's structure, scalars and tensor bytes: a stored entry is checked against it
+    when read back (a file changed in place, even to one of the same size, is not taken for the graph)."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"|tensor|{t.dtype}|{tuple(t.shape)}|".encode())
+            if t.numel():
+                h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
+                         else t.numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(b"|dict|")
+            for k in sorted(o, key=str):
+                h.update(f"|key:{k}|".encode())
+                walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"|seq:{len(o)}|".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"|{type(o).__name__}:{o!r}|".encode())
+
+    walk(packed)
+    return h.hexdigest()
+
+
 def save_object(obj, path: Union[str, os.PathLike]) -> None:
-    """Atomically ``torch.save`` a graph / kNN result / nested dict of them."""
-    atomic_torch_save({"format": CACHE_FORMAT_VERSION, "object": _pack(obj)}, path)
+    """Atomically ``torch.save`` a graph / kNN result / nested dict of them, with a digest of its content."""
+    packed = _pack(obj)
+    atomic_torch_save({"format": CACHE_FORMAT_VERSION, "object": packed, "digest": _content_digest(packed)},
+                      path)
 
 
 def load_object(path: Union[str, os.PathLike]):
-    """Inverse of :func:`save_object` (``weights_only=True``: no code is unpickled)."""
+    """Inverse of :func:`save_object` (``weights_only=True``: no code is unpickled); a content digest that
+    does not match is a ``ValueError`` (entries written before digests were stored are not checked)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT_VERSION:
         raise ValueError(f"{path}: not a graph file of format {CACHE_FORMAT_VERSION}")
+    if "digest" in blob and blob["digest"] != _content_digest(blob["object"]):
+        raise ValueError(f"{path}: content does not match its digest (changed since it was written)")
     return _unpack(blob["object"])
 
 
