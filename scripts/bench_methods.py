@@ -36,7 +36,7 @@ from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
 from mmgraph.train.run import build_model, build_plugins, build_run_graph, load_dataset  # noqa: E402
 from mmgraph.train.trainer import Trainer  # noqa: E402
-from mmgraph.utils.denormals import set_flush_denormal  # noqa: E402
+from mmgraph.utils.denormals import flush_denormal_enabled, set_flush_denormal  # noqa: E402
 
 
 def _split_sets(items: List[str]) -> Dict[str, Dict[str, object]]:
@@ -153,6 +153,14 @@ def bench_pair(backbone: str, entry: str, dataset, sets, steps: int) -> Dict[str
 
 
 def main(argv=None) -> int:
+    flushing = flush_denormal_enabled()   # each entry's setup sets its own (see _setup); the caller's comes back
+    try:
+        return _main(argv)
+    finally:
+        set_flush_denormal(flushing)
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("::")[0].split()))
     p.add_argument("--data", required=True, help="dataset folder or synthetic[:...]")
     p.add_argument("--methods", default="mf,lightgcn,directau,vbpr,freedom,bm3,cm3",
