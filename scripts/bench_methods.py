@@ -36,7 +36,7 @@ from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
 from mmgraph.train.run import build_model, build_plugins, build_run_graph, load_dataset  # noqa: E402
 from mmgraph.train.trainer import Trainer  # noqa: E402
-from mmgraph.utils.denormals import flush_denormal_enabled, set_flush_denormal  # noqa: E402
+from mmgraph.utils.denormals import flush_denormal_enabled, flush_for, set_flush_denormal  # noqa: E402
 
 
 def _split_sets(items: List[str]) -> Dict[str, Dict[str, object]]:
@@ -80,7 +80,7 @@ def _setup(entry: str, dataset, sets) -> Dict[str, object]:
     trainer = Trainer(model, dataset, cfg, None, build_plugins(cfg, data, model), progress=False)
     model.train()
     # as Trainer.fit trains (this script times the steps outside fit)
-    set_flush_denormal(bool(cfg.get("flush_denormals", True)) and trainer.device.type == "cpu")
+    set_flush_denormal(flush_for(cfg, trainer.device))
 
     def clock() -> float:
         _sync(trainer.device)

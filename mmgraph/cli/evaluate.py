@@ -55,10 +55,10 @@ def _embeddings_like_the_run(model, config, channel: str = "final"):
     from the run's seed (a model with noise at evaluation, LGMRec, then reproduces ``final_metrics.json``) and
     with subnormal floats flushed as in training (``flush_denormals``)."""
     from mmgraph.train.reproducibility import DEFAULT_SEED, seed_everything
-    from mmgraph.utils.denormals import flushing_denormals
+    from mmgraph.utils.denormals import flush_for, flushing_denormals
 
     seed_everything(int(config.get("seed", DEFAULT_SEED)))
-    with flushing_denormals(bool(config.get("flush_denormals", True)) and model.device.type == "cpu"):
+    with flushing_denormals(flush_for(config, model.device)):
         return channel_embeddings(model, channel)
 
 

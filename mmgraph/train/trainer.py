@@ -29,7 +29,7 @@ from mmgraph.train.distributed import (SINGLE, DistContext, LossModule, ShardedB
                                        wrap_ddp)
 from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, seed_everything, set_rng_state
 from mmgraph.train.rundir import fingerprint_tensors, load_checkpoint
-from mmgraph.utils.denormals import flushing_denormals
+from mmgraph.utils.denormals import flush_for, flushing_denormals
 from mmgraph.utils.io import atomic_torch_save, atomic_write, write_json
 from mmgraph.utils.memory import tune_glibc_malloc
 
@@ -201,7 +201,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         """Train with early stopping, then evaluate the best checkpoint on test once (on CPU with subnormal
         floats flushed to zero unless ``flush_denormals`` is false: see :mod:`mmgraph.utils.denormals`)."""
-        with flushing_denormals(bool(self.config.get("flush_denormals", True)) and self.device.type == "cpu"):
+        with flushing_denormals(flush_for(self.config, self.device)):
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> Dict[str, Any]:

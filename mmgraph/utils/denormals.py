@@ -88,6 +88,11 @@ def set_flush_denormal(on: bool) -> bool:
     return True
 
 
+def flush_for(config, device) -> bool:
+    """Whether a run with ``config`` on ``device`` flushes: its ``flush_denormals`` (default true), on CPU only."""
+    return bool(config.get("flush_denormals", True)) and torch.device(device).type == "cpu"
+
+
 @contextlib.contextmanager
 def flushing_denormals(on: bool = True) -> Iterator[None]:
     """Flush subnormal floats to zero inside the block (when ``on``), then restore the caller's setting."""
