@@ -91,6 +91,35 @@ def test_non_symmetric_sparse_backward_uses_transpose():
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-6, rtol=1e-5)
 
 
+def test_sparse_adj_from_edges_equals_the_coalesced_matrix():
+    """The per-step build (one key sort per orientation) gives the products and gradients of the dense
+    matrix, repeated pairs summed as the coalescing constructor sums them, and a valid CSR (sorted,
+    distinct columns per row) with and without repeats."""
+    rng = np.random.default_rng(4)
+    rows, cols = rng.integers(0, 12, 60), rng.integers(0, 9, 60)
+    rows[:5], cols[:5] = 3, 7                                   # a repeated pair
+    w = torch.rand(60, dtype=torch.float64)
+    ei = torch.tensor(np.stack([rows, cols]))
+    distinct = np.unique(rows * 9 + cols, return_index=True)[1]
+    no_repeats = SparseAdj.from_edges(ei[:, distinct], w[distinct], (12, 9))
+    torch.testing.assert_close(no_repeats.csr.to_dense(), SparseAdj(ei[:, distinct], w[distinct], (12, 9)).csr.to_dense().double())
+    adj = SparseAdj.from_edges(ei, w, (12, 9))
+    assert adj.csr.dtype == torch.float64 and adj.csr.shape == (12, 9) and adj.csr_t.shape == (9, 12)
+    dense = torch.zeros(12, 9, dtype=torch.float64).index_put_((ei[0], ei[1]), w, accumulate=True)
+    torch.testing.assert_close(adj.csr.to_dense(), dense)
+    torch.testing.assert_close(adj.csr_t.to_dense(), dense.t())
+    for m in (adj.csr, adj.csr_t, no_repeats.csr, no_repeats.csr_t):   # torch's CSR invariants hold
+        torch.sparse_csr_tensor(m.crow_indices(), m.col_indices(), m.values(), m.shape, check_invariants=True)
+    x1 = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    g = torch.randn(12, 5, dtype=torch.float64)
+    (adj.matmul(x1) * g).sum().backward()
+    ((dense @ x2) * g).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    with pytest.raises(ValueError, match="edge_weight"):
+        SparseAdj.from_edges(ei, w[:-1], (12, 9))
+
+
 @pytest.mark.parametrize("readout", ["mean", "sum", "last"])
 def test_encoder_readouts(readout):
     pairs = _random_pairs()

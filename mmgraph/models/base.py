@@ -284,8 +284,13 @@ class GraphRecommender(Recommender):
         from mmgraph.train.link_batches import subgraph_adjacency
 
         edge_index, weight, nu = subgraph_adjacency(sub)
-        x = torch.cat([self.user_emb(sub["user"].n_id), self.item_emb(sub["item"].n_id)], 0)
-        h = self.encoder(x, edge_index, weight.to(x.dtype))
+        # gather_rows: an index_add_ backward, where the embedding lookup's took 9 ms more a step (1x preset)
+        x = torch.cat([gather_rows(self.user_emb.weight, sub["user"].n_id),
+                       gather_rows(self.item_emb.weight, sub["item"].n_id)], 0)
+        # a CSR pair built for this step: its products (and their backward) beat the edge list's
+        # gather / scatter ~2.5x (LightGCN on the 0.1x Electronics preset: 43 -> 18 ms a step's propagation)
+        adj = SparseAdj.from_edges(edge_index.flip(0), weight.to(x.dtype), (x.shape[0], x.shape[0]))
+        h = self.encoder(x, adj)
         return h[:nu], h[nu:]
 
 

