@@ -130,8 +130,17 @@ def test_sampled_batches_through_pyg_linkloader(small):
         sub = batch.extras["subgraph"]
         assert all((u, p) in train_keys for u, p in zip(batch.users.tolist(), batch.pos.tolist()))
         assert not any((u, n) in train_keys for u, n in zip(batch.users.tolist(), batch.neg.tolist()))
-        assert torch.equal(sub["user"].n_id, torch.sort(sub["user"].n_id).values)
-        assert sub[INTERACTS].edge_index[0].max() < len(sub["user"].n_id)
+        nu, ni = sub["user"].n_id, sub["item"].n_id
+        for ids in (nu, ni):   # sorted, distinct
+            assert bool((ids[1:] > ids[:-1]).all())
+        # local ids name the batch's nodes and the stored interactions
+        assert torch.equal(nu[sub["user"].src_index], batch.users)
+        assert torch.equal(ni[sub["item"].dst_pos_index], batch.pos)
+        assert torch.equal(ni[sub["item"].dst_neg_index], batch.neg)
+        stored = data[INTERACTS].edge_index
+        for rel, (users, items) in ((INTERACTS, (0, 1)), (REV_INTERACTS, (1, 0))):
+            ei = sub[rel].edge_index
+            assert torch.equal(torch.stack([nu[ei[users]], ni[ei[items]]]), stored[:, sub[rel].e_id])
         rows += len(batch)
     assert rows == len(np.unique(ds.train, axis=0)) and len(batches) == -(-rows // 64)
 
