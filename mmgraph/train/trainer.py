@@ -27,6 +27,7 @@ from mmgraph.losses import alignment, uniformity
 from mmgraph.models.base import Batch, Recommender
 from mmgraph.train.distributed import (SINGLE, DistContext, LossModule, ShardedBatches, evaluate_sharded,
                                        wrap_ddp)
+from mmgraph.train.prefetch import prefetch, resolve_prefetch
 from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, seed_everything, set_rng_state
 from mmgraph.train.rundir import fingerprint_tensors, load_checkpoint
 from mmgraph.utils.denormals import flush_for, flushing_denormals
@@ -101,6 +102,11 @@ class Trainer:
                                           int(config.get("seed", DEFAULT_SEED)), **options)
         if self.dist.enabled and not getattr(self.sampler, "shards_itself", False):
             self.sampler = ShardedBatches(self.sampler, self.dist)
+        self.prefetch_depth = resolve_prefetch(config.get("prefetch_batches", "auto"), self.device,
+                                               bool(getattr(model, "sampled_graph", False)))
+        if self.prefetch_depth:
+            log.info("training batches prepared %d ahead by a background thread (prefetch_batches)",
+                     self.prefetch_depth)
         self.loss_module = wrap_ddp(LossModule(model, self.plugins), self.dist, self.device)
         ks = [int(k) for k in config.get("topk", [5, 10, 20, 50])]
         self.valid_metric = str(config.get("valid_metric", "recall@20")).lower()
@@ -149,7 +155,8 @@ class Trainer:
             plugin.on_epoch_start(self.epoch)
         sums: Dict[str, float] = {}
         n = 0
-        bar = tqdm(self.sampler.epoch(), total=len(self.sampler), desc=f"epoch {self.epoch}",
+        batches = prefetch(self.sampler.epoch(), self.prefetch_depth)
+        bar = tqdm(batches, total=len(self.sampler), desc=f"epoch {self.epoch}",
                    leave=False, disable=None if self.progress is None else not self.progress)
         for item in bar:
             batch, scale = item if isinstance(item, tuple) else (item, 1.0)
