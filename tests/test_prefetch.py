@@ -127,6 +127,8 @@ def test_sampled_training_is_the_same_with_prefetch(method):
                                              "graph_cache": False, "prefetch_batches": depth})
         result, trainer = train(method, ds, cfg, progress=False)
         assert trainer.prefetch_depth == depth
+        # prefetching, the sampler also builds each subgraph's CSR pair (the step's, built in the thread)
+        assert trainer.sampler.prepare_adjacency is bool(depth)
         runs[depth] = (result, trainer)
     (r0, t0), (r3, t3) = runs[0], runs[3]
     assert [h["train_loss"] for h in t0.history] == [h["train_loss"] for h in t3.history]

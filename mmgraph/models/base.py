@@ -277,19 +277,22 @@ class GraphRecommender(Recommender):
         self._subgraph_batches = SubgraphBatches(self._graph, dataset, batch_size, seed, fanouts)
         return self._subgraph_batches
 
-    def propagate_subgraph(self, sub) -> Tuple[Tensor, Tensor]:
+    def propagate_subgraph(self, sub, adj: Optional[SparseAdj] = None) -> Tuple[Tensor, Tensor]:
         """The encoder on a sampled subgraph (``batch.extras["subgraph"]``): its users ``[U_s, d]`` and items
         ``[I_s, d]`` (rows in ``sub[...].n_id`` order); exact for the batch's nodes when every node within
-        ``L - 1`` hops kept all its neighbours (see :func:`~mmgraph.train.link_batches.subgraph_adjacency`)."""
-        from mmgraph.train.link_batches import subgraph_adjacency
+        ``L - 1`` hops kept all its neighbours (see :func:`~mmgraph.train.link_batches.subgraph_adjacency`).
+        ``adj``: the subgraph's CSR pair when the sampler built it (``batch.extras["adjacency"]``), else it
+        is built here."""
+        from mmgraph.train.link_batches import subgraph_csr
 
-        edge_index, weight, nu = subgraph_adjacency(sub)
+        nu = int(sub["user"].n_id.numel())
         # gather_rows: an index_add_ backward, where the embedding lookup's took 9 ms more a step (1x preset)
         x = torch.cat([gather_rows(self.user_emb.weight, sub["user"].n_id),
                        gather_rows(self.item_emb.weight, sub["item"].n_id)], 0)
         # a CSR pair built for this step: its products (and their backward) beat the edge list's
         # gather / scatter ~2.5x (LightGCN on the 0.1x Electronics preset: 43 -> 18 ms a step's propagation)
-        adj = SparseAdj.from_edges(edge_index.flip(0), weight.to(x.dtype), (x.shape[0], x.shape[0]))
+        if adj is None or adj.csr.dtype != x.dtype:
+            adj = subgraph_csr(sub, x.dtype)
         h = self.encoder(x, adj)
         return h[:nu], h[nu:]
 

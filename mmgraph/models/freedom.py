@@ -117,7 +117,7 @@ class FREEDOM(GraphRecommender):
             eu, ep, en = batch.rows(u_all, i_all)
             user_rows = None
         else:  # graph_batching: sampled: the user-item part on the sampled subgraph, the item graph exactly
-            hu, hi = self.propagate_subgraph(sub)
+            hu, hi = self.propagate_subgraph(sub, batch.extras.get("adjacency"))
             b = len(batch)
             branch = self.item_graph.rows_matmul(self.item_emb.weight, torch.cat([batch.pos, batch.neg]),
                                                  int(self.config["n_mm_layers"]))  # (S^L E)[items]

@@ -26,7 +26,7 @@ class LightGCN(GraphRecommender):
             u, i = self.forward()
             eu, ep, en = batch.rows(u, i)
         else:  # graph_batching: sampled -- only the batch's sampled neighbourhood is propagated
-            hu, hi = self.propagate_subgraph(sub)
+            hu, hi = self.propagate_subgraph(sub, batch.extras.get("adjacency"))
             eu = hu[sub["user"].src_index]
             ep, en = hi[sub["item"].dst_pos_index], hi[sub["item"].dst_neg_index]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))

@@ -29,6 +29,7 @@ from mmgraph.errors import ConfigError
 from mmgraph.graph.hetero import INTERACTS, REV_INTERACTS
 from mmgraph.graph.sampling import BipartiteNeighborSampler
 from mmgraph.models.base import Batch
+from mmgraph.nn.sparse import SparseAdj
 from mmgraph.train.sampler import BPRSampler
 
 GRAPH_BATCHING = ("full", "sampled")
@@ -87,6 +88,9 @@ class SubgraphBatches:
     """
 
     shards_itself = True
+    #: also build each subgraph's CSR pair (``extras["adjacency"]``, :func:`subgraph_csr`) while sampling, so that
+    #: a prefetching trainer takes it off the step's critical path (set by the trainer when it prefetches)
+    prepare_adjacency = False
 
     def __init__(self, data, dataset: RecDataset, batch_size: int, seed: int, num_neighbors: Sequence[int],
                  kernel: str = "auto"):
@@ -127,7 +131,10 @@ class SubgraphBatches:
             u_ids, i_ids = sub["user"].n_id, sub["item"].n_id
             users = u_ids[sub["user"].src_index]
             pos, neg = i_ids[sub["item"].dst_pos_index], i_ids[sub["item"].dst_neg_index]
-            yield Batch(users, pos, neg, {"subgraph": sub})
+            extras = {"subgraph": sub}
+            if self.prepare_adjacency:
+                extras["adjacency"] = subgraph_csr(sub)
+            yield Batch(users, pos, neg, extras)
 
     def state_dict(self) -> dict:
         return {"rng": self.bpr.rng.bit_generator.state, "torch": self.generator.get_state()}
@@ -157,3 +164,12 @@ def subgraph_adjacency(sub, n_users: Optional[int] = None) -> Tuple[Tensor, Tens
     sampled = torch.bincount(dst, minlength=n).to(norm.dtype)
     weight = norm * deg[dst] / sampled[dst].clamp(min=1)
     return torch.stack([src, dst]), weight, nu
+
+
+def subgraph_csr(sub, dtype: torch.dtype = torch.float32) -> SparseAdj:
+    """The sampled subgraph's propagation matrix as a CSR pair: ``A [N_s, N_s]`` (its users first, then its
+    items) with ``A[target, source]`` = :func:`subgraph_adjacency`'s weight, built by
+    :meth:`~mmgraph.nn.sparse.SparseAdj.from_edges`."""
+    edge_index, weight, _ = subgraph_adjacency(sub)
+    n = int(sub["user"].n_id.numel()) + int(sub["item"].n_id.numel())
+    return SparseAdj.from_edges(edge_index.flip(0), weight.to(dtype), (n, n))

@@ -107,6 +107,8 @@ class Trainer:
         if self.prefetch_depth:
             log.info("training batches prepared %d ahead by a background thread (prefetch_batches)",
                      self.prefetch_depth)
+            if hasattr(self.sampler, "prepare_adjacency"):   # a sampled subgraph's CSR pair: built there too
+                self.sampler.prepare_adjacency = True
         self.loss_module = wrap_ddp(LossModule(model, self.plugins), self.dist, self.device)
         ks = [int(k) for k in config.get("topk", [5, 10, 20, 50])]
         self.valid_metric = str(config.get("valid_metric", "recall@20")).lower()
