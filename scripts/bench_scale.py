@@ -80,6 +80,7 @@ def child(args) -> None:
                  "log_geometry": False, "graph_cache": False, "eval_memory_mb": args.eval_memory_mb}
     if args.mode == "sampled":
         overrides["num_neighbors"] = args.num_neighbors
+        overrides["prefetch_batches"] = int(args.prefetch) if args.prefetch != "auto" else "auto"
     if args.method == "freedom":
         overrides["knn_backend"] = args.knn_backend
     cfg = load_config(args.method, overrides=overrides)
@@ -105,7 +106,8 @@ def child(args) -> None:
                       "eval_seconds": eval_seconds, "graph_seconds": graph_seconds, "peak_rss_gib": rss_gib,
                       "valid_recall@20": metrics["recall@20"], "threads": args.threads,
                       "device": str(model.device), "num_neighbors": args.num_neighbors if args.mode == "sampled" else None,
-                      "knn_backend": args.knn_backend if args.method == "freedom" else None}))
+                      "knn_backend": args.knn_backend if args.method == "freedom" else None,
+                      "prefetch_batches": trainer.prefetch_depth}))
 
 
 def fit_exponent(xs, ys) -> float:
@@ -115,18 +117,29 @@ def fit_exponent(xs, ys) -> float:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
+def _mode(r) -> str:
+    """The graph mode, with the batches prefetched when there were any (records before the setting have none)."""
+    return r["mode"] + (f"+prefetch{r['prefetch_batches']}" if r.get("prefetch_batches") else "")
+
+
 def report(rows) -> str:
-    lines = ["| method | mode | scale | train interactions | s/epoch | eval s | graph s | peak RSS GiB | valid R@20 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["method"], r["mode"], r["scale"])):
-        lines.append(f"| {r['method']} | {r['mode']} | {r['scale']:g} | {r['train']:,} | {r['seconds_per_epoch']:.1f} | "
-                     f"{r['eval_seconds']:.1f} | {r['graph_seconds']:.1f} | {r['peak_rss_gib']:.2f} | "
-                     f"{r['valid_recall@20']:.4f} |")
+    lines = ["| method | mode | threads | scale | train interactions | s/epoch | eval s | graph s | peak RSS GiB | valid R@20 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def group(r):
+        return r["method"], _mode(r), r.get("threads")
+
+    for r in sorted(rows, key=lambda r: (*group(r), r["scale"])):
+        lines.append(f"| {r['method']} | {_mode(r)} | {r.get('threads')} | {r['scale']:g} | {r['train']:,} | "
+                     f"{r['seconds_per_epoch']:.1f} | {r['eval_seconds']:.1f} | {r['graph_seconds']:.1f} | "
+                     f"{r['peak_rss_gib']:.2f} | {r['valid_recall@20']:.4f} |")
     lines.append("")
     lines.append("growth exponent b of s/epoch ~ interactions^b:")
-    for key in sorted({(r["method"], r["mode"]) for r in rows}):
-        pts = sorted((r["train"], r["seconds_per_epoch"]) for r in rows if (r["method"], r["mode"]) == key)
-        lines.append(f"  {key[0]:9s} {key[1]:8s} b = {fit_exponent(*zip(*pts)):.2f} over {len(pts)} scales")
+    for key in sorted({group(r) for r in rows}, key=str):
+        pts = sorted((r["train"], r["seconds_per_epoch"]) for r in rows if group(r) == key)
+        scales = len({t for t, _ in pts})
+        b = f"{fit_exponent(*zip(*pts)):.2f}" if scales > 1 else "n/a"
+        lines.append(f"  {key[0]:9s} {key[1]:8s} {key[2]} threads: b = {b} over {scales} scales")
     return "\n".join(lines)
 
 
@@ -138,6 +151,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--num-neighbors", type=int, nargs="+", default=[10, 10])
+    p.add_argument("--prefetch", default="auto", help="sampled runs' prefetch_batches (auto, 0, 2, ...)")
     p.add_argument("--knn-backend", default="faiss_hnsw", help="FREEDOM's item kNN (faiss = exact)")
     p.add_argument("--eval-memory-mb", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -168,7 +182,7 @@ def main() -> int:
                 cmd = [sys.executable, __file__, "--child", str(dataset_dir(cache, scale, args.seed)), "--method", method,
                        "--mode", mode, "--epochs", str(args.epochs), "--threads", str(args.threads),
                        "--num-neighbors", *map(str, args.num_neighbors), "--knn-backend", args.knn_backend,
-                       "--eval-memory-mb", str(args.eval_memory_mb)]
+                       "--eval-memory-mb", str(args.eval_memory_mb), "--prefetch", str(args.prefetch)]
                 t0 = time.perf_counter()
                 try:
                     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
