@@ -89,7 +89,8 @@ class SubgraphBatches:
 
     shards_itself = True
     #: also build each subgraph's CSR pair (``extras["adjacency"]``, :func:`subgraph_csr`) while sampling, so that
-    #: a prefetching trainer takes it off the step's critical path (set by the trainer when it prefetches)
+    #: a prefetching trainer takes it off the step's critical path (set by the trainer when it prefetches on a
+    #: CPU; a GPU builds the pair in the step faster than the CPU thread would)
     prepare_adjacency = False
 
     def __init__(self, data, dataset: RecDataset, batch_size: int, seed: int, num_neighbors: Sequence[int],

@@ -1,13 +1,13 @@
 """Training batches prepared ahead of the step by a background thread (``prefetch_batches``).
 
 With ``graph_batching: sampled`` every batch carries a sampled subgraph: neighbour sampling, the loader's
-collation and the subgraph's CSR pair run on the CPU per batch (9 + 5 ms of a 2048-row LightGCN batch on
+collation and, on a CPU, the subgraph's CSR pair run per batch (9 + 5 ms of a 2048-row LightGCN batch on
 the 0.1x Electronics preset). :func:`prefetch` moves that work off the step's critical path: one thread
-iterates the sampler's epoch and keeps up to ``depth`` batches ready while the current step trains (the
-trainer also has :class:`~mmgraph.train.link_batches.SubgraphBatches` build the CSR pair there). It is the
-same iterator consumed by the same single producer, so the draws, their order and the sampler's state after
-the epoch are exactly those of the plain loop (a run's results and ``--resume`` do not depend on the
-setting). A thread rather than loader worker processes: workers would each draw from a copy of the
+iterates the sampler's epoch and keeps up to ``depth`` batches ready while the current step trains (on a
+CPU the trainer has :class:`~mmgraph.train.link_batches.SubgraphBatches` build the CSR pair there too). It
+is the same iterator consumed by the same single producer, so the draws, their order and the sampler's
+state after the epoch are exactly those of the plain loop (a run's results and ``--resume`` do not depend
+on the setting). A thread rather than loader worker processes: workers would each draw from a copy of the
 sampler's generator, and their batches would depend on the number of workers.
 
 The thread pays off where a core would otherwise idle during the step: training on a GPU, or on a CPU

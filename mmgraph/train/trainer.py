@@ -107,7 +107,9 @@ class Trainer:
         if self.prefetch_depth:
             log.info("training batches prepared %d ahead by a background thread (prefetch_batches)",
                      self.prefetch_depth)
-            if hasattr(self.sampler, "prepare_adjacency"):   # a sampled subgraph's CSR pair: built there too
+            # on a CPU the sampled subgraph's CSR pair is built there too; a GPU builds it in the step in far
+            # less time than the CPU thread would add to each batch it has to keep up with
+            if hasattr(self.sampler, "prepare_adjacency") and self.device.type == "cpu":
                 self.sampler.prepare_adjacency = True
         self.loss_module = wrap_ddp(LossModule(model, self.plugins), self.dist, self.device)
         ks = [int(k) for k in config.get("topk", [5, 10, 20, 50])]
