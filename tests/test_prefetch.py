@@ -154,3 +154,26 @@ def test_resumed_sampled_run_with_prefetch_equals_the_uninterrupted_one(tmp_path
     resumed, trainer = train("lightgcn", ds, cfg(4), out_dir=tmp_path / "run", resume=True, progress=False)
     assert trainer.prefetch_depth == 2
     assert resumed["test"] == full["test"]
+
+
+def test_a_failing_step_stops_the_prefetching_thread(monkeypatch):
+    from mmgraph.errors import TrainingError
+    from mmgraph.train.trainer import Trainer
+
+    ds = make_synthetic(200, 150, seed=6)
+    cfg = load_config("lightgcn", overrides={"graph_batching": "sampled", "num_neighbors": [5, 5], "epochs": 2,
+                                             "batch_size": 32, "threads": 1, "log_geometry": False,
+                                             "graph_cache": False, "prefetch_batches": 2})
+    calls = []
+
+    def failing_step(self, batch, scale=1.0):
+        calls.append(1)
+        if len(calls) == 3:
+            raise TrainingError("loss became nan")
+        return {"loss": 0.0}
+
+    monkeypatch.setattr(Trainer, "train_step", failing_step)
+    with pytest.raises(TrainingError, match="nan") as info:
+        train("lightgcn", ds, cfg, progress=False)
+    assert info.traceback is not None           # the frames stay referenced, the thread must not
+    assert not _prefetch_threads()

@@ -6,6 +6,7 @@ Pieces are separate so data-parallel training can reuse them: :class:`~mmgraph.t
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -159,17 +160,18 @@ class Trainer:
             plugin.on_epoch_start(self.epoch)
         sums: Dict[str, float] = {}
         n = 0
-        batches = prefetch(self.sampler.epoch(), self.prefetch_depth)
-        bar = tqdm(batches, total=len(self.sampler), desc=f"epoch {self.epoch}",
-                   leave=False, disable=None if self.progress is None else not self.progress)
-        for item in bar:
-            batch, scale = item if isinstance(item, tuple) else (item, 1.0)
-            terms = self.train_step(batch, scale)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-            if n % 10 == 0:
-                bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        # closed on the way out: a failing step stops the prefetching thread at once, not when the frame dies
+        with contextlib.closing(prefetch(self.sampler.epoch(), self.prefetch_depth)) as batches:
+            bar = tqdm(batches, total=len(self.sampler), desc=f"epoch {self.epoch}",
+                       leave=False, disable=None if self.progress is None else not self.progress)
+            for item in bar:
+                batch, scale = item if isinstance(item, tuple) else (item, 1.0)
+                terms = self.train_step(batch, scale)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+                if n % 10 == 0:
+                    bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
         self.scheduler.step()
         return {k: v / max(n, 1) for k, v in sums.items()}
 
