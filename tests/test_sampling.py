@@ -152,12 +152,14 @@ def _batch_of(ds, n=40, seed=0):
     return pairs, neg
 
 
-@pytest.mark.parametrize("method", ["lightgcn", "freedom", "freedom_pruned"])
+@pytest.mark.parametrize("method", ["lightgcn", "freedom", "freedom_pruned", "directau"])
 def test_sampled_loss_equals_full_graph_at_full_fanout(method):
     """At a fanout above every degree the sampled step IS the full-graph step (loss and gradients); for
     FREEDOM also on the epoch's pruned graph (the same kept edges on both sides)."""
     ds = make_synthetic(60, 45, seed=5)
     base = {"graph_cache": False}
+    if method == "directau":
+        base["encoder"] = "lightgcn"
     if method.startswith("freedom"):
         base["dropout"] = 0.5 if method == "freedom_pruned" else 0.0
         method = "freedom"
@@ -200,12 +202,13 @@ def test_rows_matmul_matches_dense_power():
     assert torch.allclose(gx, gw, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["lightgcn", "freedom"])
+@pytest.mark.parametrize("method", ["lightgcn", "freedom", "directau"])
 def test_sampled_training_learns(method):
     ds = make_synthetic(300, 200, seed=0)
+    extra = {"encoder": "lightgcn"} if method == "directau" else {}
     cfg = load_config(method, overrides={"graph_batching": "sampled", "num_neighbors": [5, 5], "epochs": 8,
                                          "batch_size": 256, "learning_rate": 5e-3, "threads": 1,
-                                         "log_geometry": False, "graph_cache": False})
+                                         "log_geometry": False, "graph_cache": False, **extra})
     result, trainer = train(method, ds, cfg)
     assert result["test"]["recall@20"] > 1.1 * popularity_recall(ds)
 
@@ -216,6 +219,8 @@ def test_sampled_settings_are_checked():
         train("mf", ds, load_config("mf", overrides={"graph_batching": "sampled", "epochs": 1}))
     with pytest.raises(ConfigError, match="propagation layers"):
         layer_fanouts([5, 5, 5], 2)
+    with pytest.raises(ConfigError, match="encoder=lightgcn"):    # DirectAU's MF encoder has no layer to sample
+        train("directau", ds, load_config("directau", overrides={"graph_batching": "sampled", "epochs": 1}))
     assert layer_fanouts([7], 3) == [7, 7, 7]
 
 
