@@ -13,6 +13,11 @@ work (the model's epoch hook + sampling one epoch); and the resulting epoch esti
 their step to the backbone's step (measured in the same run). ``--profile`` adds the top operators of
 each entry's steps (torch.profiler, self CPU time).
 
+``--floor`` adds the dense matrix products of one step (``GFLOP``) and the time they take run alone, back to
+back on random operands of the same shapes (``products``, ms; :mod:`mmgraph.utils.products`): a lower bound
+on the step that no tuning of the rest removes. For a plug-in entry, ``floor x`` is the smallest ratio to the
+backbone's step its products leave: (backbone step + the entry's extra product time) / backbone step.
+
 ``--interleave`` times each ``METHOD+PLUGIN`` entry step by step in alternation with its backbone (use it
 on a shared machine: the load then weighs on both alike and the ratio is stable between runs).
 
@@ -138,7 +143,17 @@ def _timed_batches(batches, steps: int):
     return [batches[k % len(batches)] for k in range(2, 2 + max(1, steps))]  # short epochs: batches are reused
 
 
-def bench_entry(entry: str, dataset, sets, steps: int, profile: bool) -> Dict[str, float]:
+def _floor(setup: Dict[str, object]) -> Dict[str, float]:
+    """The dense products of one more step: ``{"gflop": ..., "products": seconds run alone}``."""
+    from mmgraph.utils.products import ProductCounter
+
+    counter = ProductCounter()
+    with counter:
+        setup["step"](setup["batches"][-1])
+    return {"gflop": counter.gflop(), "products": counter.time_alone(device=setup["trainer"].device)}
+
+
+def bench_entry(entry: str, dataset, sets, steps: int, profile: bool, floor: bool = False) -> Dict[str, float]:
     setup = _setup(entry, dataset, sets, _kept(steps))
     prof = None
     if profile:
@@ -150,10 +165,11 @@ def bench_entry(entry: str, dataset, sets, steps: int, profile: bool) -> Dict[st
         prof.__exit__(None, None, None)
         print(f"\n{entry}: top operators over {len(times)} steps")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    return _summary(times, setup)
+    return {**_summary(times, setup), **(_floor(setup) if floor else {})}
 
 
-def bench_pair(backbone: str, entry: str, dataset, sets, steps: int) -> Dict[str, Dict[str, float]]:
+def bench_pair(backbone: str, entry: str, dataset, sets, steps: int,
+               floor: bool = False) -> Dict[str, Dict[str, float]]:
     """``backbone`` and ``entry`` (``backbone+plugin``) timed step by step in alternation, so that the load of
     a shared machine weighs on both alike; the ratio of the medians is then comparable between runs."""
     a, b = _setup(backbone, dataset, sets, _kept(steps)), _setup(entry, dataset, sets, _kept(steps))
@@ -161,7 +177,8 @@ def bench_pair(backbone: str, entry: str, dataset, sets, steps: int) -> Dict[str
     for ba, bb in zip(_timed_batches(a["batches"], steps), _timed_batches(b["batches"], steps)):
         ta.append(a["step"](ba))
         tb.append(b["step"](bb))
-    return {backbone: _summary(ta, a), entry: _summary(tb, b)}
+    return {backbone: {**_summary(ta, a), **(_floor(a) if floor else {})},
+            entry: {**_summary(tb, b), **(_floor(b) if floor else {})}}
 
 
 def main(argv=None) -> int:
@@ -180,6 +197,8 @@ def _main(argv=None) -> int:
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="[METHOD:]KEY=VALUE")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per entry")
     p.add_argument("--profile", action="store_true", help="print the top operators of each entry")
+    p.add_argument("--floor", action="store_true",
+                   help="add each step's dense products (GFLOP) and their time run alone: the step's lower bound")
     p.add_argument("--interleave", action="store_true",
                    help="time each METHOD+PLUGIN entry's steps alternately with its backbone's (a ratio robust to "
                         "a shared machine's changing load); the backbone row shows its last pair's timings")
@@ -197,16 +216,17 @@ def _main(argv=None) -> int:
     for e in entries:
         base = e.split("+")[0]
         if args.interleave and "+" in e:
-            pair = bench_pair(base, e, dataset, sets, args.steps)
+            pair = bench_pair(base, e, dataset, sets, args.steps, args.floor)
             rows[base], rows[e], bases[e] = pair[base], pair[e], pair[base]
         elif not (args.interleave and e in rows):
-            rows[e] = bench_entry(e, dataset, sets, args.steps, args.profile)
+            rows[e] = bench_entry(e, dataset, sets, args.steps, args.profile, args.floor)
     if args.interleave and args.profile:
         print("(--profile is ignored for interleaved pairs)")
     print(f"\n{dataset.name}: {torch.get_num_threads()} threads, median of {args.steps} steps (ms) and "
           "seconds per epoch")
     header = (f"{'entry':22s} {'forward':>8s} {'backward':>8s} {'optim':>7s} {'step':>7s} {'x backbone':>10s} "
-              f"{'steps':>5s} {'epoch work':>10s} {'valid':>6s} {'epoch s':>8s}")
+              f"{'steps':>5s} {'epoch work':>10s} {'valid':>6s} {'epoch s':>8s}"
+              + (f" {'GFLOP':>6s} {'products':>8s} {'floor x':>7s}" if args.floor else ""))
     print(header)
     print("-" * len(header))
     for entry, r in rows.items():
@@ -214,8 +234,15 @@ def _main(argv=None) -> int:
         ratio = f"x{r['step'] / base['step']:.2f}" if base is not None and "+" in entry else ""
         print(f"{entry:22s} {1e3 * r['forward']:8.1f} {1e3 * r['backward']:8.1f} {1e3 * r['optimizer']:7.1f} "
               f"{1e3 * r['step']:7.1f} {ratio:>10s} {r['steps_per_epoch']:5d} {r['epoch_work']:10.3f} "
-              f"{r['valid']:6.3f} {r['epoch']:8.2f}")
+              f"{r['valid']:6.3f} {r['epoch']:8.2f}" + (_floor_columns(r, base, entry) if args.floor else ""))
     return 0
+
+
+def _floor_columns(r: Dict[str, float], base: Dict[str, float], entry: str) -> str:
+    ratio = ""
+    if base is not None and "+" in entry:
+        ratio = f"x{(base['step'] + max(0.0, r['products'] - base['products'])) / base['step']:.2f}"
+    return f" {r['gflop']:6.2f} {1e3 * r['products']:8.1f} {ratio:>7s}"
 
 
 if __name__ == "__main__":

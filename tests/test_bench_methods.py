@@ -42,6 +42,20 @@ def test_table_has_each_entry_and_the_plugin_ratio(bench, capsys):
     assert all(v > 0 for v in rows["mf"][:4])
 
 
+def test_floor_columns_count_the_plugin_products(bench, capsys):
+    assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn+cross",
+                       "--steps", "2", "--interleave", "--floor", "--set", "threads=1"]) == 0
+    out = capsys.readouterr().out
+    assert "GFLOP" in out.splitlines()[-4] and "floor x" in out.splitlines()[-4]
+    rows = _rows(out)
+    base, plug = rows["lightgcn"], rows["lightgcn+cross"]
+    # columns after "epoch s": GFLOP, products (ms), and for the plug-in entry the floor ratio
+    assert len(base) == 10 and len(plug) == 12       # the backbone row has no ratio columns
+    assert plug[9] > base[8]                         # CROSS adds dense products (its InfoNCE and codes)
+    assert plug[10] > 0
+    assert 1.0 <= plug[11] <= plug[4] + 0.01         # the floor is at most the measured ratio: a lower bound
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_steps_are_timed_after_the_device_finishes(bench, capsys):
     assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn",

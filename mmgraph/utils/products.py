@@ -1,0 +1,124 @@
+"""The dense matrix products a piece of code runs, and how long they take on their own.
+
+A training step's dense products (``mm``, ``addmm``, ``bmm``, ``mv``, ... with their shapes) are a lower bound
+on its time that no tuning of the rest (element-wise work, gathers, Python) can remove: timed back to back on
+random operands of the same shapes, they give the step's floor on this machine unless the arithmetic itself
+changes. ``scripts/bench_methods.py --floor`` prints it per method next to the measured step.
+
+Sparse products (an operand not strided: CSR / COO adjacencies) are counted apart and not timed: their cost
+depends on the sparsity, not the shapes.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Tuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+#: operator -> kind of product
+_PRODUCTS = {
+    aten.mm.default: "mm", aten.mm.out: "mm", aten.addmm.default: "mm", aten.addmm.out: "mm",
+    aten.addmm_.default: "mm", aten.bmm.default: "bmm", aten.bmm.out: "bmm", aten.baddbmm.default: "bmm",
+    aten.baddbmm_.default: "bmm", aten.mv.default: "mv", aten.mv.out: "mv", aten.addmv.default: "mv",
+    aten.addmv_.default: "mv", aten.addmv.out: "mv", aten.dot.default: "dot",
+    aten._sparse_addmm.default: "mm",
+}
+
+#: ``(kind, shape)``: ``mm (m, k, n)``, ``bmm (b, m, k, n)``, ``mv (m, k)``, ``dot (k,)``
+Product = Tuple[str, Tuple[int, ...]]
+
+
+def _factors(func, args) -> Tuple[torch.Tensor, torch.Tensor]:
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if func in (aten.mm.out, aten.bmm.out, aten.mv.out):
+        return tensors[0], tensors[1]                 # (self, other, out=...)
+    return tensors[-2], tensors[-1]                   # (self, a, b) for the add* forms, (a, b) otherwise
+
+
+def flops(product: Product) -> int:
+    """Floating-point operations of one product (a multiply-add counts two)."""
+    kind, shape = product
+    total = 2
+    for s in shape:
+        total *= int(s)
+    return total
+
+
+class ProductCounter(TorchDispatchMode):
+    """A dispatch mode recording the dense products run under it (forward and backward alike)::
+
+        with ProductCounter() as counter:
+            loss = model.loss(batch).loss
+            loss.backward()
+        counter.gflop(), counter.time_alone()
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense: List[Product] = []   # the dense products, in call order
+        self.sparse = 0                  # products with a sparse operand (not timed)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kind = _PRODUCTS.get(func)
+        if kind is not None:
+            a, b = _factors(func, args)
+            if a.layout != torch.strided or b.layout != torch.strided:
+                self.sparse += 1
+            elif kind == "mm":
+                self.dense.append((kind, (a.shape[0], a.shape[1], b.shape[1])))
+            elif kind == "bmm":
+                self.dense.append((kind, (a.shape[0], a.shape[1], a.shape[2], b.shape[2])))
+            elif kind == "mv":
+                self.dense.append((kind, (a.shape[0], a.shape[1])))
+            else:
+                self.dense.append((kind, (a.shape[0],)))
+        return func(*args, **(kwargs or {}))
+
+    def gflop(self) -> float:
+        return sum(flops(p) for p in self.dense) / 1e9
+
+    def time_alone(self, dtype: torch.dtype = torch.float32, device="cpu", min_seconds: float = 0.02) -> float:
+        """Seconds the recorded dense products take run alone, back to back (each distinct shape timed once,
+        on random operands, then weighted by its count)."""
+        counts: Dict[Product, int] = {}
+        for p in self.dense:
+            counts[p] = counts.get(p, 0) + 1
+        return sum(n * time_product(p, dtype, device, min_seconds) for p, n in counts.items())
+
+
+def _operands(product: Product, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    kind, shape = product
+    make = {"mm": lambda m, k, n: ((m, k), (k, n)), "bmm": lambda b, m, k, n: ((b, m, k), (b, k, n)),
+            "mv": lambda m, k: ((m, k), (k,)), "dot": lambda k: ((k,), (k,))}[kind]
+    sa, sb = make(*shape)
+    return torch.randn(sa, dtype=dtype, device=device), torch.randn(sb, dtype=dtype, device=device)
+
+
+def time_product(product: Product, dtype: torch.dtype = torch.float32, device="cpu",
+                 min_seconds: float = 0.02) -> float:
+    """Median seconds of one product of that kind and shape, repeated for at least ``min_seconds``."""
+    kind = product[0]
+    op = {"mm": torch.mm, "bmm": torch.bmm, "mv": torch.mv, "dot": torch.dot}[kind]
+    a, b = _operands(product, dtype, device)
+    dev = torch.device(device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    with torch.no_grad():
+        op(a, b)                      # warm-up
+        sync()
+        times: List[float] = []
+        spent = 0.0
+        while spent < min_seconds or len(times) < 3:
+            t0 = time.perf_counter()
+            op(a, b)
+            sync()
+            times.append(time.perf_counter() - t0)
+            spent += times[-1]
+    times.sort()
+    return times[len(times) // 2]
