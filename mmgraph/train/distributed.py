@@ -19,6 +19,7 @@ Only rank 0 writes the run folder (config, checkpoints, history, final metrics).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import subprocess
@@ -180,7 +181,11 @@ def wrap_ddp(module: torch.nn.Module, ctx: DistContext, device: torch.device) ->
     skip = [name for name, buf in module.named_buffers() if buf is not None and buf.layout != torch.strided]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, skip)
     ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+    # no buffer broadcast before each forward (buffers are synced once, at construction); torch >= 2.13 names
+    # the switch forward_sync_buffers and warns on the older broadcast_buffers
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True, **no_sync)
 
 
 # ------------------------------------------------------------------------------------------- evaluation
