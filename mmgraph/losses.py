@@ -39,18 +39,14 @@ def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
     return (x - y).norm(p=2, dim=1).pow(alpha).mean()
 
 
-def pairwise_sq_dists(x: Tensor) -> Tensor:
-    """Squared distances of the ``n(n-1)/2`` pairs ``a < b`` of rows of ``x [n, d]``, as ``[n(n-1)/2]``."""
-    return torch.pdist(x, p=2).pow(2)
-
-
 def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
-    """``log mean_{a<b} exp(-t ||x_a - x_b||^2)`` over the rows of ``x [n, d]`` (Wang & Isola)."""
-    if x.shape[0] < 2:
-        return x.new_zeros(())
-    d2 = pairwise_sq_dists(x)
-    # log-mean-exp for numerical stability
-    return torch.logsumexp(-t * d2, dim=0) - math.log(d2.numel())
+    """``log mean_{a<b} exp(-t ||x_a - x_b||^2)`` over the rows of ``x [n, d]`` (Wang & Isola).
+
+    Computed from the Gram matrix (:func:`calibrated_uniformity` with ``s = 1``: half the pairs' logits, one
+    product for the backward), not from ``torch.pdist``, whose backward over the ``n (n - 1) / 2`` pairs is
+    ~4x slower on a CPU (forward + backward, ``n = 1900``, ``d = 64``: 9 vs 38 ms); the same value up to
+    float rounding."""
+    return calibrated_uniformity(x, None, t)
 
 
 def info_nce(anchor: Tensor, positive: Tensor, temperature: float | Tensor = 0.2,

@@ -28,6 +28,21 @@ def test_alignment_and_uniformity_brute_force():
     assert float(uniformity(x[:1])) == 0.0
 
 
+def test_uniformity_value_and_gradient_equal_the_pair_distance_form():
+    # any rows (not only unit ones), float64 and float32: the Gram-matrix computation against torch.pdist
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        x = (torch.randn(40, 6, dtype=dtype) * torch.rand(40, 1, dtype=dtype)).requires_grad_(True)
+        ref_x = x.detach().clone().requires_grad_(True)
+        d2 = torch.pdist(ref_x).pow(2)
+        ref = torch.logsumexp(-1.5 * d2, 0) - math.log(d2.numel())
+        ref.backward()
+        val = uniformity(x, t=1.5)
+        val.backward()
+        assert abs(val.item() - ref.item()) < tol
+        assert torch.allclose(x.grad, ref_x.grad, atol=tol, rtol=tol)
+
+
 def test_info_nce_brute_force():
     a, p = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
     an, pn = F.normalize(a, dim=1), F.normalize(p, dim=1)
