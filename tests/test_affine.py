@@ -3,14 +3,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgraph.nn.affine import affine_row_scores, affine_table
+from mmgraph.nn.affine import DENSE_COEF_RATIO, affine_row_scores, affine_table
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("x_trainable", [True, False])
-def test_affine_row_scores_equal_the_table_form(bias, x_trainable):
+@pytest.mark.parametrize("n_items", [13, 50])   # both backward forms: items <= 2 K B (the per-item sums), and more
+def test_affine_row_scores_equal_the_table_form(bias, x_trainable, n_items):
+    assert (n_items <= DENSE_COEF_RATIO * 18) == (n_items == 13)
     g = torch.Generator().manual_seed(0)
-    n_items, d_x, d, b, k = 13, 7, 5, 6, 3
+    d_x, d, b, k = 7, 5, 6, 3
     leaf = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
     x = torch.randn(n_items, d_x, generator=g, dtype=torch.float64, requires_grad=x_trainable)
     weight, users = leaf(d, d_x), leaf(b, d)
@@ -31,11 +33,12 @@ def test_affine_row_scores_equal_the_table_form(bias, x_trainable):
     assert not affine_table(x, weight, bias_t).requires_grad
 
 
-def test_affine_row_scores_gradient_check():
+@pytest.mark.parametrize("n_items", [6, 40])
+def test_affine_row_scores_gradient_check(n_items):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n_items, 4, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
     u = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    ids = torch.randint(0, 6, (2, 5), generator=g)
+    ids = torch.randint(0, min(n_items, 6), (2, 5), generator=g)
     assert torch.autograd.gradcheck(lambda u, x, w, b: affine_row_scores(u, x, w, b, ids), (u, x, w, bias))

@@ -7,6 +7,11 @@ import torch
 from torch import Tensor
 
 
+#: the backward takes the per-item coefficient form when items <= this x the scored slots (K B); measured on a
+#: 2-core CPU: 2-2.7x faster at 6.7-7k items for 6k slots (d_x 128-4096), 3x slower at 63k items
+DENSE_COEF_RATIO = 2
+
+
 class _AffineRowScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx, users: Tensor, table: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
@@ -25,9 +30,26 @@ class _AffineRowScores(torch.autograd.Function):
         d_users = d_x = d_weight = d_bias = None
         if need_u:
             d_users = (g * rows).sum(0)                                          # sum_k g_kb T[i_kb]
+        if not (need_x or need_w or need_b):
+            return d_users, None, d_x, d_weight, d_bias, None
+        if x.shape[0] <= DENSE_COEF_RATIO * ids.numel():
+            # few items for the slots: every gradient of the map through C [I, d], C_i = sum over the slots
+            # (k, b) holding item i of g_kb u_b (one index_add of [K B, d] rows): dW = C^T x, dx = C W (the dense
+            # [I, d_x] gradient in one product), db = sum_i C_i. Two [I, d] x [I, d_x]-sized products instead of
+            # passes over [K, B, d_x] gathered rows: ~2x faster at TikTok / Baby sizes (6.7-7k items, 6k slots)
+            coef = torch.zeros(x.shape[0], users.shape[1], dtype=users.dtype, device=users.device)
+            coef.index_add_(0, ids.reshape(-1), (g * users.unsqueeze(0)).reshape(-1, users.shape[1]))
+            if need_w:
+                d_weight = coef.t() @ x
+            if need_x:
+                d_x = coef @ weight
+            if need_b and ctx.has_bias:
+                d_bias = coef.sum(0)
+            return d_users, None, d_x, d_weight, d_bias, None
+        # many items (e.g. 63k): the gathered rows' form, whose cost follows the slots, not the catalogue
         if need_w:
             # dW = sum_kb g_kb u_b x_{i_kb}^T = U^T Z with Z_b = sum_k g_kb x_{i_kb}: a [B, d] x [B, d_x]
-            # product instead of the [I, d] x [I, d_x] one of the table's own backward
+            # product instead of the table's [I, d] x [I, d_x] one
             z = (g * x.index_select(0, ids.reshape(-1)).view(*ids.shape, -1)).sum(0)
             d_weight = users.t() @ z
         if need_b and ctx.has_bias:
@@ -51,9 +73,10 @@ def affine_row_scores(users: Tensor, x: Tensor, weight: Tensor, bias: Optional[T
     ``bias`` -- the same values and gradients as scoring against ``F.linear(x, weight, bias)[ids]``.
 
     The item map's rows come from ``table`` (:func:`affine_table`, computed once and shared, e.g. with a
-    no-gradient candidate scoring) and the backward runs on the batch's users: ``dW = U^T Z`` with
-    ``Z = sum_k g_k x[ids_k]`` (``[B, d] x [B, d_x]``) instead of the table's ``[I, d] x [I, d_x]`` product,
-    and ``dx`` is a scatter of ``g (U W)`` onto the rows used.
+    no-gradient candidate scoring) and the backward never differentiates the table: with few items for the
+    ``K B`` slots (``I <= 2 K B``) it sums each item's ``g_kb u_b`` into ``C [I, d]`` and takes ``dW = C^T x``,
+    ``dx = C W``, ``db = sum C``; with many, ``dW = U^T Z`` with ``Z = sum_k g_k x[ids_k]`` (``[B, d] x [B, d_x]``)
+    and ``dx`` a scatter of ``g (U W)`` onto the rows used.
 
     Args:
         users: ``[B, d]``.
