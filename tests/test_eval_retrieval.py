@@ -76,3 +76,6 @@ def test_topk_rows_equals_torch_topk(n):
         v, i = topk_rows(scores, k)
         rv, ri = torch.topk(scores, k, dim=1)
         assert torch.equal(v, rv) and torch.equal(i, ri)
+        # leading dimensions are rows (DA-MRS ranks [views, rows, items] blocks)
+        v3, i3 = topk_rows(scores.view(4, 10, n), k)
+        assert v3.shape == (4, 10, k) and torch.equal(v3.reshape(40, k), rv) and torch.equal(i3.reshape(40, k), ri)

@@ -97,11 +97,15 @@ def topk_rows(scores: torch.Tensor, k: int, block: int = 64) -> Tuple[torch.Tens
     Two exact stages when a row is much wider than ``k``: the row is cut into blocks of ``block``
     columns and the ``k`` blocks with the largest maxima are kept (every top-k item lies in one: a
     block holding an item of score s has max >= s, and fewer than k items score above the k-th best,
-    so fewer than k blocks can have a larger max), then top-k over those ``k * block`` candidates.
-    The block maxima are a fast streaming pass; ``torch.topk`` on CPU copies every (value, index) of
-    the row. Same values as ``torch.topk``; only the order among exactly tied scores may differ.
+    so fewer than k blocks can have a larger max), then top-k over those ``k * block`` candidates (and the
+    ragged tail), whose positions map back to columns through the kept blocks' ids. The block maxima are a
+    fast streaming pass; ``torch.topk`` on CPU copies every (value, index) of the row. Same values as
+    ``torch.topk``; only the order among exactly tied scores may differ. Any leading dimensions are rows.
     """
-    n = scores.shape[1]
+    n = scores.shape[-1]
+    if scores.dim() != 2:
+        values, cols = topk_rows(scores.reshape(-1, n), k, block)
+        return values.view(*scores.shape[:-1], -1), cols.view(*scores.shape[:-1], -1)
     if scores.device.type != "cpu" or n < 400 * k or k < 1:  # GPU top-k is fast; narrow rows: no gain
         return torch.topk(scores, min(k, n), dim=1)
     b = scores.shape[0]
@@ -109,13 +113,13 @@ def topk_rows(scores: torch.Tensor, k: int, block: int = 64) -> Tuple[torch.Tens
     body = scores[:, :nb * block].view(b, nb, block)
     top_blocks = torch.topk(body.amax(2), k, dim=1, sorted=False).indices               # [B, k]
     cand = body.gather(1, top_blocks.unsqueeze(2).expand(-1, -1, block)).reshape(b, k * block)
-    cols = (top_blocks.unsqueeze(2) * block
-            + torch.arange(block, device=scores.device)).reshape(b, k * block)
+    width = k * block
     if nb * block < n:  # the ragged tail is always a candidate
         cand = torch.cat([cand, scores[:, nb * block:]], 1)
-        cols = torch.cat([cols, torch.arange(nb * block, n, device=scores.device).expand(b, -1)], 1)
     values, pos = torch.topk(cand, k, dim=1)
-    return values, cols.gather(1, pos)
+    kept = top_blocks.gather(1, torch.div(pos, block, rounding_mode="floor").clamp_(max=k - 1))
+    cols = torch.where(pos < width, kept * block + pos % block, pos - width + nb * block)
+    return values, cols
 
 
 def _check_emb(user_emb, item_emb) -> Tuple[torch.Tensor, torch.Tensor]:
