@@ -79,3 +79,4 @@ def test_topk_rows_equals_torch_topk(n):
         # leading dimensions are rows (DA-MRS ranks [views, rows, items] blocks)
         v3, i3 = topk_rows(scores.view(4, 10, n), k)
         assert v3.shape == (4, 10, k) and torch.equal(v3.reshape(40, k), rv) and torch.equal(i3.reshape(40, k), ri)
+    assert topk_rows(scores.view(4, 10, n), 0)[1].shape == (4, 10, 0)

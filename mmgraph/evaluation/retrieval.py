@@ -105,7 +105,8 @@ def topk_rows(scores: torch.Tensor, k: int, block: int = 64) -> Tuple[torch.Tens
     n = scores.shape[-1]
     if scores.dim() != 2:
         values, cols = topk_rows(scores.reshape(-1, n), k, block)
-        return values.view(*scores.shape[:-1], -1), cols.view(*scores.shape[:-1], -1)
+        lead = scores.shape[:-1]
+        return values.view(*lead, values.shape[-1]), cols.view(*lead, cols.shape[-1])
     if scores.device.type != "cpu" or n < 400 * k or k < 1:  # GPU top-k is fast; narrow rows: no gain
         return torch.topk(scores, min(k, n), dim=1)
     b = scores.shape[0]
