@@ -228,9 +228,8 @@ class _WeightedLogSumExp(torch.autograd.Function):
 
     The gradients are known up to the incoming scalar once the forward has the softmax rows ``P_b``:
     ``da_b = w_b P_b x`` and ``dx = P^T (w (.) a)``. So the forward runs by blocks of rows -- scores, row
-    maximum, ``exp``, row sums and both gradient products while the block is in cache (a ``[128, N]`` float32
-    block) -- and never holds the ``[B, N]`` matrix (whose memory traffic, not the arithmetic, dominates when
-    ``d`` is small); the backward only scales."""
+    maximum, ``exp``, row sums and both gradient products per block, in one reused block buffer -- and never
+    holds more than a block of the ``[B, N]`` matrix; the backward only scales."""
 
     @staticmethod
     def forward(ctx, a, x, w, c, block):  # type: ignore[override]
@@ -272,15 +271,32 @@ class _WeightedLogSumExp(torch.autograd.Function):
         return (None if da is None else da * grad), (None if dx is None else dx * grad), None, None, None
 
 
+#: bytes of the ``[block, N]`` score block of :func:`weighted_logsumexp` when its ``block`` is not given
+LSE_BLOCK_BYTES = 32 << 20
+
+
 def weighted_logsumexp(a: Tensor, x: Tensor, weights: Optional[Tensor] = None,
-                       col_weights: Optional[Tensor] = None, block: int = 128) -> Tensor:
+                       col_weights: Optional[Tensor] = None, block: Optional[int] = None) -> Tensor:
     """``sum_b w_b log sum_j c_j exp(a_b . x_j)`` (scalar) for ``a [B, d]`` against every row of ``x [N, d]``, with
     row weights ``w [B]`` and column weights (multiplicities) ``c [N]`` (default 1; constants, no gradient), by
     blocks of ``block`` rows (:class:`_WeightedLogSumExp`): the same value and gradients as
-    ``(w * logsumexp(a @ x.T + log c, 1)).sum()`` without its ``[B, N]`` buffers."""
+    ``(w * logsumexp(a @ x.T + log c, 1)).sum()`` without its ``[B, N]`` buffers.
+
+    ``block`` defaults to as many rows as fit :data:`LSE_BLOCK_BYTES` (32 MB; at least 128): the whole batch
+    in one block at in-batch sizes. Fewer, larger blocks measured faster than 128-row ones on TikTok (2 cores,
+    steps: LightGCN + CROSS 134 -> 124 ms, SLMRec 67 -> 63, LGMRec 95 -> 91, AnchorRec 73 -> 71): each block is
+    ~10 operator calls, and at these sizes their overhead outweighs what a cache-sized block saves."""
     w = a.new_ones(a.shape[0]) if weights is None else weights.detach().to(a.dtype)
     c = None if col_weights is None else col_weights.detach().to(a.dtype)
+    if block is None:
+        block = lse_block_rows(x.shape[0], a.element_size())
     return _WeightedLogSumExp.apply(a, x, w, c, int(block))
+
+
+def lse_block_rows(n_cols: int, itemsize: int = 4) -> int:
+    """Rows of a :func:`weighted_logsumexp` block against ``n_cols`` columns: a ``[rows, n_cols]`` block within
+    :data:`LSE_BLOCK_BYTES`, at least 128 rows."""
+    return max(128, LSE_BLOCK_BYTES // max(1, int(n_cols) * int(itemsize)))
 
 
 class _SoftCrossEntropy(torch.autograd.Function):

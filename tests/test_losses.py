@@ -72,6 +72,13 @@ def test_weighted_logsumexp_equals_torch_logsumexp_values_and_gradients():
     torch.testing.assert_close(ga, torch.autograd.grad(ref, a, retain_graph=True)[0])
 
 
+def test_weighted_logsumexp_default_block_is_bounded_by_memory():
+    from mmgraph.losses import LSE_BLOCK_BYTES, lse_block_rows
+    assert lse_block_rows(1340) * 1340 * 4 <= LSE_BLOCK_BYTES and lse_block_rows(1340) >= 2 * 2048  # a batch: one block
+    assert lse_block_rows(63_000) == LSE_BLOCK_BYTES // (63_000 * 4)           # a catalogue: 133 rows, 32 MB
+    assert lse_block_rows(10_000_000) == 128 and lse_block_rows(1340, 8) == lse_block_rows(2680, 4)
+
+
 def test_weighted_logsumexp_column_weights_are_multiplicities():
     from mmgraph.losses import weighted_logsumexp
     g = torch.Generator().manual_seed(1)
