@@ -283,9 +283,10 @@ def weighted_logsumexp(a: Tensor, x: Tensor, weights: Optional[Tensor] = None,
     ``(w * logsumexp(a @ x.T + log c, 1)).sum()`` without its ``[B, N]`` buffers.
 
     ``block`` defaults to as many rows as fit :data:`LSE_BLOCK_BYTES` (32 MB; at least 128): the whole batch
-    in one block at in-batch sizes. Fewer, larger blocks measured faster than 128-row ones on TikTok (2 cores,
-    steps: LightGCN + CROSS 134 -> 124 ms, SLMRec 67 -> 63, LGMRec 95 -> 91, AnchorRec 73 -> 71): each block is
-    ~10 operator calls, and at these sizes their overhead outweighs what a cache-sized block saves."""
+    in one block at in-batch sizes. This measured faster than 128-row blocks on TikTok (2 cores, steps
+    alternating in one process: LightGCN + CROSS 141 -> 134 ms, FREEDOM + CROSS 140 -> 131, SLMRec 64 -> 61,
+    AnchorRec 67 -> 65, LGMRec and MGCN level): each block is ~10 operator calls, and at these sizes their
+    overhead outweighs what a cache-sized block saves."""
     w = a.new_ones(a.shape[0]) if weights is None else weights.detach().to(a.dtype)
     c = None if col_weights is None else col_weights.detach().to(a.dtype)
     if block is None:
