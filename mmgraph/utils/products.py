@@ -31,11 +31,11 @@ _PRODUCTS = {
 Product = Tuple[str, Tuple[int, ...]]
 
 
-def _factors(func, args) -> Tuple[torch.Tensor, torch.Tensor]:
+def _factors(args) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two factors: the last two positional tensors ((a, b), or (self, a, b) for the add* forms; an
+    ``out=`` tensor comes as a keyword)."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if func in (aten.mm.out, aten.bmm.out, aten.mv.out):
-        return tensors[0], tensors[1]                 # (self, other, out=...)
-    return tensors[-2], tensors[-1]                   # (self, a, b) for the add* forms, (a, b) otherwise
+    return tensors[-2], tensors[-1]
 
 
 def flops(product: Product) -> int:
@@ -64,7 +64,7 @@ class ProductCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kind = _PRODUCTS.get(func)
         if kind is not None:
-            a, b = _factors(func, args)
+            a, b = _factors(args)
             if a.layout != torch.strided or b.layout != torch.strided:
                 self.sparse += 1
             elif kind == "mm":
