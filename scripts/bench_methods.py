@@ -10,13 +10,18 @@ Per entry (``METHOD`` or ``METHOD+PLUGIN``): the median over ``--steps`` trainin
 (``model.loss`` + plug-in losses), the backward and the optimiser step; one validation; the per-epoch
 work (the model's epoch hook + sampling one epoch); and the resulting epoch estimate
 ``steps_per_epoch x step + epoch work + validation``. Entries with a plug-in also print the ratio of
-their step to the backbone's step (measured in the same run). ``--profile`` adds the top operators of
-each entry's steps (torch.profiler, self CPU time).
+their step to the backbone's step (measured in the same run). ``--profile`` adds each entry's costliest
+operators with their argument shapes, timed in place over the same steps run once more
+(:class:`mmgraph.utils.op_timer.OpTimer`; torch.profiler's CPU activity doubles an MMGCN step here and
+inflates its element-wise operators about tenfold).
 
 ``--floor`` adds the dense matrix products of one step (``GFLOP``) and the time they take run alone, back to
-back on random operands of the same shapes (``products``, ms; :mod:`mmgraph.utils.products`): a lower bound
-on the step that no tuning of the rest removes. For a plug-in entry, ``floor x`` is the smallest ratio to the
-backbone's step its products leave: (backbone step + the entry's extra product time) / backbone step.
+back on random operands of the same shapes (``products``, ms; :mod:`mmgraph.utils.products`), and the step's
+sparse x dense products (the graph propagations) run alone on their own adjacencies (``sparse``, ms): a lower
+bound on the step that no tuning of the rest removes. For a plug-in entry, ``floor x`` is the smallest ratio to
+the backbone's step its products leave: (backbone step + the entry's extra product time) / backbone step.
+``epoch floor`` is the same bound for an epoch (seconds): steps per epoch x the step's products + one
+validation's products (dense and sparse, run alone) -- the figure to hold a peer's epoch time against.
 
 ``--interleave`` times each ``METHOD+PLUGIN`` entry step by step in alternation with its backbone (use it
 on a shared machine: the load then weighs on both alike and the ratio is stable between runs).
@@ -144,27 +149,33 @@ def _timed_batches(batches, steps: int):
 
 
 def _floor(setup: Dict[str, object]) -> Dict[str, float]:
-    """The dense products of one more step: ``{"gflop": ..., "products": seconds run alone}``."""
+    """The products of one more step and of one validation: ``{"gflop": ..., "products": dense seconds run
+    alone, "sparse": sparse seconds run alone, "valid_products": the validation's, dense + sparse}``."""
     from mmgraph.utils.products import ProductCounter
 
-    counter = ProductCounter()
-    with counter:
+    trainer = setup["trainer"]
+    step, valid = ProductCounter(), ProductCounter()
+    with step:
         setup["step"](setup["batches"][-1])
-    return {"gflop": counter.gflop(), "products": counter.time_alone(device=setup["trainer"].device)}
+    with valid:
+        trainer.validate()
+    return {"gflop": step.gflop(), "products": step.time_alone(device=trainer.device),
+            "sparse": step.time_sparse_alone(),
+            "valid_products": valid.time_alone(device=trainer.device) + valid.time_sparse_alone()}
 
 
 def bench_entry(entry: str, dataset, sets, steps: int, profile: bool, floor: bool = False) -> Dict[str, float]:
     setup = _setup(entry, dataset, sets, _kept(steps))
-    prof = None
-    if profile:
-        from torch.profiler import ProfilerActivity
-        prof = torch.profiler.profile(activities=[ProfilerActivity.CPU])
-        prof.__enter__()
-    times = [setup["step"](b) for b in _timed_batches(setup["batches"], steps)]
-    if prof is not None:
-        prof.__exit__(None, None, None)
-        print(f"\n{entry}: top operators over {len(times)} steps")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    batches = _timed_batches(setup["batches"], steps)
+    times = [setup["step"](b) for b in batches]
+    if profile:   # after the timed steps, so that the timer's overhead never reaches the table's figures
+        from mmgraph.utils.op_timer import OpTimer
+
+        with OpTimer() as timer:
+            for b in batches:
+                setup["step"](b)
+        print(f"\n{entry}: costliest operators, per step (in place, mean of {len(batches)} steps)")
+        print(timer.table(rows=12, per=len(batches)))
     return {**_summary(times, setup), **(_floor(setup) if floor else {})}
 
 
@@ -226,7 +237,8 @@ def _main(argv=None) -> int:
           "seconds per epoch")
     header = (f"{'entry':22s} {'forward':>8s} {'backward':>8s} {'optim':>7s} {'step':>7s} {'x backbone':>10s} "
               f"{'steps':>5s} {'epoch work':>10s} {'valid':>6s} {'epoch s':>8s}"
-              + (f" {'GFLOP':>6s} {'products':>8s} {'floor x':>7s}" if args.floor else ""))
+              + (f" {'GFLOP':>6s} {'products':>8s} {'sparse':>6s} {'floor x':>7s} {'epoch floor':>11s}"
+                 if args.floor else ""))
     print(header)
     print("-" * len(header))
     for entry, r in rows.items():
@@ -241,8 +253,10 @@ def _main(argv=None) -> int:
 def _floor_columns(r: Dict[str, float], base: Dict[str, float], entry: str) -> str:
     ratio = ""
     if base is not None and "+" in entry:
-        ratio = f"x{(base['step'] + max(0.0, r['products'] - base['products'])) / base['step']:.2f}"
-    return f" {r['gflop']:6.2f} {1e3 * r['products']:8.1f} {ratio:>7s}"
+        extra = r["products"] + r["sparse"] - base["products"] - base["sparse"]
+        ratio = f"x{(base['step'] + max(0.0, extra)) / base['step']:.2f}"
+    epoch = r["steps_per_epoch"] * (r["products"] + r["sparse"]) + r["valid_products"]
+    return f" {r['gflop']:6.2f} {1e3 * r['products']:8.1f} {1e3 * r['sparse']:6.1f} {ratio:>7s} {epoch:11.2f}"
 
 
 if __name__ == "__main__":

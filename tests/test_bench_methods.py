@@ -46,14 +46,30 @@ def test_floor_columns_count_the_plugin_products(bench, capsys):
     assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn+cross",
                        "--steps", "2", "--interleave", "--floor", "--set", "threads=1"]) == 0
     out = capsys.readouterr().out
-    assert "GFLOP" in out.splitlines()[-4] and "floor x" in out.splitlines()[-4]
+    header = out.splitlines()[-4]
+    assert all(name in header for name in ("GFLOP", "products", "sparse", "floor x", "epoch floor"))
     rows = _rows(out)
     base, plug = rows["lightgcn"], rows["lightgcn+cross"]
-    # columns after "epoch s": GFLOP, products (ms), and for the plug-in entry the floor ratio
-    assert len(base) == 10 and len(plug) == 12       # the backbone row has no ratio columns
+    # columns after "epoch s": GFLOP, products (ms), sparse (ms), [floor x for a plug-in entry], epoch floor (s)
+    assert len(base) == 12 and len(plug) == 14       # the backbone row has no ratio columns
     assert plug[9] > base[8]                         # CROSS adds dense products (its InfoNCE and codes)
     assert plug[10] > 0
-    assert 1.0 <= plug[11] <= plug[4] + 0.01         # the floor is at most the measured ratio: a lower bound
+    assert base[10] > 0 and plug[11] > 0             # LightGCN's propagation: sparse products, timed
+    assert 1.0 <= plug[12] <= plug[4] + 0.01         # the floor is at most the measured ratio: a lower bound
+    for row, floor in ((base, base[11]), (plug, plug[13])):
+        steps = row[5]
+        # steps x (dense + sparse products) + the validation's: at least the step part, at most the measured epoch
+        assert floor >= steps * (row[-3 if row is base else -4] + row[-2 if row is base else -3]) / 1e3 - 0.01
+        assert floor <= row[8] + 0.01
+
+
+def test_profile_prints_in_place_operator_times_without_touching_the_step_figures(bench, capsys):
+    assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn",
+                       "--steps", "2", "--profile", "--set", "threads=1"]) == 0
+    out = capsys.readouterr().out
+    assert "lightgcn: costliest operators, per step" in out
+    assert "all operators" in out and "addmm_(" in out      # the CSR propagation among the operators
+    assert "lightgcn" in _rows(out)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgraph.utils.products import ProductCounter, flops, time_product
+from mmgraph.utils.products import ProductCounter, flops, time_product, time_sparse_product
 
 
 def test_linear_forward_and_backward_products():
@@ -44,6 +44,27 @@ def test_sparse_products_are_counted_apart():
         x.t() @ x
     assert counter.dense == [("mm", (4, 6, 4))]
     assert counter.sparse == 2
+    assert [(a.layout, shape) for a, shape in counter.sparse_products] == [(torch.sparse_csr, (6, 4)),
+                                                                          (torch.sparse_coo, (6, 4))]
+
+
+def test_sparse_products_are_timed_on_their_own_adjacency():
+    n = 2000
+    dense_rows = torch.eye(n).to_sparse_csr()
+    many = (torch.rand(n, n) < 0.05).float().to_sparse_csr()      # 100x the nonzeros
+    x = torch.randn(n, 32)
+    counter = ProductCounter()
+    with counter:
+        dense_rows @ x
+        dense_rows @ x
+        many @ x
+    assert len(counter.sparse_products) == 3
+    assert counter.time_sparse_alone(min_seconds=0.001) > 0
+    alone = [time_sparse_product(a, (n, 32), min_seconds=0.005) for a in (dense_rows, many)]
+    assert alone[1] > alone[0]                       # the cost follows the sparsity, not the shapes
+    for adj in (dense_rows, torch.eye(n).to_sparse()):
+        out = torch.empty(n, 32).addmm_(adj, x, beta=0)  # the timed form is the product itself
+        assert torch.allclose(out, x)
 
 
 def test_time_alone_weights_each_shape_by_its_count():

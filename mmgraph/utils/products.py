@@ -5,8 +5,9 @@ on its time that no tuning of the rest (element-wise work, gathers, Python) can 
 random operands of the same shapes, they give the step's floor on this machine unless the arithmetic itself
 changes. ``scripts/bench_methods.py --floor`` prints it per method next to the measured step.
 
-Sparse products (an operand not strided: CSR / COO adjacencies) are counted apart and not timed: their cost
-depends on the sparsity, not the shapes.
+Sparse products (an operand not strided: CSR / COO adjacencies) are counted apart: their cost depends on the
+sparsity, not the shapes, so :meth:`ProductCounter.time_sparse_alone` times them on the recorded sparse factor
+itself (the counter keeps a reference to it) with a random dense factor of the recorded shape.
 """
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ class ProductCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.dense: List[Product] = []   # the dense products, in call order
-        self.sparse = 0                  # products with a sparse operand (not timed)
+        self.sparse = 0                  # products with a sparse operand
+        #: the sparse-times-dense ones among them: (sparse factor, dense factor's shape), in call order
+        self.sparse_products: List[Tuple[torch.Tensor, Tuple[int, ...]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kind = _PRODUCTS.get(func)
@@ -67,6 +70,8 @@ class ProductCounter(TorchDispatchMode):
             a, b = _factors(args)
             if a.layout != torch.strided or b.layout != torch.strided:
                 self.sparse += 1
+                if a.layout != torch.strided and b.layout == torch.strided and b.dim() == 2:
+                    self.sparse_products.append((a, tuple(b.shape)))
             elif kind == "mm":
                 self.dense.append((kind, (a.shape[0], a.shape[1], b.shape[1])))
             elif kind == "bmm":
@@ -88,6 +93,16 @@ class ProductCounter(TorchDispatchMode):
             counts[p] = counts.get(p, 0) + 1
         return sum(n * time_product(p, dtype, device, min_seconds) for p, n in counts.items())
 
+    def time_sparse_alone(self, min_seconds: float = 0.02) -> float:
+        """Seconds the recorded sparse x dense products take run alone: each distinct (sparse factor, shape)
+        timed once on its own sparse factor and a random dense one, weighted by its count. A product with the
+        sparse factor second is counted in :attr:`sparse` but not timed."""
+        counts: Dict[Tuple[int, Tuple[int, ...]], List] = {}
+        for adj, shape in self.sparse_products:
+            entry = counts.setdefault((id(adj), shape), [adj, 0])
+            entry[1] += 1
+        return sum(n * time_sparse_product(adj, shape, min_seconds) for (_, shape), (adj, n) in counts.items())
+
 
 def _operands(product: Product, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
     kind, shape = product
@@ -103,20 +118,31 @@ def time_product(product: Product, dtype: torch.dtype = torch.float32, device="c
     kind = product[0]
     op = {"mm": torch.mm, "bmm": torch.bmm, "mv": torch.mv, "dot": torch.dot}[kind]
     a, b = _operands(product, dtype, device)
-    dev = torch.device(device)
+    return _median_seconds(lambda: op(a, b), torch.device(device), min_seconds)
 
+
+def time_sparse_product(adj: torch.Tensor, shape: Tuple[int, ...], min_seconds: float = 0.02) -> float:
+    """Median seconds of ``adj @ x`` for the sparse ``adj [m, k]`` and a random dense ``x`` of ``shape`` (``[k,
+    n]``), written into a fresh buffer with ``addmm_(beta=0)`` as :func:`mmgraph.nn.sparse.csr_mm` does (the
+    fastest form on CPU)."""
+    x = torch.randn(shape, dtype=adj.dtype, device=adj.device)
+    return _median_seconds(lambda: x.new_empty(adj.shape[0], shape[1]).addmm_(adj, x, beta=0), adj.device,
+                           min_seconds)
+
+
+def _median_seconds(fn, dev: torch.device, min_seconds: float) -> float:
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
     with torch.no_grad():
-        op(a, b)                      # warm-up
+        fn()                          # warm-up
         sync()
         times: List[float] = []
         spent = 0.0
         while spent < min_seconds or len(times) < 3:
             t0 = time.perf_counter()
-            op(a, b)
+            fn()
             sync()
             times.append(time.perf_counter() - t0)
             spent += times[-1]
