@@ -122,3 +122,71 @@ def test_dim_latent_for_an_absent_modality_is_reported(tiny, caplog):
     with caplog.at_level("INFO", logger="mmgraph.models.mmgcn"):
         build_model("mmgcn", tiny, {**cfg, "dim_latent": {"txt": 8}})
     assert [r.levelname for r in caplog.records if "dim_latent names txt" in r.message] == ["WARNING"]
+
+
+def _brute_force_parts(model, a):
+    """Every modality's output ``[U + I, d]`` straight from the layer formulas (``x^0`` formed and normalised)."""
+    reps = {}
+    for m in model.modalities:
+        g = model.gcn[m]
+        feat = model.features.raw(m)
+        x = F.normalize(torch.cat([g.preference, g.mlp(feat) if g.mlp is not None else feat]))
+        for w, lin, comb in zip(g.conv_weight, g.linear, g.combine):
+            h = F.leaky_relu(a @ (x @ w))
+            x = F.leaky_relu(comb(torch.cat([h, F.leaky_relu(lin(x)) + model.id_emb], 1)))
+        reps[m] = x
+    return reps
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_first_layer_from_raw_features_has_the_brute_force_values_and_gradients(tiny, n_layers):
+    """With a latent width the items' first-layer products come from the raw features without forming
+    ``norm(X W_mlp^T + b)`` (``ModalityGCN._first_layer``): the same outputs and parameter gradients (the MLP's
+    included) as the layer formulas, for a one-layer stack (the last layer's Linear already applied) too."""
+    torch.manual_seed(1)
+    model = build_model("mmgcn", tiny, {"graph_cache": False, "dim_latent": {"image": 9}, "n_layers": n_layers})
+    image, text = model.gcn["image"], model.gcn["text"]
+    assert image._factored_items(6) and text.mlp is None          # image: 6 -> 9, factored; text raw
+    with torch.no_grad():
+        image.mlp.bias.mul_(20)            # |b| well above |W x|: the norm's cross and bias terms matter
+    parts = model.parts()
+    weights = {m: torch.randn_like(p) for m, p in parts.items()}
+    sum((parts[m] * weights[m]).sum() for m in parts).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = _brute_force_parts(model, _dense_mean(tiny))
+    for m in parts:
+        torch.testing.assert_close(parts[m], ref[m], atol=1e-5, rtol=1e-5)
+    sum((ref[m] * weights[m]).sum() for m in ref).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, atol=2e-5, rtol=1e-4, msg=name)
+    assert got["gcn.image.mlp.weight"].abs().sum() > 0
+
+
+def test_first_layer_keeps_the_formed_rows_where_they_are_cheaper(tiny):
+    model = build_model("mmgcn", tiny, {"graph_cache": False, "dim_latent": {"image": 4}})
+    image = model.gcn["image"]
+    # width 4 from 6-d features, d = 64: forming the rows costs 6 * 4 + 4 * 68 = 296 multiply-adds a row, the
+    # factored form 6 * (4 + 64 + 6 + 1) = 450
+    assert not image._factored_items(6)
+    with torch.no_grad():
+        ref = _brute_force_parts(model, _dense_mean(tiny))["image"]
+        torch.testing.assert_close(model.parts()["image"], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_first_layer_zero_feature_row_normalises_to_zero_like_f_normalize(tiny):
+    """A zero latent row (zero feature, zero bias) has norm 0 < eps: ``F.normalize`` keeps it 0, so must the
+    factored form (no inf or nan)."""
+    import copy
+    data = copy.deepcopy(tiny)
+    model = build_model("mmgcn", data, {"graph_cache": False, "dim_latent": {"image": 9}, "n_layers": 1})
+    image = model.gcn["image"]
+    with torch.no_grad():
+        image.mlp.bias.zero_()
+    feat = model.features.raw("image").clone()
+    feat[0] = 0
+    conv, lin = image._first_layer(feat)
+    assert torch.isfinite(conv).all() and torch.isfinite(lin).all()
+    U = tiny.n_users
+    torch.testing.assert_close(conv[U], torch.zeros_like(conv[U]))
+    torch.testing.assert_close(lin[U], image.linear[0].bias)
