@@ -37,8 +37,6 @@ from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
 
 log = logging.getLogger(__name__)
 
-_EPS = 1e-12    # row_normalize's
-
 
 def mean_adj(edge_index: Tensor, n_users: int, n_items: int) -> SparseAdj:
     """The bipartite graph (both directions, users first) with weight ``1 / deg(target)``: ``A @ x`` is the
@@ -82,73 +80,31 @@ class ModalityGCN(nn.Module):
     def forward(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tensor:
         return self.last(*self.hidden(features, id_emb, adj), id_emb)
 
-    def hidden(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tuple[Tensor, Optional[Tensor], bool]:
+    def hidden(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tuple[Tensor, Optional[Tensor]]:
         """Every layer but the last's combination, over all nodes: the last layer's input ``x`` and its
-        aggregation ``h = LeakyReLU(A x W_conv)`` (``[U + I, d_l]`` each; ``h`` is None without layers), and
-        whether ``x`` is that input already through the last layer's ``Linear`` (a one-layer stack: see
-        :meth:`_first_layer`). :meth:`last` finishes the layer on the rows that are needed: its combination is
-        row-wise."""
-        if not len(self.conv_weight):
-            items = self.mlp(features) if self.mlp is not None else features
-            return row_normalize(torch.cat([self.preference, items], 0)), None, False
-        conv, lin = self._first_layer(features)
-        h = F.leaky_relu(self.conv(conv, adj))
-        x, linear_done = lin, True
-        for layer in range(1, len(self.conv_weight)):
-            x = self._combine(layer - 1, x, h, id_emb, linear_done)
-            linear_done = False
-            h = F.leaky_relu(self.conv(x @ self.conv_weight[layer], adj))
-        return x, h, linear_done
+        aggregation ``h = LeakyReLU(A x W_conv)`` (``[U + I, d_l]`` each; ``h`` is None without layers).
+        :meth:`last` finishes the layer on the rows that are needed: its combination is row-wise."""
+        items = self.mlp(features) if self.mlp is not None else features
+        x = row_normalize(torch.cat([self.preference, items], 0))
+        h: Optional[Tensor] = None
+        for layer, w in enumerate(self.conv_weight):
+            if h is not None:
+                x = self._combine(layer - 1, x, h, id_emb)
+            h = F.leaky_relu(self.conv(x @ w, adj))
+        return x, h
 
-    def last(self, x: Tensor, h: Optional[Tensor], linear_done: bool, id_emb: Tensor,
-             rows: Optional[Tensor] = None) -> Tensor:
+    def last(self, x: Tensor, h: Optional[Tensor], id_emb: Tensor, rows: Optional[Tensor] = None) -> Tensor:
         """The last layer's output ``[U + I, d]``, or its rows ``rows`` (distinct node ids) ``[n, d]``."""
         if h is None:
             return x if rows is None else unique_rows(x, rows)
         if rows is not None:
             x, h, id_emb = unique_rows(x, rows), unique_rows(h, rows), id_emb[rows]
-        return self._combine(len(self.conv_weight) - 1, x, h, id_emb, linear_done)
+        return self._combine(len(self.conv_weight) - 1, x, h, id_emb)
 
-    def _first_layer(self, features: Tensor) -> Tuple[Tensor, Tensor]:
-        """The first layer's two products of ``x^0 = norm([P ; X W_mlp^T + b])``: ``(x^0 W_conv [U + I, d_0],
-        Linear(x^0) [U + I, d])``, as one product with ``[W_conv | W_lin^T]`` per side (one pass over ``x^0``,
-        one gradient product back).
-
-        With a latent width, an item's ``x^0`` is ``z / ||z||`` for ``z = W_mlp x + b``, affine in the frozen
-        feature ``x``, so its products follow from ``x`` without forming ``z``: ``x^0 W = (x^T (W_mlp^T W) +
-        b^T W) / ||z||`` and ``||z||^2 = x^T G x + 2 x^T W_mlp^T b + |b|^2`` (``G = W_mlp^T W_mlp``). One ``[I,
-        d_m] x [d_m, d_0 + d + d_m + 1]`` product then replaces ``[I, d_m] x [d_m, d_0]`` and ``[I, d_0] x [d_0,
-        d_0 + d]``, forward and backward: at MMGCN's image widths (128 -> 256, d = 64) half the multiply-adds of
-        the items' rows. The same values up to float rounding (``||z||^2`` as a sum of terms: a row whose ``W_mlp
-        x`` nearly cancels ``b`` keeps less relative precision than the formed ``z``); used where it has fewer
-        multiply-adds."""
-        w, lin = self.conv_weight[0], self.linear[0]
-        width = w.shape[1]
-        both = torch.cat([w, lin.weight.t()], 1)                                # [d_0, d_0 + d]
-        users = row_normalize(self.preference) @ both
-        if self.mlp is not None and self._factored_items(features.shape[1]):
-            a, b = self.mlp.weight, self.mlp.bias                               # [d_0, d_m], [d_0]
-            at = a.t()
-            maps = torch.cat([at @ both, at @ a, (at @ b).unsqueeze(1)], 1)
-            xw, xg, xb = (features @ maps).split([both.shape[1], a.shape[1], 1], 1)
-            sq = (xg * features).sum(1, keepdim=True) + 2 * xb + b @ b
-            items = (xw + b @ both) * sq.clamp_min(_EPS * _EPS).rsqrt()        # / max(||z||, eps), as F.normalize
-        else:
-            items = row_normalize(self.mlp(features) if self.mlp is not None else features) @ both
-        conv = torch.cat([users[:, :width], items[:, :width]], 0)
-        linear = torch.cat([users[:, width:], items[:, width:]], 0) + lin.bias
-        return conv, linear
-
-    def _factored_items(self, d_m: int) -> bool:
-        """Whether the items' first-layer products are cheaper from the raw features (:meth:`_first_layer`)."""
-        width, dim = self.conv_weight[0].shape[1], self.linear[0].weight.shape[0]
-        return d_m * (width + dim + d_m + 1) < d_m * width + width * (width + dim)
-
-    def _combine(self, layer: int, x: Tensor, h: Tensor, id_emb: Tensor, linear_done: bool = False) -> Tensor:
-        """``LeakyReLU(Linear_g([h ; LeakyReLU(Linear(x)) + E_id]))`` (``x`` already through ``Linear`` when
-        ``linear_done``), the concatenation as two products (the same values, without copying ``h`` into a wider
-        buffer and its gradient out of it)."""
-        x_hat = F.leaky_relu(x if linear_done else self.linear[layer](x)) + id_emb
+    def _combine(self, layer: int, x: Tensor, h: Tensor, id_emb: Tensor) -> Tensor:
+        """``LeakyReLU(Linear_g([h ; LeakyReLU(Linear(x)) + E_id]))``, the concatenation as two products (the
+        same values, without copying ``h`` into a wider buffer and its gradient out of it)."""
+        x_hat = F.leaky_relu(self.linear[layer](x)) + id_emb
         g = self.combine[layer]
         width = h.shape[1]
         return F.leaky_relu(torch.addmm(F.linear(h, g.weight[:, :width], g.bias), x_hat, g.weight[:, width:].t()))
