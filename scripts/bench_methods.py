@@ -13,7 +13,8 @@ work (the model's epoch hook + sampling one epoch); and the resulting epoch esti
 their step to the backbone's step (measured in the same run). ``--profile`` adds each entry's costliest
 operators with their argument shapes, timed in place over the same steps run once more
 (:class:`mmgraph.utils.op_timer.OpTimer`; torch.profiler's CPU activity doubles an MMGCN step here and
-inflates its element-wise operators about tenfold).
+inflates its element-wise operators about tenfold); with ``--interleave``, a plug-in entry prints instead what
+its steps spend beyond its backbone's, operator by operator.
 
 ``--floor`` adds the dense matrix products of one step (``GFLOP``) and the time they take run alone, back to
 back on random operands of the same shapes (``products``, ms; :mod:`mmgraph.utils.products`), and the step's
@@ -168,26 +169,40 @@ def bench_entry(entry: str, dataset, sets, steps: int, profile: bool, floor: boo
     setup = _setup(entry, dataset, sets, _kept(steps))
     batches = _timed_batches(setup["batches"], steps)
     times = [setup["step"](b) for b in batches]
-    if profile:   # after the timed steps, so that the timer's overhead never reaches the table's figures
-        from mmgraph.utils.op_timer import OpTimer
-
-        with OpTimer() as timer:
-            for b in batches:
-                setup["step"](b)
+    if profile:
+        timer = _op_times(setup, batches)
         print(f"\n{entry}: costliest operators, per step (in place, mean of {len(batches)} steps)")
         print(timer.table(rows=12, per=len(batches)))
     return {**_summary(times, setup), **(_floor(setup) if floor else {})}
 
 
-def bench_pair(backbone: str, entry: str, dataset, sets, steps: int,
-               floor: bool = False) -> Dict[str, Dict[str, float]]:
+def _op_times(setup: Dict[str, object], batches):
+    """The operators of ``batches``' steps run once more under :class:`~mmgraph.utils.op_timer.OpTimer` (after
+    the timed steps, so that the timer's overhead never reaches the table's figures)."""
+    from mmgraph.utils.op_timer import OpTimer
+
+    with OpTimer() as timer:
+        for b in batches:
+            setup["step"](b)
+    return timer
+
+
+def bench_pair(backbone: str, entry: str, dataset, sets, steps: int, floor: bool = False,
+               profile: bool = False) -> Dict[str, Dict[str, float]]:
     """``backbone`` and ``entry`` (``backbone+plugin``) timed step by step in alternation, so that the load of
-    a shared machine weighs on both alike; the ratio of the medians is then comparable between runs."""
+    a shared machine weighs on both alike; the ratio of the medians is then comparable between runs. With
+    ``profile``, prints what the entry's steps spend beyond the backbone's, operator by operator."""
     a, b = _setup(backbone, dataset, sets, _kept(steps)), _setup(entry, dataset, sets, _kept(steps))
     ta, tb = [], []
-    for ba, bb in zip(_timed_batches(a["batches"], steps), _timed_batches(b["batches"], steps)):
+    batches_a, batches_b = _timed_batches(a["batches"], steps), _timed_batches(b["batches"], steps)
+    for ba, bb in zip(batches_a, batches_b):
         ta.append(a["step"](ba))
         tb.append(b["step"](bb))
+    if profile:
+        base, plus = _op_times(a, batches_a), _op_times(b, batches_b)
+        print(f"\n{entry}: what its steps spend beyond {backbone}'s, per step (operators timed in place, mean of "
+              f"{len(batches_b)} steps each)")
+        print(plus.added_table(base, rows=15, per=len(batches_b), per_base=len(batches_a)))
     return {backbone: {**_summary(ta, a), **(_floor(a) if floor else {})},
             entry: {**_summary(tb, b), **(_floor(b) if floor else {})}}
 
@@ -227,12 +242,10 @@ def _main(argv=None) -> int:
     for e in entries:
         base = e.split("+")[0]
         if args.interleave and "+" in e:
-            pair = bench_pair(base, e, dataset, sets, args.steps, args.floor)
+            pair = bench_pair(base, e, dataset, sets, args.steps, args.floor, args.profile)
             rows[base], rows[e], bases[e] = pair[base], pair[e], pair[base]
         elif not (args.interleave and e in rows):
             rows[e] = bench_entry(e, dataset, sets, args.steps, args.profile, args.floor)
-    if args.interleave and args.profile:
-        print("(--profile is ignored for interleaved pairs)")
     print(f"\n{dataset.name}: {torch.get_num_threads()} threads, median of {args.steps} steps (ms) and "
           "seconds per epoch")
     header = (f"{'entry':22s} {'forward':>8s} {'backward':>8s} {'optim':>7s} {'step':>7s} {'x backbone':>10s} "

@@ -72,6 +72,16 @@ def test_profile_prints_in_place_operator_times_without_touching_the_step_figure
     assert "lightgcn" in _rows(out)
 
 
+def test_profile_of_an_interleaved_pair_prints_what_the_plugin_adds(bench, capsys):
+    assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn+cross",
+                       "--steps", "2", "--interleave", "--profile", "--set", "threads=1"]) == 0
+    out = capsys.readouterr().out
+    assert "lightgcn+cross: what its steps spend beyond lightgcn's, per step" in out
+    block = out.split("beyond lightgcn's")[1].split("\n\n")[0]
+    assert "all operators" in block and "+ms" in block
+    assert set(_rows(out)) == {"lightgcn", "lightgcn+cross"}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_steps_are_timed_after_the_device_finishes(bench, capsys):
     assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn",

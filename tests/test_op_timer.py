@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -46,3 +48,23 @@ def test_time_is_the_operators_own_not_the_code_around_them():
     text = timer.table(rows=3, per=5)
     assert "add([10])" in text and "all operators" in text
     assert text.splitlines()[1].split()[2] == "1.0"               # calls per step with per=5
+
+
+def test_added_table_lists_what_a_run_spends_beyond_its_base():
+    x, m = torch.randn(50, 50), torch.randn(300, 300)
+    base, plus = OpTimer(), OpTimer()
+    with base:
+        for _ in range(2):
+            x.add(1)
+    with plus:
+        for _ in range(4):                  # two "steps" of the base's work plus a product each
+            x.add(1)
+        for _ in range(2):
+            torch.mm(m, m)
+    text = plus.added_table(base, rows=5, per=2, per_base=2)
+    lines = text.splitlines()
+    assert "mm([300, 300], [300, 300])" in lines[1] and lines[1].split()[3] == "1.0"   # only in the plus run
+    add = next(line for line in lines if "add([50, 50])" in line)
+    plus_ms, base_ms, ms = (float(v) for v in add.split()[:3])
+    assert plus_ms == pytest.approx(ms - base_ms, abs=0.011)
+    assert lines[-1].endswith("all operators")

@@ -81,3 +81,20 @@ class OpTimer(TorchDispatchMode):
             lines.append(f"{1e3 * seconds / per:8.2f} {share:6.1%} {calls / per:6.1f}  {name}({args})")
         lines.append(f"{1e3 * total / per:8.2f} {1:6.1%} {sum(self.calls.values()) / per:6.1f}  all operators")
         return "\n".join(lines)
+
+    def added_table(self, base: "OpTimer", rows: int = 12, per: int = 1, per_base: int = 1) -> str:
+        """What this run spends beyond ``base`` (e.g. a plug-in's step against its backbone's), operator by
+        operator: the ``rows`` largest differences, times divided by ``per`` / ``per_base`` steps."""
+        mine = {k: v / per for k, v in self.seconds.items()}
+        theirs = {k: v / per_base for k, v in base.seconds.items()}
+        diff = {k: mine.get(k, 0.0) - theirs.get(k, 0.0) for k in set(mine) | set(theirs)}
+        lines = [f"{'+ms':>8s} {'base ms':>8s} {'ms':>8s} {'calls':>6s}  operator and argument shapes"]
+        for key in sorted(diff, key=lambda k: -diff[k])[:rows]:
+            name, shapes = key
+            args = ", ".join("[" + ", ".join(str(s) for s in shape) + "]" for shape in shapes)
+            lines.append(f"{1e3 * diff[key]:8.2f} {1e3 * theirs.get(key, 0.0):8.2f} {1e3 * mine.get(key, 0.0):8.2f} "
+                         f"{self.calls[key] / per:6.1f}  {name}({args})")
+        total = sum(mine.values()) - sum(theirs.values())
+        lines.append(f"{1e3 * total:8.2f} {1e3 * sum(theirs.values()):8.2f} {1e3 * sum(mine.values()):8.2f} "
+                     f"{'':6s}  all operators")
+        return "\n".join(lines)
