@@ -32,6 +32,12 @@ def _shapes(args) -> Tuple[Tuple, ...]:
     return tuple(out)
 
 
+def _label(key: OpKey) -> str:
+    """``name([d0, d1], [d2])``."""
+    name, shapes = key
+    return f"{name}(" + ", ".join("[" + ", ".join(str(s) for s in shape) + "]" for shape in shapes) + ")"
+
+
 def _on_cuda(args) -> bool:
     return any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
 
@@ -75,10 +81,9 @@ class OpTimer(TorchDispatchMode):
         """The costliest operators as text, times and calls divided by ``per`` (e.g. the number of steps)."""
         total = self.total()
         lines = [f"{'ms':>8s} {'share':>6s} {'calls':>6s}  operator and argument shapes"]
-        for (name, shapes), seconds, calls in self.top(rows):
+        for key, seconds, calls in self.top(rows):
             share = seconds / total if total else 0.0
-            args = ", ".join("[" + ", ".join(str(s) for s in shape) + "]" for shape in shapes)
-            lines.append(f"{1e3 * seconds / per:8.2f} {share:6.1%} {calls / per:6.1f}  {name}({args})")
+            lines.append(f"{1e3 * seconds / per:8.2f} {share:6.1%} {calls / per:6.1f}  {_label(key)}")
         lines.append(f"{1e3 * total / per:8.2f} {1:6.1%} {sum(self.calls.values()) / per:6.1f}  all operators")
         return "\n".join(lines)
 
@@ -90,10 +95,8 @@ class OpTimer(TorchDispatchMode):
         diff = {k: mine.get(k, 0.0) - theirs.get(k, 0.0) for k in set(mine) | set(theirs)}
         lines = [f"{'+ms':>8s} {'base ms':>8s} {'ms':>8s} {'calls':>6s}  operator and argument shapes"]
         for key in sorted(diff, key=lambda k: -diff[k])[:rows]:
-            name, shapes = key
-            args = ", ".join("[" + ", ".join(str(s) for s in shape) + "]" for shape in shapes)
             lines.append(f"{1e3 * diff[key]:8.2f} {1e3 * theirs.get(key, 0.0):8.2f} {1e3 * mine.get(key, 0.0):8.2f} "
-                         f"{self.calls[key] / per:6.1f}  {name}({args})")
+                         f"{self.calls[key] / per:6.1f}  {_label(key)}")
         total = sum(mine.values()) - sum(theirs.values())
         lines.append(f"{1e3 * total:8.2f} {1e3 * sum(theirs.values()):8.2f} {1e3 * sum(mine.values()):8.2f} "
                      f"{'':6s}  all operators")
