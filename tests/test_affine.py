@@ -8,9 +8,10 @@ from mmgraph.nn.affine import DENSE_COEF_RATIO, affine_row_scores, affine_table
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("x_trainable", [True, False])
-@pytest.mark.parametrize("n_items", [13, 50])   # both backward forms: items <= 2 K B (the per-item sums), and more
+# both backward forms: items <= 2 K B (the per-item sums; at 30 items some are never scored), and more
+@pytest.mark.parametrize("n_items", [13, 30, 50])
 def test_affine_row_scores_equal_the_table_form(bias, x_trainable, n_items):
-    assert (n_items <= DENSE_COEF_RATIO * 18) == (n_items == 13)
+    assert (n_items <= DENSE_COEF_RATIO * 18) == (n_items in (13, 30))
     g = torch.Generator().manual_seed(0)
     d_x, d, b, k = 7, 5, 6, 3
     leaf = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
@@ -19,6 +20,7 @@ def test_affine_row_scores_equal_the_table_form(bias, x_trainable, n_items):
     bias_t = leaf(d) if bias else None
     ids = torch.randint(0, n_items, (k, b), generator=g)
     ids[1, :2] = ids[0, :2]                                   # repeated items: their gradients add up
+    assert n_items != 30 or torch.unique(ids).numel() < n_items
     coef = torch.randn(k, b, generator=g, dtype=torch.float64)
     inputs = [t for t in (users, x, weight, bias_t) if t is not None and t.requires_grad]
 

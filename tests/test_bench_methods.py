@@ -63,6 +63,17 @@ def test_floor_columns_count_the_plugin_products(bench, capsys):
         assert floor <= row[8] + 0.01
 
 
+def test_floor_counts_a_full_batch_when_the_steps_cover_the_epoch(bench, capsys):
+    # 24 batches of 64 rows, the last one short: with more timed steps than batches every batch is kept,
+    # and the floor must still count a full batch's products, not the remainder's
+    gflop = []
+    for steps in (1, 40):
+        assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn+cross",
+                           "--steps", str(steps), "--floor", "--set", "threads=1", "batch_size=64"]) == 0
+        gflop.append(_rows(capsys.readouterr().out)["lightgcn+cross"][8])   # GFLOP (no ratio column)
+    assert gflop[0] > 0 and gflop[1] == gflop[0]
+
+
 def test_profile_prints_in_place_operator_times_without_touching_the_step_figures(bench, capsys):
     assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn",
                        "--steps", "2", "--profile", "--set", "threads=1"]) == 0
