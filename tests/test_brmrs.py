@@ -14,7 +14,8 @@ from mmgraph.errors import ConfigError
 from mmgraph.graph import brmrs_item_graph, brmrs_user_graph, relation_graph, user_mean_features
 from mmgraph.graph.base import normalize_graph
 from mmgraph.models.base import Batch, Channel
-from mmgraph.models.brmrs import BRMRSObjective, chns_negatives, selection_keys, synergy_loss
+from mmgraph.models.brmrs import (BRMRSObjective, chns_negatives, gathered_pool_scores, sampled_pool_scores,
+                                  selection_keys, synergy_loss)
 from mmgraph.train.config import load_config
 from mmgraph.train.run import build_model, build_plugins, build_run_graph, train
 from mmgraph.train.sampler import BPRSampler
@@ -108,6 +109,21 @@ def test_chns_loss_is_eq2_and_selection_has_no_gradient():
         grad_rows = set(torch.nonzero(items[m].grad.abs().sum(1) > 0).squeeze(1).tolist())
         assert grad_rows <= used                         # pool members never selected get no gradient
         assert grad_rows >= set(batch.pos.tolist())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pool_scores_equal_the_dense_scores_at_the_candidates(dtype):
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(5, 8, generator=g, dtype=dtype, requires_grad=True)
+    rows = torch.randn(30, 8, generator=g, dtype=dtype, requires_grad=True)
+    index = torch.randint(0, 30, (5, 6), generator=g)
+    index[0] = torch.tensor([7, 3, 3, 29, 0, 3])        # repeats and any order within a pool
+    ref = (u @ rows.t()).gather(1, index)
+    buf = torch.empty(5 * 6 * 8 + 11, dtype=dtype)
+    for got in (sampled_pool_scores(u, rows, index), gathered_pool_scores(u, rows, index),
+                gathered_pool_scores(u, rows, index, buf)):
+        assert got.shape == (5, 6) and not got.requires_grad
+        torch.testing.assert_close(got, ref.detach())
 
 
 def test_synergy_loss_is_eq4_with_vanishing_gradient_when_satisfied():

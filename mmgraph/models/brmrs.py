@@ -113,6 +113,30 @@ def chns_negatives(scores: Tensor, candidates: Tensor, strategy: str, modalities
     return candidates.gather(1, idx.t()).t()
 
 
+def sampled_pool_scores(u: Tensor, rows: Tensor, index: Tensor) -> Tensor:
+    """``[B, n]`` scores ``<u_b, rows[index[b, j]]>`` without gradient, as one sampled product
+    (``torch.sparse.sampled_addmm`` on the pattern of ``index``, repeats and any order allowed): each score a dot
+    product read straight from ``rows [I, d]``. On the CPU, 4-7 % shorter BR-MRS plug-in steps on TikTok than
+    :func:`gathered_pool_scores` (level on Baby)."""
+    b, k = index.shape
+    crow = torch.arange(0, b * k + 1, k, device=rows.device)
+    pattern = torch.sparse_csr_tensor(crow, index.reshape(-1), rows.new_zeros(b * k), (b, rows.shape[0]),
+                                      check_invariants=False)
+    with torch.no_grad():
+        return torch.sparse.sampled_addmm(pattern, u.detach(), rows.detach().t(), beta=0.0).values().view(b, k)
+
+
+def gathered_pool_scores(u: Tensor, rows: Tensor, index: Tensor, buf: Optional[Tensor] = None) -> Tensor:
+    """:func:`sampled_pool_scores` by gathering the ``[B n, d]`` rows first, into ``buf`` (at least ``B n d``
+    elements) when given: a buffer kept across steps, since a fresh one (8 MB on TikTok) is first-touched page by
+    page every step, which made this gather ~10x slower than the copy itself."""
+    n, d = index.numel(), rows.shape[1]
+    with torch.no_grad():
+        out = None if buf is None else buf[: n * d].view(n, d)
+        g = torch.index_select(rows.detach(), 0, index.reshape(-1), out=out)
+        return torch.einsum("bd,bnd->bn", u.detach().contiguous(), g.view(*index.shape, d))
+
+
 def synergy_loss(delta_fused: Tensor, delta_modal: Tensor, theta: float) -> Tensor:
     """Eq. 4: ``mean -log sigmoid(D_f - max_m D_m - theta)``; ``delta_fused [B]``, ``delta_modal [M, B]``."""
     return bpr_loss(delta_fused - float(theta), delta_modal.max(dim=0).values)
@@ -167,15 +191,15 @@ class BRMRSObjective:
         self._scratch: Optional[Tensor] = None     # the pool gather's buffer (see _pool_scores)
 
     def _pool_scores(self, u: Tensor, rows: Tensor, index: Tensor) -> Tensor:
-        """``[B, n]`` scores ``<u_b, rows[index[b, j]]>`` (no gradient). The ``[B n, d]`` gathered rows go to a
-        scratch buffer kept across steps: a fresh one (8 MB on TikTok) is first-touched page by page every
-        step, which made this gather ~10x slower than the copy itself."""
-        n, d = index.numel(), rows.shape[1]
+        """``[B, n]`` scores ``<u_b, rows[index[b, j]]>`` (no gradient): :func:`sampled_pool_scores` on the CPU,
+        :func:`gathered_pool_scores` elsewhere (its buffer kept across steps)."""
+        if rows.device.type == "cpu":
+            return sampled_pool_scores(u, rows, index)
+        n = index.numel() * rows.shape[1]
         buf = self._scratch
-        if buf is None or buf.numel() < n * d or buf.dtype != rows.dtype or buf.device != rows.device:
-            buf = self._scratch = rows.new_empty(n * d)
-        g = torch.index_select(rows.detach(), 0, index.reshape(-1), out=buf[: n * d].view(n, d))
-        return torch.einsum("bd,bnd->bn", u.detach().contiguous(), g.view(*index.shape, d))
+        if buf is None or buf.numel() < n or buf.dtype != rows.dtype or buf.device != rows.device:
+            buf = self._scratch = rows.new_empty(n)
+        return gathered_pool_scores(u, rows, index, buf)
 
     @property
     def needs_pool(self) -> bool:
