@@ -191,9 +191,9 @@ class BRMRSObjective:
         self._scratch: Optional[Tensor] = None     # the pool gather's buffer (see _pool_scores)
 
     def _pool_scores(self, u: Tensor, rows: Tensor, index: Tensor) -> Tensor:
-        """``[B, n]`` scores ``<u_b, rows[index[b, j]]>`` (no gradient): :func:`sampled_pool_scores` on the CPU,
-        :func:`gathered_pool_scores` elsewhere (its buffer kept across steps)."""
-        if rows.device.type == "cpu":
+        """``[B, n]`` scores ``<u_b, rows[index[b, j]]>`` (no gradient): :func:`sampled_pool_scores` on the CPU
+        (float32 / float64), :func:`gathered_pool_scores` elsewhere (its buffer kept across steps)."""
+        if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
             return sampled_pool_scores(u, rows, index)
         n = index.numel() * rows.shape[1]
         buf = self._scratch
@@ -254,8 +254,7 @@ class BRMRSObjective:
                 f_scores = None
                 if self.strategy == "fused":
                     f_rows, (f_ix,) = item_rows(fused, [cand])
-                    f_scores = torch.einsum("bd,bnd->bn", rows_of.users(fused).detach(),
-                                             gather_rows(f_rows.detach(), f_ix))
+                    f_scores = self._pool_scores(rows_of.users(fused), f_rows, f_ix)
                 at = hard_positions(scores, self.strategy, self.modalities, f_scores)       # [M, B]
         # per modality ONE gather (and one backward scatter) of the rows of i+, i- and the hard negative
         s_pos, s_neg, s_hard = [], [], []

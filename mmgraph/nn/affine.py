@@ -80,9 +80,9 @@ def affine_row_scores(users: Tensor, x: Tensor, weight: Tensor, bias: Optional[T
 
     The item map's rows come from ``table`` (:func:`affine_table`, computed once and shared, e.g. with a
     no-gradient candidate scoring) and the backward never differentiates the table: with few items for the
-    ``K B`` slots (``I <= 2 K B``) it sums each item's ``g_kb u_b`` into ``C [n, d]`` over the ``n`` distinct items
-    used and takes ``dW = C^T x[used]``, ``dx[used] = C W``, ``db = sum C``; with many, ``dW = U^T Z`` with ``Z = sum_k g_k x[ids_k]`` (``[B, d] x [B, d_x]``)
-    and ``dx`` a scatter of ``g (U W)`` onto the rows used.
+    ``K B`` slots (``I <= 2 K B``) it sums each item's ``g_kb u_b`` into ``C [n, d]`` over the ``n`` distinct
+    items used and takes ``dW = C^T x[used]``, ``dx[used] = C W``, ``db = sum C``; with many, ``dW = U^T Z`` with
+    ``Z = sum_k g_k x[ids_k]`` (``[B, d] x [B, d_x]``) and ``dx`` a scatter of ``g (U W)`` onto the rows used.
 
     Args:
         users: ``[B, d]``.
