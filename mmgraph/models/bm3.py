@@ -12,6 +12,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.dropout import dropout
 from mmgraph.nn.features import ModalityEncoder
+from mmgraph.nn.linear import linear
 from mmgraph.nn.sparse import gather_rows
 
 
@@ -46,7 +47,7 @@ class BM3(GraphRecommender):
         """``predictor(Linear_m(x_m))`` of ``items`` (all when None): ``[n, d]``, the two affine maps applied as
         one (``(P W) x + (P b + c)``: one product per row instead of two, and half the backward)."""
         _, weight, bias = self.predicted_affine(name)
-        return F.linear(self.modal.raw(name, items), weight, bias)
+        return linear(self.modal.raw(name, items), weight, bias)
 
     def predicted_affine(self, name: str) -> Tuple[Tensor, Tensor, Tensor]:
         """``(x_m [I, d_m], P W [d, d_m], P b + c [d])``: :meth:`predicted_modality` as one affine map."""

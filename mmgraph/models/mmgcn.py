@@ -32,6 +32,7 @@ from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_fe
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.linear import linear, matmul
 from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
 
@@ -84,13 +85,13 @@ class ModalityGCN(nn.Module):
         """Every layer but the last's combination, over all nodes: the last layer's input ``x`` and its
         aggregation ``h = LeakyReLU(A x W_conv)`` (``[U + I, d_l]`` each; ``h`` is None without layers).
         :meth:`last` finishes the layer on the rows that are needed: its combination is row-wise."""
-        items = self.mlp(features) if self.mlp is not None else features
+        items = linear(features, self.mlp.weight, self.mlp.bias) if self.mlp is not None else features
         x = row_normalize(torch.cat([self.preference, items], 0))
         h: Optional[Tensor] = None
         for layer, w in enumerate(self.conv_weight):
             if h is not None:
                 x = self._combine(layer - 1, x, h, id_emb)
-            h = F.leaky_relu(self.conv(x @ w, adj))
+            h = F.leaky_relu(self.conv(matmul(x, w), adj))
         return x, h
 
     def last(self, x: Tensor, h: Optional[Tensor], id_emb: Tensor, rows: Optional[Tensor] = None) -> Tensor:
@@ -104,10 +105,11 @@ class ModalityGCN(nn.Module):
     def _combine(self, layer: int, x: Tensor, h: Tensor, id_emb: Tensor) -> Tensor:
         """``LeakyReLU(Linear_g([h ; LeakyReLU(Linear(x)) + E_id]))``, the concatenation as two products (the
         same values, without copying ``h`` into a wider buffer and its gradient out of it)."""
-        x_hat = F.leaky_relu(self.linear[layer](x)) + id_emb
+        lin = self.linear[layer]
+        x_hat = F.leaky_relu(linear(x, lin.weight, lin.bias)) + id_emb
         g = self.combine[layer]
         width = h.shape[1]
-        return F.leaky_relu(torch.addmm(F.linear(h, g.weight[:, :width], g.bias), x_hat, g.weight[:, width:].t()))
+        return F.leaky_relu(torch.addmm(linear(h, g.weight[:, :width], g.bias), x_hat, g.weight[:, width:].t()))
 
 
 @register("mmgcn")

@@ -10,6 +10,7 @@ from mmgraph.losses import bpr_loss, emb_reg
 from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
 from mmgraph.models.registry import register
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.linear import linear
 from mmgraph.nn.sparse import gather_rows
 
 
@@ -35,7 +36,8 @@ class VBPR(Recommender):
 
     def item_representation(self, items: Optional[Tensor] = None) -> Tensor:
         ids = self.item_emb if items is None else gather_rows(self.item_emb, items)
-        return torch.cat([ids, self.item_linear(self.features.concat(items))], -1)
+        lin = self.item_linear
+        return torch.cat([ids, linear(self.features.concat(items), lin.weight, lin.bias)], -1)
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         return self.user_emb, self.item_representation()
@@ -51,7 +53,7 @@ class VBPR(Recommender):
 
     def modality_items(self, name: str, items: Optional[Tensor] = None) -> Tensor:
         """``W_m x_m`` for modality ``name``: ``[n, d]``."""
-        return self.features.raw(name, items) @ self.modality_weight(name).t()
+        return linear(self.features.raw(name, items), self.modality_weight(name))
 
     def loss(self, batch: Batch) -> LossOutput:
         eu = gather_rows(self.user_emb, batch.users)

@@ -6,6 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mmgraph.nn.linear import linear
+
 
 #: the backward takes the per-item coefficient form when items <= this x the scored slots (K B); measured on a
 #: 2-core CPU: 2-2.7x faster at 6.7-7k items for 6k slots (d_x 128-4096), slower at 63k items (d_x 384)
@@ -70,7 +72,7 @@ def affine_table(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Te
     """Every item's row ``x @ weight.T + bias`` without gradient: ``[I, d]``."""
     with torch.no_grad():
         w = weight.detach().contiguous()    # a column slice (VBPR's W_m) multiplies ~1.5x slower
-        return x.detach() @ w.t() if bias is None else torch.addmm(bias.detach(), x.detach(), w.t())
+        return linear(x.detach(), w, None if bias is None else bias.detach())
 
 
 def affine_row_scores(users: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], ids: Tensor,

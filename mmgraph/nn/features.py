@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmgraph.nn.linear import linear
 from mmgraph.nn.sparse import gather_rows
 
 
@@ -86,7 +87,8 @@ class ModalityEncoder(FeatureTables):
                 lin.reset_parameters()
 
     def project(self, name: str, items: Optional[Tensor] = None) -> Tensor:
-        return self.proj[name](self.raw(name, items))
+        lin = self.proj[name]
+        return linear(self.raw(name, items), lin.weight, lin.bias)
 
     def affine(self, name: str) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """``(x [I, d_m], weight [out_dim, d_m], bias [out_dim] or None)``: :meth:`project` as its parts."""

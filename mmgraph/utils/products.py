@@ -27,6 +27,9 @@ _PRODUCTS = {
     aten.addmv_.default: "mv", aten.addmv.out: "mv", aten.dot.default: "dot",
     aten._sparse_addmm.default: "mm",
 }
+_ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+#: oneDNN's ``x @ W.T`` (:mod:`mmgraph.nn.linear`): factors ``(x [m, k], W [n, k])``
+_LINEAR = {getattr(_ONEDNN, name) for name in ("default", "binary") if _ONEDNN is not None and hasattr(_ONEDNN, name)}
 
 #: ``(kind, shape)``: ``mm (m, k, n)``, ``bmm (b, m, k, n)``, ``mv (m, k)``, ``dot (k,)``
 Product = Tuple[str, Tuple[int, ...]]
@@ -65,6 +68,10 @@ class ProductCounter(TorchDispatchMode):
         self.sparse_products: List[Tuple[torch.Tensor, Tuple[int, ...]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _LINEAR:
+            x, w = args[0], args[2 if func is getattr(_ONEDNN, "binary", None) else 1]
+            self.dense.append(("mm", (x.shape[0], x.shape[1], w.shape[0])))
+            return func(*args, **(kwargs or {}))
         kind = _PRODUCTS.get(func)
         if kind is not None:
             a, b = _factors(args)
@@ -114,11 +121,20 @@ def _operands(product: Product, dtype, device) -> Tuple[torch.Tensor, torch.Tens
 
 def time_product(product: Product, dtype: torch.dtype = torch.float32, device="cpu",
                  min_seconds: float = 0.02) -> float:
-    """Median seconds of one product of that kind and shape, repeated for at least ``min_seconds``."""
+    """Median seconds of one product of that kind and shape, repeated for at least ``min_seconds``; a float32
+    CPU ``mm`` takes the faster of PyTorch's kernel and oneDNN's (:mod:`mmgraph.nn.linear`)."""
     kind = product[0]
     op = {"mm": torch.mm, "bmm": torch.bmm, "mv": torch.mv, "dot": torch.dot}[kind]
     a, b = _operands(product, dtype, device)
-    return _median_seconds(lambda: op(a, b), torch.device(device), min_seconds)
+    seconds = _median_seconds(lambda: op(a, b), torch.device(device), min_seconds)
+    if kind == "mm" and _ONEDNN is not None and a.device.type == "cpu" and dtype == torch.float32:
+        w = b.t().contiguous()
+        try:
+            seconds = min(seconds, _median_seconds(lambda: _ONEDNN(a, w, None, "none", [], ""), a.device,
+                                                   min_seconds))
+        except (RuntimeError, NotImplementedError):   # a build whose private kernel changed: PyTorch's alone
+            pass
+    return seconds
 
 
 def time_sparse_product(adj: torch.Tensor, shape: Tuple[int, ...], min_seconds: float = 0.02) -> float:

@@ -1,0 +1,115 @@
+"""mmgraph.nn.linear: F.linear / @ through oneDNN for large float32 CPU products, the same values and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmgraph.nn import linear as L
+from mmgraph.utils.products import ProductCounter
+
+needs_onednn = pytest.mark.skipif(not L.ENABLED, reason="this PyTorch build has no oneDNN linear kernel")
+
+
+@pytest.fixture
+def small_route(monkeypatch):
+    """Route every product, however small, so that small operands exercise the oneDNN path; returns the shapes
+    ``(rows, k, n)`` of the products the kernel ran."""
+    monkeypatch.setattr(L, "MIN_MACS", 1)
+    ran, kernel = [], L._KERNEL
+
+    def counted(x, w, *rest):
+        ran.append((x.shape[0], x.shape[1], w.shape[0]))
+        return kernel(x, w, *rest)
+
+    monkeypatch.setattr(L, "_KERNEL", counted)
+    return ran
+
+
+def _grads(fn, *tensors):
+    for t in tensors:
+        t.grad = None
+    out = fn()
+    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    return out.detach(), [t.grad.clone() for t in tensors]
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_equals_f_linear_values_and_gradients(small_route, bias):
+    torch.manual_seed(0)
+    x = torch.randn(300, 24, requires_grad=True)
+    w = torch.randn(10, 24, requires_grad=True)
+    b = torch.randn(10, requires_grad=True) if bias else None
+    params = [x, w] + ([b] if bias else [])
+    got, got_g = _grads(lambda: L.linear(x, w, b), *params)
+    assert small_route == [(300, 24, 10), (300, 10, 24)]     # the forward and dx = dy W by oneDNN (dW by mm)
+    want, want_g = _grads(lambda: F.linear(x, w, b), *params)
+    torch.testing.assert_close(got, want)
+    for g, h in zip(got_g, want_g):
+        torch.testing.assert_close(g, h)
+
+
+@needs_onednn
+def test_matmul_and_a_column_slice_of_a_weight(small_route):
+    torch.manual_seed(1)
+    x = torch.randn(200, 16, requires_grad=True)
+    w = torch.randn(16, 12, requires_grad=True)
+    got, got_g = _grads(lambda: L.matmul(x, w), x, w)
+    assert small_route == [(200, 16, 12), (200, 12, 16)]
+    want, want_g = _grads(lambda: x @ w, x, w)
+    torch.testing.assert_close(got, want)
+    for g, h in zip(got_g, want_g):
+        torch.testing.assert_close(g, h)
+    # VBPR's per-modality block: a non-contiguous column slice of one weight
+    big = torch.randn(8, 40, requires_grad=True)
+    got, got_g = _grads(lambda: L.linear(x, big[:, 10:26]), x, big)
+    want, want_g = _grads(lambda: F.linear(x, big[:, 10:26]), x, big)
+    torch.testing.assert_close(got, want)
+    for g, h in zip(got_g, want_g):
+        torch.testing.assert_close(g, h)
+    assert got_g[1][:, :10].abs().sum() == 0 and got_g[1][:, 26:].abs().sum() == 0
+
+
+def test_small_float64_and_disabled_products_are_pytorch_s(monkeypatch):
+    calls = []
+    monkeypatch.setattr(L, "_Linear", type("Spy", (), {"apply": staticmethod(lambda *a: calls.append(a))}))
+    x, w = torch.randn(50, 8), torch.randn(4, 8)
+    torch.testing.assert_close(L.linear(x, w), F.linear(x, w))                      # under MIN_MACS
+    monkeypatch.setattr(L, "MIN_MACS", 1)
+    torch.testing.assert_close(L.linear(x.double(), w.double()), F.linear(x.double(), w.double()))
+    torch.testing.assert_close(L.linear(x.t().contiguous().t(), w), F.linear(x, w))   # a non-contiguous input
+    monkeypatch.setattr(L, "ENABLED", False)
+    torch.testing.assert_close(L.matmul(x, w.t()), x @ w.t())
+    assert calls == []
+
+
+@needs_onednn
+def test_a_failing_kernel_falls_back_and_turns_the_route_off(small_route, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("mkldnn::_linear_pointwise: schema changed")
+
+    monkeypatch.setattr(L, "_KERNEL", broken)
+    monkeypatch.setattr(L, "ENABLED", True)
+    x, w = torch.randn(20, 6), torch.randn(3, 6)
+    torch.testing.assert_close(L.linear(x, w), F.linear(x, w))
+    assert L.ENABLED is False
+
+
+def test_the_environment_switch_turns_the_route_off():
+    import subprocess
+    import sys
+
+    code = "import mmgraph.nn.linear as L; print(L.ENABLED)"
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "MMGRAPH_ONEDNN": "0"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+@needs_onednn
+def test_the_product_counter_records_onednn_products():
+    x, w = torch.randn(64, 32), torch.randn(16, 32)
+    with ProductCounter() as counter:
+        L._KERNEL(x, w, None, "none", [], "")
+        torch.ops.mkldnn._linear_pointwise.binary(x, torch.randn(64, 16), w, None, "add")
+    assert counter.dense == [("mm", (64, 32, 16))] * 2
