@@ -54,6 +54,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.linear import linear
 from mmgraph.nn.sparse import SparseAdj, gather_rows, unique_rows
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ class AnchorRec(GraphRecommender):
         trs, gate = self.trs[m], self.gate[m]
         weight = gate.weight @ trs.weight
         bias = torch.addmv(gate.bias, gate.weight, trs.bias)
-        gate = torch.sigmoid(F.linear(self.feats.table(m), weight, bias))
+        gate = torch.sigmoid(linear(self.feats.table(m), weight, bias))
         source = self.item_emb.weight if self.config["gate_source"] == "embedding" else i_id
         h = source * gate
         for _ in range(int(self.config["n_mm_layers"])):

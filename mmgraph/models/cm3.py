@@ -38,6 +38,7 @@ from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_fe
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.linear import linear
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion
 from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import gather_rows, unique_rows
@@ -112,7 +113,8 @@ class ModalityMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # in place on lin1's fresh output (autograd recovers the mask from the result for slope >= 0)
-        return self.lin2(F.leaky_relu(self.lin1(x), self.slope, inplace=self.slope >= 0))
+        h = F.leaky_relu(linear(x, self.lin1.weight, self.lin1.bias), self.slope, inplace=self.slope >= 0)
+        return linear(h, self.lin2.weight)
 
 
 @register("cm3")
@@ -263,7 +265,8 @@ class CM3(Recommender):
         channels = [row_normalize(z[m]) for m in self.modalities]
         # unit fusion inputs: the z^m channels themselves (projection, paper eq. 2 on the eq. 1 outputs)
         # or the released code's separate Linear projections (linear)
-        src = ([row_normalize(self.fusion_proj[m](self.features(m))) for m in self.modalities]
+        src = ([row_normalize(linear(self.features(m), self.fusion_proj[m].weight, self.fusion_proj[m].bias))
+                for m in self.modalities]
                if len(self.fusion_proj) else list(channels))
         if self.fusion == "none":
             sim_src = torch.cat(src, 1)

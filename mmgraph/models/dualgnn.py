@@ -36,6 +36,7 @@ from mmgraph.models.mmgcn import mean_adj
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv, LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.linear import linear
 from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes
 
@@ -76,7 +77,8 @@ class ModalityBranch(nn.Module):
         self.mlp_1 = nn.Linear(4 * dim, dim)
 
     def forward(self, features: Tensor, adj: SparseAdj, encoder: LightGCNEncoder) -> Tensor:
-        x = row_normalize(torch.cat([self.preference, self.mlp_1(F.leaky_relu(self.mlp(features)))], 0))
+        hidden = F.leaky_relu(linear(features, self.mlp.weight, self.mlp.bias))
+        x = row_normalize(torch.cat([self.preference, linear(hidden, self.mlp_1.weight, self.mlp_1.bias)], 0))
         return encoder(x, adj)
 
 

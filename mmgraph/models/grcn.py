@@ -34,6 +34,7 @@ from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_fe
 from mmgraph.models.registry import register
 from mmgraph.nn.edges import EdgeGraph
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.linear import linear
 from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import gather_rows, split_nodes
 
@@ -71,7 +72,7 @@ class GraphRefiningLayer(nn.Module):
 
     def forward(self, features: Tensor, graph: EdgeGraph,
                 to_users: Optional[EdgeGraph] = None) -> Tuple[Tensor, Tensor]:
-        content = row_normalize(F.leaky_relu(self.mlp(features)))
+        content = row_normalize(F.leaky_relu(linear(features, self.mlp.weight, self.mlp.bias)))
         pref = row_normalize(self.preference)
         n = self.n_users + content.shape[0]
         for _ in range(self.n_routing):

@@ -35,6 +35,7 @@ from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.dropout import Dropout
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.linear import matmul
 from mmgraph.nn.sparse import SparseAdj, split_nodes, unique_rows
 
 TAU = 0.2  # MMRec LGMRec: Gumbel-softmax temperature and InfoNCE temperature
@@ -126,13 +127,13 @@ class LGMRec(GraphRecommender):
     # ---- pieces
     def mge(self, m: str) -> Tensor:
         """Modality graph embedding ``[U + I, d]`` of modality ``m``."""
-        items = self.features.raw(m) @ self.trs[m]
+        items = matmul(self.features.raw(m), self.trs[m])
         users = self.R_mean.matmul(items)
         return self.mm_encoder(torch.cat([users, items]), self.adj)
 
     def hyperedges(self, m: str) -> Tuple[Tensor, Tensor]:
         """Soft hyperedge assignments ``(H_u [U, H], H_i [I, H])`` of modality ``m`` (Gumbel-softmax)."""
-        ih = self.features.raw(m) @ self.hyper[m]
+        ih = matmul(self.features.raw(m), self.hyper[m])
         uh = self.R.matmul(ih)
         return (F.gumbel_softmax(uh, TAU, hard=False, dim=1), F.gumbel_softmax(ih, TAU, hard=False, dim=1))
 
