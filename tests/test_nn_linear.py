@@ -79,6 +79,11 @@ def test_small_float64_and_disabled_products_are_pytorch_s(monkeypatch):
     monkeypatch.setattr(L, "MIN_MACS", 1)
     torch.testing.assert_close(L.linear(x.double(), w.double()), F.linear(x.double(), w.double()))
     torch.testing.assert_close(L.linear(x.t().contiguous().t(), w), F.linear(x, w))   # a non-contiguous input
+    torch._C._set_mkldnn_enabled(False)      # what torch.backends.mkldnn.flags(enabled=False) sets
+    try:
+        torch.testing.assert_close(L.linear(x, w), F.linear(x, w))
+    finally:
+        torch._C._set_mkldnn_enabled(True)
     monkeypatch.setattr(L, "ENABLED", False)
     torch.testing.assert_close(L.matmul(x, w.t()), x @ w.t())
     assert calls == []

@@ -58,7 +58,8 @@ class _Linear(torch.autograd.Function):
 
 
 def _route(x: Tensor, weight: Tensor) -> bool:
-    return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    return (ENABLED and torch._C._get_mkldnn_enabled()      # torch.backends.mkldnn.flags(enabled=False) is honoured
+            and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 2 and weight.dim() == 2 and x.is_contiguous() and not x.is_sparse
             and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS)
 
