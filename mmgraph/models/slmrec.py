@@ -32,6 +32,7 @@ from mmgraph.models.base import Batch, Channel, GraphRecommender, LossOutput, it
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
+from mmgraph.nn.linear import linear
 from mmgraph.nn.sparse import gather_rows, split_nodes, unique_rows
 
 ID = "id"
@@ -121,7 +122,8 @@ class SLMRec(GraphRecommender):
 
     def branches(self) -> Tuple[Tensor, Tensor]:
         """Branch outputs ``(users [U, 1 + M, d], items [I, 1 + M, d])``, branch 0 = ``id``."""
-        items = torch.stack([self.item_emb.weight] + [self.dense[m](self.features.raw(m)) for m in self.mods], 1)
+        items = torch.stack([self.item_emb.weight] + [linear(self.features.raw(m), self.dense[m].weight, self.dense[m].bias)
+                                                for m in self.mods], 1)
         users = self.user_emb.weight.unsqueeze(1).expand(-1, items.shape[1], -1)
         out = self.encoder(torch.cat([users, items]), self.adj)
         return split_nodes(out, self.n_users)
