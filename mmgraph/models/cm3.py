@@ -38,8 +38,8 @@ from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_fe
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.linear import linear
 from mmgraph.nn.fusion import FUSION_MODES, SphericalBezierFusion
+from mmgraph.nn.linear import linear
 from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import gather_rows, unique_rows
 
