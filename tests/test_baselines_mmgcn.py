@@ -70,6 +70,27 @@ def test_mmgcn_loss_is_mmrec_bpr_plus_reg(tiny):
     torch.testing.assert_close(out.loss, bpr + 0.01 * reg, atol=1e-5, rtol=1e-5)
 
 
+def test_a_zero_reg_weight_skips_the_regulariser_with_the_same_loss_and_gradients(tiny, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("mmgcn", tiny, {"reg_weight": 0.0, "graph_cache": False})
+    batch = _batch(tiny)
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model.loss(batch)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    out, grads = loss_and_grads()
+    assert out.terms["reg"].item() == 0.0
+    # the unskipped form: 0 * regulariser, as MMRec computes it
+    monkeypatch.setitem(model.config, "reg_weight", 1e-300)   # nonzero, so computed, and 1e-300 * reg == 0 in float32
+    ref, ref_grads = loss_and_grads()
+    torch.testing.assert_close(out.loss, ref.loss, atol=0, rtol=0)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=0, rtol=0, msg=name)
+
+
 @pytest.mark.parametrize("frozen", [True, False])
 def test_frozen_embeddings_stay_at_their_draw(tiny, frozen):
     torch.manual_seed(0)

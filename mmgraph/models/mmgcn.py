@@ -176,17 +176,25 @@ class MMGCN(Recommender):
         rep = rows(torch.cat([batch.users, items]))
         eu, ep, en = rep[:n], rep[n:2 * n], rep[2 * n:]
         bpr = bpr_loss((eu * ep).sum(-1), (eu * en).sum(-1))
-        idu = gather_rows(self.id_emb, batch.users)
-        idi = gather_rows(self.id_emb, items)
-        reg = (2 * idu.pow(2).sum() + idi.pow(2).sum()) / idi.numel()
-        if "image" in self.gcn:
-            reg = reg + self.gcn["image"].preference.pow(2).mean()
-        reg = float(self.config["reg_weight"]) * reg
+        weight = float(self.config["reg_weight"])
+        # at weight 0 (the default) the term is skipped: the same loss and gradients, without the passes over the
+        # [U, 256] preference table it costs forward and backward (~5 ms of a TikTok step)
+        reg = weight * self.regulariser(batch.users, items) if weight else bpr.new_zeros(())
         offset = self.n_users
         channels = {m: Channel(user_fn=lambda ids, m=m: rows(ids, m), item_fn=lambda ids, m=m: rows(ids + offset, m))
                     for m in self.modalities}
         return LossOutput(bpr + reg, {"bpr": bpr, "reg": reg}, user_rows=lambda ids: rows(ids),
                           item_rows=lambda ids: rows(ids + offset), channels=channels)
+
+    def regulariser(self, users: Tensor, items: Tensor) -> Tensor:
+        """MMRec's ``mean(E_id[u]^2 + E_id[i]^2)`` over the batch's 2B (user, item) rows (``items``: node ids,
+        positives then negatives; users counted twice) ``+ mean(P_image^2)``."""
+        idu = gather_rows(self.id_emb, users)
+        idi = gather_rows(self.id_emb, items)
+        reg = (2 * idu.pow(2).sum() + idi.pow(2).sum()) / idi.numel()
+        if "image" in self.gcn:
+            reg = reg + self.gcn["image"].preference.pow(2).mean()
+        return reg
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         return {m: split_nodes(p, self.n_users) for m, p in self.parts().items()}
