@@ -118,3 +118,15 @@ def test_the_product_counter_records_onednn_products():
         L._KERNEL(x, w, None, "none", [], "")
         torch.ops.mkldnn._linear_pointwise.binary(x, torch.randn(64, 16), w, None, "add")
     assert counter.dense == [("mm", (64, 32, 16))] * 2
+
+
+@needs_onednn
+def test_mismatched_operands_get_pytorch_s_error_and_keep_the_route(small_route):
+    x = torch.randn(30, 6)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        L.linear(x, torch.randn(4, 5))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        L.matmul(x, torch.randn(5, 4))
+    assert L.ENABLED and small_route == []
+    torch.testing.assert_close(L.linear(x, torch.ones(4, 6)), F.linear(x, torch.ones(4, 6)))
+    assert small_route == [(30, 6, 4)]

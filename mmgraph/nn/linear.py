@@ -57,10 +57,14 @@ class _Linear(torch.autograd.Function):
         return d_x, d_w, d_b
 
 
-def _route(x: Tensor, weight: Tensor) -> bool:
+def _route(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> bool:
+    """Whether ``x [N, k] @ weight.T`` (``weight [n, k]``) ``+ bias`` goes through oneDNN. Operands that do not fit
+    together stay with PyTorch, whose error names them (a kernel error here would switch the route off)."""
     return (ENABLED and torch._C._get_mkldnn_enabled()      # torch.backends.mkldnn.flags(enabled=False) is honoured
             and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 2 and weight.dim() == 2 and x.is_contiguous() and not x.is_sparse
+            and x.shape[1] == weight.shape[1] and weight.device.type == "cpu"
+            and (bias is None or (bias.shape == weight.shape[:1] and bias.dtype == torch.float32))
             and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS)
 
 
@@ -80,7 +84,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     Returns:
         ``[N, n]``.
     """
-    if _route(x, weight):
+    if _route(x, weight, bias):
         try:
             return _Linear.apply(x, weight, bias)
         except (RuntimeError, NotImplementedError) as exc:   # a build whose private kernel changed
@@ -90,7 +94,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
 
 def matmul(x: Tensor, weight: Tensor) -> Tensor:
     """``x @ weight``: ``x [N, k]``, ``weight [k, n]`` -> ``[N, n]``."""
-    if _route(x, weight):
+    if weight.dim() == 2 and _route(x, weight.t()):
         try:
             return _Linear.apply(x, weight.t(), None)
         except (RuntimeError, NotImplementedError) as exc:
