@@ -31,6 +31,7 @@ def test_run_directory_contents_and_final_metrics(synth, tmp_path):
     assert "recall@20" in final["test"] and "ndcg@20" in final["valid"]
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["seed"] == 3 and "torch" in meta["versions"]
+    assert meta["versions"]["onednn_linear"] in ("on", "off")   # large CPU products' kernel (float rounding)
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history) == 6 and {"align", "uniform_user", "uniform_item", "train_loss"} <= set(history[0])
     # best checkpoint is a plain state dict loadable with weights_only=True and reproduces the metrics

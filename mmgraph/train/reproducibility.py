@@ -9,6 +9,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from mmgraph.nn import linear
+
 #: the seed of a run that sets none (configs/defaults.yaml says the same)
 DEFAULT_SEED = 999
 
@@ -33,6 +35,8 @@ def library_versions() -> Dict[str, str]:
         except md.PackageNotFoundError:
             pass
     versions["cuda"] = torch.version.cuda or "none"
+    # whether large CPU products go through oneDNN (mmgraph.nn.linear): it changes the float rounding
+    versions["onednn_linear"] = "on" if linear.ENABLED else "off"
     return versions
 
 
