@@ -16,13 +16,13 @@ def small_route(monkeypatch):
     """Route every product, however small, so that small operands exercise the oneDNN path; returns the shapes
     ``(rows, k, n)`` of the products the kernel ran."""
     monkeypatch.setattr(L, "MIN_MACS", 1)
-    ran, kernel = [], L._KERNEL
+    ran, kernel = [], L.KERNEL
 
     def counted(x, w, *rest):
         ran.append((x.shape[0], x.shape[1], w.shape[0]))
         return kernel(x, w, *rest)
 
-    monkeypatch.setattr(L, "_KERNEL", counted)
+    monkeypatch.setattr(L, "KERNEL", counted)
     return ran
 
 
@@ -94,7 +94,7 @@ def test_a_failing_kernel_falls_back_and_turns_the_route_off(small_route, monkey
     def broken(*args):
         raise RuntimeError("mkldnn::_linear_pointwise: schema changed")
 
-    monkeypatch.setattr(L, "_KERNEL", broken)
+    monkeypatch.setattr(L, "KERNEL", broken)
     monkeypatch.setattr(L, "ENABLED", True)
     x, w = torch.randn(20, 6), torch.randn(3, 6)
     torch.testing.assert_close(L.linear(x, w), F.linear(x, w))
@@ -115,7 +115,7 @@ def test_the_environment_switch_turns_the_route_off():
 def test_the_product_counter_records_onednn_products():
     x, w = torch.randn(64, 32), torch.randn(16, 32)
     with ProductCounter() as counter:
-        L._KERNEL(x, w, None, "none", [], "")
+        L.KERNEL(x, w, None, "none", [], "")
         torch.ops.mkldnn._linear_pointwise.binary(x, torch.randn(64, 16), w, None, "add")
     assert counter.dense == [("mm", (64, 32, 16))] * 2
 

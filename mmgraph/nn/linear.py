@@ -28,15 +28,16 @@ log = logging.getLogger(__name__)
 #: above
 MIN_MACS = 1 << 25
 
-_KERNEL = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+#: oneDNN's ``x @ W.T + b`` (``mkldnn::_linear_pointwise``), or None in a build without it
+KERNEL = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 #: whether :func:`linear` / :func:`matmul` may take oneDNN (tests and ``MMGRAPH_ONEDNN=0`` turn it off)
-ENABLED = (_KERNEL is not None and torch.backends.mkldnn.is_available()
+ENABLED = (KERNEL is not None and torch.backends.mkldnn.is_available()
            and os.environ.get("MMGRAPH_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off"))
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``x @ weight.T + bias`` by oneDNN; ``weight [n, k]`` contiguous."""
-    return _KERNEL(x, weight, bias, "none", [], "")
+    return KERNEL(x, weight, bias, "none", [], "")
 
 
 class _Linear(torch.autograd.Function):

@@ -17,6 +17,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mmgraph.nn.linear import KERNEL as _ONEDNN
+
 aten = torch.ops.aten
 
 #: operator -> kind of product
@@ -27,7 +29,6 @@ _PRODUCTS = {
     aten.addmv_.default: "mv", aten.addmv.out: "mv", aten.dot.default: "dot",
     aten._sparse_addmm.default: "mm",
 }
-_ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 #: oneDNN's ``x @ W.T`` (:mod:`mmgraph.nn.linear`): factors ``(x [m, k], W [n, k])``
 _LINEAR = {getattr(_ONEDNN, name) for name in ("default", "binary") if _ONEDNN is not None and hasattr(_ONEDNN, name)}
 
