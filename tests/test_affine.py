@@ -1,9 +1,11 @@
-"""``affine_row_scores``: the values and gradients of scoring against ``F.linear(x, W, b)[ids]``."""
+"""``affine_row_scores`` and ``affine_feature_scores``: the values and gradients of scoring against
+``F.linear(x, W, b)[ids]``."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgraph.nn.affine import DENSE_COEF_RATIO, affine_row_scores, affine_table
+from mmgraph.nn.affine import (DENSE_COEF_RATIO, affine_feature_scores, affine_row_scores, affine_table,
+                               in_feature_space, user_side_map)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -44,3 +46,47 @@ def test_affine_row_scores_gradient_check(n_items):
     u = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     ids = torch.randint(0, min(n_items, 6), (2, 5), generator=g)
     assert torch.autograd.gradcheck(lambda u, x, w, b: affine_row_scores(u, x, w, b, ids), (u, x, w, bias))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("x_trainable", [True, False])
+@pytest.mark.parametrize("given_uw", [True, False])
+def test_affine_feature_scores_equal_the_table_form(bias, x_trainable, given_uw):
+    g = torch.Generator().manual_seed(2)
+    n_items, d_x, d, b, k = 20, 7, 5, 6, 3
+    leaf = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    x = torch.randn(n_items, d_x, generator=g, dtype=torch.float64, requires_grad=x_trainable)
+    weight, users = leaf(d, d_x), leaf(b, d)
+    bias_t = leaf(d) if bias else None
+    ids = torch.randint(0, n_items, (k, b), generator=g)
+    ids[2, :3] = ids[0, :3]                                   # repeated items: their gradients add up
+    coef = torch.randn(k, b, generator=g, dtype=torch.float64)
+    inputs = [t for t in (users, x, weight, bias_t) if t is not None and t.requires_grad]
+
+    uw = user_side_map(users, weight) if given_uw else None
+    got = affine_feature_scores(users, x, weight, bias_t, ids, uw=uw)
+    ref = (users.unsqueeze(0) * F.linear(x, weight, bias_t)[ids]).sum(-1)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for a, r in zip(torch.autograd.grad((got * coef).sum(), inputs), torch.autograd.grad((ref * coef).sum(), inputs)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    if uw is not None:
+        assert not uw.requires_grad
+        torch.testing.assert_close(uw, users.detach() @ weight.detach())
+
+
+def test_affine_feature_scores_gradient_check():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 6, (2, 5), generator=g)
+    assert torch.autograd.gradcheck(lambda u, x, w, b: affine_feature_scores(u, x, w, b, ids), (u, x, w, bias))
+
+
+def test_feature_space_is_chosen_for_narrow_features_only():
+    w = torch.zeros(64, 1)
+    assert in_feature_space(torch.zeros(10, 128), torch.zeros(64, 128))       # TikTok's 128-d features
+    assert not in_feature_space(torch.zeros(10, 4096), torch.zeros(64, 4096))  # Baby's image features
+    assert not in_feature_space(torch.zeros(10, 384), torch.zeros(64, 384))
+    assert in_feature_space(torch.zeros(10, 1), w)

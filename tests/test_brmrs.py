@@ -14,6 +14,7 @@ from mmgraph.errors import ConfigError
 from mmgraph.graph import brmrs_item_graph, brmrs_user_graph, relation_graph, user_mean_features
 from mmgraph.graph.base import normalize_graph
 from mmgraph.models.base import Batch, Channel
+from mmgraph.nn import affine
 from mmgraph.models.brmrs import (BRMRSObjective, chns_negatives, gathered_pool_scores, sampled_pool_scores,
                                   selection_keys, synergy_loss)
 from mmgraph.train.config import load_config
@@ -393,7 +394,10 @@ def test_objective_equals_a_plain_reference_with_gradients(strategy, reuse, n_it
 
 
 @pytest.mark.parametrize("method", ["freedom", "vbpr", "bm3", "cm3", "anchorrec"])
-def test_plugin_terms_equal_a_plain_reference_on_each_backbone(small, method):
+# the affine channels (FREEDOM, VBPR, BM3) scored in their feature space, and through their item tables
+@pytest.mark.parametrize("feature_space", [True, False])
+def test_plugin_terms_equal_a_plain_reference_on_each_backbone(small, method, feature_space, monkeypatch):
+    monkeypatch.setattr(affine, "FEATURE_SPACE_RATIO", 1e9 if feature_space else 0.0)
     cfg = _cfg(method, plugins=["brmrs"], brmrs_lambda_h=0.5, brmrs_lambda_s=2.0)
     model = build_model(method, small, cfg, torch.device("cpu")).double()
     plugin = build_plugins(cfg, small, model)[0]

@@ -42,7 +42,7 @@ from mmgraph.graph.relations import Relation, interaction_adj, relation_adj
 from mmgraph.losses import bpr_loss, l2_reg
 from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_features
 from mmgraph.models.registry import register
-from mmgraph.nn.affine import affine_row_scores, affine_table
+from mmgraph.nn.affine import affine_feature_scores, affine_row_scores, affine_table, in_feature_space, user_side_map
 from mmgraph.nn.conv import LightGCNEncoder
 from mmgraph.nn.features import ModalityEncoder
 from mmgraph.nn.sparse import SparseAdj, gather_rows
@@ -222,10 +222,13 @@ class BRMRSObjective:
         draw about every item, else their rows of the distinct ids of ``pos, neg, candidates`` (found once
         for all channels). The hard negatives are selected first (no gradient), then each channel gathers
         the rows of ``i+``, ``i-`` and its hard negative in one ``index_select``. A channel that gives its
-        item map as ``Channel.item_affine`` (VBPR, FREEDOM, BM3) has its full table computed without gradient
-        (the pool scoring reads it) and its row scores' gradient taken on the batch's users
-        (:func:`~mmgraph.nn.affine.affine_row_scores`): the same values and gradients, without the table's
-        ``[I, d] x [I, d_x]`` backward.
+        item map as ``Channel.item_affine`` (VBPR, FREEDOM, BM3) never has its table differentiated: with
+        narrow features (``d_x <= 2 d``, :func:`~mmgraph.nn.affine.in_feature_space`) the users are carried
+        into the feature space (``u W``, ``[B, d_x]``) and pools and rows are scored against the features
+        themselves (:func:`~mmgraph.nn.affine.affine_feature_scores`: no ``[I, d]`` table at all, half the
+        multiply-adds on TikTok's 128-d features); with wide ones the full table is computed without gradient
+        for the pool scoring and the row scores' gradient is taken on the batch's users
+        (:func:`~mmgraph.nn.affine.affine_row_scores`). Both give the same values and gradients.
         """
         if not (self.use_chns or self.use_syn):
             return {}
@@ -245,12 +248,17 @@ class BRMRSObjective:
         for name in self.modalities:
             c = modal[name]
             rows, idx = rows_of.items(c)
-            channels.append((rows_of.users(c), rows, idx))                             # u [B, d], rows, index
+            u = rows_of.users(c)
+            # a feature-space channel's rows are its features x: the pool is scored with u W (its bias adds a
+            # constant per user row, which moves no argmax over the row's pool)
+            uw = user_side_map(u, rows_of.affine(c)[1]) if rows_of.in_features(c) else None
+            channels.append((u, rows, idx, uw))                             # u [B, d], rows, index, u W or None
         affine = [rows_of.affine(modal[name]) for name in self.modalities]            # (x, W, b) or None
         at = None
         if self.use_chns and cand is not None:
             with torch.no_grad():   # the selection: scores of the pool, no gradient
-                scores = torch.stack([self._pool_scores(u, rows, idx[-1]) for u, rows, idx in channels])  # [M, B, n]
+                scores = torch.stack([self._pool_scores(u if uw is None else uw, rows, idx[-1])
+                                      for u, rows, idx, uw in channels])                       # [M, B, n]
                 f_scores = None
                 if self.strategy == "fused":
                     f_rows, (f_ix,) = item_rows(fused, [cand])
@@ -258,11 +266,13 @@ class BRMRSObjective:
                 at = hard_positions(scores, self.strategy, self.modalities, f_scores)       # [M, B]
         # per modality ONE gather (and one backward scatter) of the rows of i+, i- and the hard negative
         s_pos, s_neg, s_hard = [], [], []
-        for k, (u, rows, idx) in enumerate(channels):
+        for k, (u, rows, idx, uw) in enumerate(channels):
             parts = [idx[0]] + ([idx[1]] if use_neg else [])
             if at is not None:
                 parts.append(idx[-1].gather(1, at[k].unsqueeze(1)).squeeze(1))
-            if affine[k] is not None:
+            if uw is not None:
+                s = affine_feature_scores(u, *affine[k], torch.stack(parts), uw=uw)
+            elif affine[k] is not None:
                 s = affine_row_scores(u, *affine[k], torch.stack(parts), table=rows)
             else:
                 s = (u.unsqueeze(0) * gather_rows(rows, torch.cat(parts)).view(len(parts), len(users), -1)).sum(-1)
@@ -298,6 +308,8 @@ class _RowCache:
         self._items: Dict[int, Tuple[Tensor, List[Tensor]]] = {}
         self._affine: Dict[int, Tuple[Tensor, Tensor, Optional[Tensor]]] = {}
         self._distinct: Optional[Tuple[Tensor, List[Tensor]]] = None
+        self._features: set = set()     # the affine maps scored in their feature space (keys of _affine)
+        self._skip: set = set()         # the affine maps whose rows come from the channel's item_fn instead
         self._keep: List[Any] = []      # the keys' objects stay alive for the call (ids are not reused)
 
     def users(self, channel: Channel) -> Tensor:
@@ -312,16 +324,30 @@ class _RowCache:
         """The channel's ``(x, weight, bias)`` when its rows come from :meth:`items` as an affine table."""
         return self._affine.get(id(channel.item_affine)) if channel.item_affine is not None else None
 
+    def in_features(self, channel: Channel) -> bool:
+        """Whether :meth:`items` gave the channel's features ``x`` instead of its table (see
+        :func:`~mmgraph.nn.affine.in_feature_space`)."""
+        return channel.item_affine is not None and id(channel.item_affine) in self._features
+
     def items(self, channel: Channel) -> Tuple[Tensor, List[Tensor]]:
         if channel.items is not None:
             return channel.items, self.groups
-        if self.dense and channel.item_affine is not None:
+        if channel.item_affine is not None:
             key = id(channel.item_affine)
-            if key not in self._items:
+            if key not in self._items and key not in self._skip:
                 self._keep.append(channel.item_affine)
-                self._affine[key] = channel.item_affine()
-                self._items[key] = affine_table(*self._affine[key]), self.groups
-            return self._items[key]
+                x, weight, bias = channel.item_affine()
+                if in_feature_space(x, weight):      # no table at all: the features are the rows
+                    self._features.add(key)
+                    self._items[key] = x, self.groups
+                elif self.dense:
+                    self._items[key] = affine_table(x, weight, bias), self.groups
+                else:                                # few items: the function's rows of the distinct ids
+                    self._skip.add(key)
+                if key in self._items:
+                    self._affine[key] = x, weight, bias
+            if key in self._items:
+                return self._items[key]
         if self.dense and channel.item_table is not None:
             key = id(channel.item_table)
             if key not in self._items:
