@@ -8,29 +8,40 @@ from mmgraph.nn.affine import (DENSE_COEF_RATIO, affine_feature_scores, affine_r
                                in_feature_space, user_side_map)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("x_trainable", [True, False])
-# both backward forms: items <= 2 K B (the per-item sums; at 30 items some are never scored), and more
-@pytest.mark.parametrize("n_items", [13, 30, 50])
-def test_affine_row_scores_equal_the_table_form(bias, x_trainable, n_items):
-    assert (n_items <= DENSE_COEF_RATIO * 18) == (n_items in (13, 30))
-    g = torch.Generator().manual_seed(0)
+def _problem(seed: int, n_items: int, bias: bool, x_trainable: bool):
+    """``users [6, 5]``, ``x [n_items, 7]``, ``weight [5, 7]``, ``bias [5]`` or None, ``ids [3, 6]`` (some repeated
+    items: their gradients add up)."""
+    g = torch.Generator().manual_seed(seed)
     d_x, d, b, k = 7, 5, 6, 3
     leaf = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
     x = torch.randn(n_items, d_x, generator=g, dtype=torch.float64, requires_grad=x_trainable)
     weight, users = leaf(d, d_x), leaf(b, d)
     bias_t = leaf(d) if bias else None
     ids = torch.randint(0, n_items, (k, b), generator=g)
-    ids[1, :2] = ids[0, :2]                                   # repeated items: their gradients add up
-    assert n_items != 30 or torch.unique(ids).numel() < n_items
-    coef = torch.randn(k, b, generator=g, dtype=torch.float64)
-    inputs = [t for t in (users, x, weight, bias_t) if t is not None and t.requires_grad]
+    ids[1, :2] = ids[0, :2]
+    return users, x, weight, bias_t, ids
 
-    got = affine_row_scores(users, x, weight, bias_t, ids)
+
+def _assert_table_form(got, users, x, weight, bias_t, ids):
+    """``got`` has the values and gradients (of a random weighting) of scoring against ``F.linear(x, W, b)[ids]``."""
     ref = (users.unsqueeze(0) * F.linear(x, weight, bias_t)[ids]).sum(-1)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    coef = torch.randn(ids.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    inputs = [t for t in (users, x, weight, bias_t) if t is not None and t.requires_grad]
     for a, r in zip(torch.autograd.grad((got * coef).sum(), inputs), torch.autograd.grad((ref * coef).sum(), inputs)):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    return ref
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("x_trainable", [True, False])
+# both backward forms: items <= 2 K B (the per-item sums; at 30 items some are never scored), and more
+@pytest.mark.parametrize("n_items", [13, 30, 50])
+def test_affine_row_scores_equal_the_table_form(bias, x_trainable, n_items):
+    assert (n_items <= DENSE_COEF_RATIO * 18) == (n_items in (13, 30))
+    users, x, weight, bias_t, ids = _problem(0, n_items, bias, x_trainable)
+    assert n_items != 30 or torch.unique(ids).numel() < n_items
+    ref = _assert_table_form(affine_row_scores(users, x, weight, bias_t, ids), users, x, weight, bias_t, ids)
     # a shared precomputed table gives the same
     shared = affine_row_scores(users, x, weight, bias_t, ids, table=affine_table(x, weight, bias_t))
     torch.testing.assert_close(shared, ref, rtol=1e-12, atol=1e-12)
@@ -52,23 +63,9 @@ def test_affine_row_scores_gradient_check(n_items):
 @pytest.mark.parametrize("x_trainable", [True, False])
 @pytest.mark.parametrize("given_uw", [True, False])
 def test_affine_feature_scores_equal_the_table_form(bias, x_trainable, given_uw):
-    g = torch.Generator().manual_seed(2)
-    n_items, d_x, d, b, k = 20, 7, 5, 6, 3
-    leaf = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    x = torch.randn(n_items, d_x, generator=g, dtype=torch.float64, requires_grad=x_trainable)
-    weight, users = leaf(d, d_x), leaf(b, d)
-    bias_t = leaf(d) if bias else None
-    ids = torch.randint(0, n_items, (k, b), generator=g)
-    ids[2, :3] = ids[0, :3]                                   # repeated items: their gradients add up
-    coef = torch.randn(k, b, generator=g, dtype=torch.float64)
-    inputs = [t for t in (users, x, weight, bias_t) if t is not None and t.requires_grad]
-
+    users, x, weight, bias_t, ids = _problem(2, 20, bias, x_trainable)
     uw = user_side_map(users, weight) if given_uw else None
-    got = affine_feature_scores(users, x, weight, bias_t, ids, uw=uw)
-    ref = (users.unsqueeze(0) * F.linear(x, weight, bias_t)[ids]).sum(-1)
-    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    for a, r in zip(torch.autograd.grad((got * coef).sum(), inputs), torch.autograd.grad((ref * coef).sum(), inputs)):
-        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    _assert_table_form(affine_feature_scores(users, x, weight, bias_t, ids, uw=uw), users, x, weight, bias_t, ids)
     if uw is not None:
         assert not uw.requires_grad
         torch.testing.assert_close(uw, users.detach() @ weight.detach())
