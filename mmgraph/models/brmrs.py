@@ -321,7 +321,7 @@ class _RowCache:
         return self._users[key]
 
     def affine(self, channel: Channel) -> Optional[Tuple[Tensor, Tensor, Optional[Tensor]]]:
-        """The channel's ``(x, weight, bias)`` when its rows come from :meth:`items` as an affine table."""
+        """The channel's ``(x, weight, bias)`` when :meth:`items` gave its affine table or its features."""
         return self._affine.get(id(channel.item_affine)) if channel.item_affine is not None else None
 
     def in_features(self, channel: Channel) -> bool:
