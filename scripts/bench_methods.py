@@ -47,6 +47,7 @@ from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
 from mmgraph.train.run import build_model, build_plugins, build_run_graph, load_dataset  # noqa: E402
 from mmgraph.train.trainer import Trainer  # noqa: E402
+from mmgraph.nn.linear import matmul_precision  # noqa: E402
 from mmgraph.utils.denormals import flush_denormal_enabled, flush_for, set_flush_denormal  # noqa: E402
 
 
@@ -109,6 +110,15 @@ def _setup(entry: str, dataset, sets, keep: int) -> Dict[str, object]:
         n_batches += 1
     epoch_work = clock() - t0
 
+    precision = str(cfg.get("matmul_precision", "highest"))
+
+    def at_precision(fn):   # as Trainer.fit runs its steps and validations
+        def run(*args):
+            with matmul_precision(precision, trainer.device):
+                return fn(*args)
+        return run
+
+    @at_precision
     def step(batch):
         batch = batch.to(trainer.device)
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -127,14 +137,15 @@ def _setup(entry: str, dataset, sets, keep: int) -> Dict[str, object]:
 
     for b in batches[:2]:  # warm-up (allocator, lazy init)
         step(b)
-    return {"step": step, "batches": batches, "n_batches": n_batches, "trainer": trainer, "epoch_work": epoch_work}
+    return {"step": step, "batches": batches, "n_batches": n_batches, "trainer": trainer, "epoch_work": epoch_work,
+            "validate": at_precision(trainer.validate)}
 
 
 def _summary(times: List[tuple], setup: Dict[str, object]) -> Dict[str, float]:
     fwd, bwd, opt = zip(*times)
     med = {k: statistics.median(v) for k, v in (("forward", fwd), ("backward", bwd), ("optimizer", opt))}
     step_s = sum(med.values())
-    valid = _timed(setup["trainer"].validate)
+    valid = _timed(setup["validate"])
     n = setup["n_batches"]
     return {**med, "step": step_s, "steps_per_epoch": n, "epoch_work": setup["epoch_work"], "valid": valid,
             "epoch": n * step_s + setup["epoch_work"] + valid}
@@ -159,7 +170,7 @@ def _floor(setup: Dict[str, object]) -> Dict[str, float]:
     with step:   # a timed batch: the epoch's last one may be a short remainder (kept when steps >= the epoch's)
         setup["step"](_timed_batches(setup["batches"], 1)[0])
     with valid:
-        trainer.validate()
+        setup["validate"]()
     return {"gflop": step.gflop(), "products": step.time_alone(device=trainer.device),
             "sparse": step.time_sparse_alone(),
             "valid_products": valid.time_alone(device=trainer.device) + valid.time_sparse_alone()}

@@ -37,6 +37,8 @@ def library_versions() -> Dict[str, str]:
     versions["cuda"] = torch.version.cuda or "none"
     # whether large CPU products go through oneDNN (mmgraph.nn.linear): it changes the float rounding
     versions["onednn_linear"] = "on" if linear.ENABLED else "off"
+    # whether matmul_precision=medium computes the CPU's large products in bfloat16 here
+    versions["cpu_bf16_products"] = "native" if linear.bf16_native() else "no"
     return versions
 
 

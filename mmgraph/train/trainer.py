@@ -31,6 +31,7 @@ from mmgraph.train.distributed import (SINGLE, DistContext, LossModule, ShardedB
 from mmgraph.train.prefetch import prefetch, resolve_prefetch
 from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, seed_everything, set_rng_state
 from mmgraph.train.rundir import fingerprint_tensors, load_checkpoint
+from mmgraph.nn.linear import matmul_precision
 from mmgraph.utils.denormals import flush_for, flushing_denormals
 from mmgraph.utils.io import atomic_torch_save, atomic_write, write_json
 from mmgraph.utils.memory import tune_glibc_malloc
@@ -213,8 +214,10 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         """Train with early stopping, then evaluate the best checkpoint on test once (on CPU with subnormal
-        floats flushed to zero unless ``flush_denormals`` is false: see :mod:`mmgraph.utils.denormals`)."""
-        with flushing_denormals(flush_for(self.config, self.device)):
+        floats flushed to zero unless ``flush_denormals`` is false: see :mod:`mmgraph.utils.denormals`; large
+        products at the config's ``matmul_precision``: see :mod:`mmgraph.nn.linear`)."""
+        with flushing_denormals(flush_for(self.config, self.device)), \
+                matmul_precision(self.config.get("matmul_precision", "highest"), self.device):
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> Dict[str, Any]:
