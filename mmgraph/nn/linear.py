@@ -87,7 +87,8 @@ def matmul_precision(precision: str = "highest", device: Optional[torch.device] 
         yield set_matmul_precision(precision, device)
     finally:
         BF16 = before
-        torch.set_float32_matmul_precision(before_torch)
+        if torch.get_float32_matmul_precision() != before_torch:   # (only a CUDA block changes it)
+            torch.set_float32_matmul_precision(before_torch)
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
