@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmgraph.nn import linear as L
+from tests.test_nn_linear import grads, linear_problem, upstream
 
 BF = torch.bfloat16
 
@@ -30,26 +31,14 @@ def bf16_everywhere(monkeypatch):
     return ran
 
 
-def _values_and_grads(fn, tensors, grad):
-    for t in tensors:
-        t.grad = None
-    out = fn()
-    out.backward(grad)
-    return out.detach(), [t.grad.clone() for t in tensors]
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_bf16_linear_equals_products_of_rounded_operands(bf16_everywhere, bias):
-    torch.manual_seed(0)
-    x = torch.randn(300, 24, requires_grad=True)
-    w = torch.randn(10, 24, requires_grad=True)
-    b = torch.randn(10, requires_grad=True) if bias else None
-    grad = torch.randn(300, 10)
-    params = [x, w] + ([b] if bias else [])
+    x, w, b, params = linear_problem(bias)
     with L.matmul_precision("medium") as on:
-        got, got_g = _values_and_grads(lambda: L.linear(x, w, b), params, grad)
+        got, got_g = grads(lambda: L.linear(x, w, b), *params)
     assert on and bf16_everywhere == [(300, 24, 10)] and not L.BF16
     # the reference: each product of bfloat16-rounded operands, rounded once to bfloat16, returned as float32
+    grad = upstream(got)
     xr, wr, gr = x.detach().to(BF), w.detach().to(BF), grad.to(BF)
     want = (xr @ wr.t()).float() + (b.detach() if bias else 0)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -58,7 +47,7 @@ def test_bf16_linear_equals_products_of_rounded_operands(bf16_everywhere, bias):
     if bias:
         torch.testing.assert_close(got_g[2], grad.sum(0))
     # ... and within bfloat16's rounding of float32's products, but not equal to them (the path was taken)
-    full, full_g = _values_and_grads(lambda: F.linear(x, w, b), params, grad)
+    full, full_g = grads(lambda: F.linear(x, w, b), *params)
     for a, ref in zip([got] + got_g, [full] + full_g):
         rel = ((a - ref).norm() / ref.norm()).item()
         assert rel < 1e-2
@@ -69,9 +58,9 @@ def test_bf16_matmul_of_a_transposed_weight_and_a_frozen_input(bf16_everywhere):
     torch.manual_seed(1)
     x = torch.randn(200, 16)                       # frozen features: no input gradient computed
     w = torch.randn(16, 12, requires_grad=True)
-    grad = torch.randn(200, 12)
     with L.matmul_precision("medium"):
-        got, (got_w,) = _values_and_grads(lambda: L.matmul(x, w), [w], grad)
+        got, (got_w,) = grads(lambda: L.matmul(x, w), w)
+    grad = upstream(got)
     assert bf16_everywhere == [(200, 16, 12)]
     torch.testing.assert_close(got, (x.to(BF) @ w.detach().to(BF)).float(), rtol=0, atol=0)
     torch.testing.assert_close(got_w, (x.to(BF).t() @ grad.to(BF)).float(), rtol=0, atol=0)

@@ -26,25 +26,35 @@ def small_route(monkeypatch):
     return ran
 
 
-def _grads(fn, *tensors):
+def upstream(out):
+    """The output gradient :func:`grads` back-propagates: ``linspace(-1, 1)`` in ``out``'s shape."""
+    return torch.linspace(-1, 1, out.numel()).view_as(out)
+
+
+def grads(fn, *tensors):
     for t in tensors:
         t.grad = None
     out = fn()
-    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    out.backward(upstream(out))
     return out.detach(), [t.grad.clone() for t in tensors]
+
+
+def linear_problem(bias: bool):
+    """``x [300, 24]``, ``w [10, 24]``, ``b [10]`` or None (all trainable) and the list of the trainable ones."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 24, requires_grad=True)
+    w = torch.randn(10, 24, requires_grad=True)
+    b = torch.randn(10, requires_grad=True) if bias else None
+    return x, w, b, [x, w] + ([b] if bias else [])
 
 
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_equals_f_linear_values_and_gradients(small_route, bias):
-    torch.manual_seed(0)
-    x = torch.randn(300, 24, requires_grad=True)
-    w = torch.randn(10, 24, requires_grad=True)
-    b = torch.randn(10, requires_grad=True) if bias else None
-    params = [x, w] + ([b] if bias else [])
-    got, got_g = _grads(lambda: L.linear(x, w, b), *params)
+    x, w, b, params = linear_problem(bias)
+    got, got_g = grads(lambda: L.linear(x, w, b), *params)
     assert small_route == [(300, 24, 10), (300, 10, 24)]     # the forward and dx = dy W by oneDNN (dW by mm)
-    want, want_g = _grads(lambda: F.linear(x, w, b), *params)
+    want, want_g = grads(lambda: F.linear(x, w, b), *params)
     torch.testing.assert_close(got, want)
     for g, h in zip(got_g, want_g):
         torch.testing.assert_close(g, h)
@@ -55,16 +65,16 @@ def test_matmul_and_a_column_slice_of_a_weight(small_route):
     torch.manual_seed(1)
     x = torch.randn(200, 16, requires_grad=True)
     w = torch.randn(16, 12, requires_grad=True)
-    got, got_g = _grads(lambda: L.matmul(x, w), x, w)
+    got, got_g = grads(lambda: L.matmul(x, w), x, w)
     assert small_route == [(200, 16, 12), (200, 12, 16)]
-    want, want_g = _grads(lambda: x @ w, x, w)
+    want, want_g = grads(lambda: x @ w, x, w)
     torch.testing.assert_close(got, want)
     for g, h in zip(got_g, want_g):
         torch.testing.assert_close(g, h)
     # VBPR's per-modality block: a non-contiguous column slice of one weight
     big = torch.randn(8, 40, requires_grad=True)
-    got, got_g = _grads(lambda: L.linear(x, big[:, 10:26]), x, big)
-    want, want_g = _grads(lambda: F.linear(x, big[:, 10:26]), x, big)
+    got, got_g = grads(lambda: L.linear(x, big[:, 10:26]), x, big)
+    want, want_g = grads(lambda: F.linear(x, big[:, 10:26]), x, big)
     torch.testing.assert_close(got, want)
     for g, h in zip(got_g, want_g):
         torch.testing.assert_close(g, h)
