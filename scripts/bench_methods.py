@@ -27,6 +27,12 @@ validation's products (dense and sparse, run alone) -- the figure to hold a peer
 ``--interleave`` times each ``METHOD+PLUGIN`` entry step by step in alternation with its backbone (use it
 on a shared machine: the load then weighs on both alike and the ratio is stable between runs).
 
+An entry may end in ``@PRECISION`` (``mmgcn@medium``, ``freedom+brmrs@medium``): it runs at that
+``matmul_precision`` (:mod:`mmgraph.nn.linear`), and its ratio column compares it with the same entry at the
+default precision (with ``--interleave``, timed in alternation with it)::
+
+    python scripts/bench_methods.py --data ../shared/data/tiktok --methods mmgcn@medium,vbpr@medium --interleave
+
 ``--set`` takes ``key=value`` for every entry or ``method:key=value`` for one method.
 """
 from __future__ import annotations
@@ -36,7 +42,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,7 +53,7 @@ from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
 from mmgraph.train.run import build_model, build_plugins, build_run_graph, load_dataset  # noqa: E402
 from mmgraph.train.trainer import Trainer  # noqa: E402
-from mmgraph.nn.linear import matmul_precision  # noqa: E402
+from mmgraph.nn.linear import PRECISIONS, matmul_precision  # noqa: E402
 from mmgraph.utils.denormals import flush_denormal_enabled, flush_for, set_flush_denormal  # noqa: E402
 
 
@@ -81,8 +87,11 @@ def _setup(entry: str, dataset, sets, keep: int) -> Dict[str, object]:
     and the per-epoch work (seconds). Only ``keep`` batches are held: a whole epoch of sampled subgraphs
     (``graph_batching: sampled``) is gigabytes at Electronics scale, and holding it slowed the sampling
     being timed (LightGCN on the 1x preset: 29.9 s an epoch, 17.3 s when not held)."""
+    entry, _, precision = entry.partition("@")
     method, *plugins = entry.split("+")
     overrides = {**sets.get("*", {}), **sets.get(method, {}), "log_geometry": False}
+    if precision:
+        overrides["matmul_precision"] = precision
     if plugins:
         overrides["plugins"] = plugins
     cfg = load_config(method, dataset.name, overrides=overrides)
@@ -198,11 +207,20 @@ def _op_times(setup: Dict[str, object], batches):
     return timer
 
 
+def base_entry(entry: str) -> Optional[str]:
+    """The entry ``entry``'s ratio compares with: the same entry at the default precision for ``...@PRECISION``,
+    the backbone for ``METHOD+PLUGIN``, else None."""
+    if "@" in entry:
+        return entry.partition("@")[0]
+    return entry.split("+")[0] if "+" in entry else None
+
+
 def bench_pair(backbone: str, entry: str, dataset, sets, steps: int, floor: bool = False,
                profile: bool = False) -> Dict[str, Dict[str, float]]:
-    """``backbone`` and ``entry`` (``backbone+plugin``) timed step by step in alternation, so that the load of
-    a shared machine weighs on both alike; the ratio of the medians is then comparable between runs. With
-    ``profile``, prints what the entry's steps spend beyond the backbone's, operator by operator."""
+    """``backbone`` and ``entry`` (``backbone+plugin``, or an entry and ``entry@precision``) timed step by step
+    in alternation, so that the load of a shared machine weighs on both alike; the ratio of the medians is then
+    comparable between runs. With ``profile``, prints what the entry's steps spend beyond the backbone's,
+    operator by operator."""
     a, b = _setup(backbone, dataset, sets, _kept(steps)), _setup(entry, dataset, sets, _kept(steps))
     ta, tb = [], []
     batches_a, batches_b = _timed_batches(a["batches"], steps), _timed_batches(b["batches"], steps)
@@ -230,44 +248,49 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("::")[0].split()))
     p.add_argument("--data", required=True, help="dataset folder or synthetic[:...]")
     p.add_argument("--methods", default="mf,lightgcn,directau,vbpr,freedom,bm3,cm3",
-                   help="comma-separated METHOD or METHOD+PLUGIN entries")
+                   help="comma-separated METHOD or METHOD+PLUGIN entries, each with an optional @PRECISION "
+                        "(matmul_precision)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="[METHOD:]KEY=VALUE")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per entry")
     p.add_argument("--profile", action="store_true", help="print the top operators of each entry")
     p.add_argument("--floor", action="store_true",
                    help="add each step's dense products (GFLOP) and their time run alone: the step's lower bound")
     p.add_argument("--interleave", action="store_true",
-                   help="time each METHOD+PLUGIN entry's steps alternately with its backbone's (a ratio robust to "
-                        "a shared machine's changing load); the backbone row shows its last pair's timings")
+                   help="time each METHOD+PLUGIN (or ENTRY@PRECISION) entry's steps alternately with its backbone's "
+                        "(the entry at the default precision): a ratio robust to a shared machine's changing load; "
+                        "the base row shows its last pair's timings")
     args = p.parse_args(argv)
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     dataset = load_dataset(args.data)
     sets = _split_sets(args.set)
     entries = [e.strip() for e in args.methods.split(",") if e.strip()]
-    unknown = sorted(set(sets) - {"*"} - {e.split("+")[0] for e in entries})
+    bad = [e for e in entries if "@" in e and e.partition("@")[2] not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"--methods {bad[0]}: the precision after @ must be one of {', '.join(PRECISIONS)}")
+    unknown = sorted(set(sets) - {"*"} - {e.partition("@")[0].split("+")[0] for e in entries})
     if unknown:
         raise ConfigError(f"--set {unknown[0]}:...: {unknown[0]} is not among --methods ({args.methods})")
     rows: Dict[str, Dict[str, float]] = {}
     bases: Dict[str, Dict[str, float]] = {}   # the backbone timings each plug-in entry is compared with
     for e in entries:
-        base = e.split("+")[0]
-        if args.interleave and "+" in e:
+        base = base_entry(e)
+        if args.interleave and base is not None:
             pair = bench_pair(base, e, dataset, sets, args.steps, args.floor, args.profile)
             rows[base], rows[e], bases[e] = pair[base], pair[e], pair[base]
         elif not (args.interleave and e in rows):
             rows[e] = bench_entry(e, dataset, sets, args.steps, args.profile, args.floor)
     print(f"\n{dataset.name}: {torch.get_num_threads()} threads, median of {args.steps} steps (ms) and "
           "seconds per epoch")
-    header = (f"{'entry':22s} {'forward':>8s} {'backward':>8s} {'optim':>7s} {'step':>7s} {'x backbone':>10s} "
+    header = (f"{'entry':22s} {'forward':>8s} {'backward':>8s} {'optim':>7s} {'step':>7s} {'x base':>10s} "
               f"{'steps':>5s} {'epoch work':>10s} {'valid':>6s} {'epoch s':>8s}"
               + (f" {'GFLOP':>6s} {'products':>8s} {'sparse':>6s} {'floor x':>7s} {'epoch floor':>11s}"
                  if args.floor else ""))
     print(header)
     print("-" * len(header))
     for entry, r in rows.items():
-        base = bases.get(entry, rows.get(entry.split("+")[0]))
-        ratio = f"x{r['step'] / base['step']:.2f}" if base is not None and "+" in entry else ""
+        base = bases.get(entry, rows.get(base_entry(entry) or ""))
+        ratio = f"x{r['step'] / base['step']:.2f}" if base is not None and base_entry(entry) else ""
         print(f"{entry:22s} {1e3 * r['forward']:8.1f} {1e3 * r['backward']:8.1f} {1e3 * r['optimizer']:7.1f} "
               f"{1e3 * r['step']:7.1f} {ratio:>10s} {r['steps_per_epoch']:5d} {r['epoch_work']:10.3f} "
               f"{r['valid']:6.3f} {r['epoch']:8.2f}" + (_floor_columns(r, base, entry) if args.floor else ""))
@@ -276,7 +299,7 @@ def _main(argv=None) -> int:
 
 def _floor_columns(r: Dict[str, float], base: Dict[str, float], entry: str) -> str:
     ratio = ""
-    if base is not None and "+" in entry:
+    if base is not None and base_entry(entry) and "@" not in entry:   # (the floor times float32 products)
         extra = r["products"] + r["sparse"] - base["products"] - base["sparse"]
         ratio = f"x{(base['step'] + max(0.0, extra)) / base['step']:.2f}"
     epoch = r["steps_per_epoch"] * (r["products"] + r["sparse"]) + r["valid_products"]

@@ -38,8 +38,27 @@ def test_table_has_each_entry_and_the_plugin_ratio(bench, capsys):
     base, plug = rows["lightgcn"], rows["lightgcn+cross"]
     forward, backward, optim, step = plug[:4]
     assert step == pytest.approx(forward + backward + optim, abs=0.15)    # rounded to 0.1 ms each
-    assert plug[4] == pytest.approx(step / base[3], rel=0.05, abs=0.02)    # the "x backbone" column
+    assert plug[4] == pytest.approx(step / base[3], rel=0.05, abs=0.02)    # the "x base" column
     assert all(v > 0 for v in rows["mf"][:4])
+
+
+def test_a_precision_entry_is_compared_with_the_same_entry_at_the_default(bench, capsys, monkeypatch):
+    from mmgraph.nn import linear
+
+    monkeypatch.setattr(linear, "bf16_native", lambda: True)
+    monkeypatch.setattr(linear, "MIN_MACS", 1)
+    ran = []
+    apply = linear._Bf16Linear.apply
+    monkeypatch.setattr(linear._Bf16Linear, "apply", lambda *a: ran.append(1) or apply(*a))
+    assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "vbpr@medium",
+                       "--steps", "2", "--interleave", "--set", "threads=1"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    base, medium = [float(v) for v in lines["vbpr"][1:5]], lines["vbpr@medium"]
+    assert float(medium[5].lstrip("x")) == pytest.approx(float(medium[4]) / base[3], rel=0.05, abs=0.02)
+    assert ran                                     # the @medium entry's products took the bfloat16 path
+    assert linear.BF16 is False
+    with pytest.raises(Exception, match="precision after @ must be one of highest, high, medium"):
+        bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "vbpr@low"])
 
 
 def test_floor_columns_count_the_plugin_products(bench, capsys):
