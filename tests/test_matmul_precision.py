@@ -108,6 +108,10 @@ def test_a_medium_run_trains_in_bf16_and_evaluate_reproduces_its_metrics(bf16_ev
     assert main(["evaluate", str(run), "--split", "test", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test"] == final["test"]
     assert len(bf16_everywhere) > trained and L.BF16 is False
+    evaluated = len(bf16_everywhere)
+    from mmgraph.analysis.subsets import analyze_runs   # (the other readers of a run folder alike)
+    assert analyze_runs([str(run)])
+    assert len(bf16_everywhere) > evaluated and L.BF16 is False
     # the default run takes no bfloat16 product
     before = len(bf16_everywhere)
     assert main(["train", *common, "--set", "threads=1", "log_geometry=false"]) == 0

@@ -137,12 +137,13 @@ def plot_subsets(results: Mapping[str, List[Dict[str, object]]], output, title: 
 def analyze_runs(run_dirs: Sequence[str], split: str = "test", k: int = 20, data=None,
                  retrieval: str = "exact") -> Dict[str, List[Dict[str, object]]]:
     """``{run label: subset rows}`` for each trained run (labels: the folder names, made unique)."""
-    from mmgraph.train.run import load_run
+    from mmgraph.train.run import as_in_the_run, load_run
 
     results: Dict[str, List[Dict[str, object]]] = {}
     for run in run_dirs:
-        model, dataset, _ = load_run(run, data)
-        hits, modalities = channel_hits(model, dataset, split, k, retrieval)
+        model, dataset, config = load_run(run, data)
+        with as_in_the_run(config, model.device):
+            hits, modalities = channel_hits(model, dataset, split, k, retrieval)
         label = Path(run).resolve().name or str(run)
         while label in results:
             label += "'"

@@ -226,7 +226,7 @@ def group_metrics(out: Path, rows: Sequence[Dict[str, Any]], ks: Sequence[int] =
     """Test Recall@K per item-popularity group (head 20 %, four tail groups) of every run, computed from
     its best checkpoint; cached in ``out/groups/`` (keyed by the checkpoint's content hash)."""
     from mmgraph.evaluation import Evaluator, popularity_group_metrics
-    from mmgraph.train.run import load_run
+    from mmgraph.train.run import as_in_the_run, load_run
     from mmgraph.train.rundir import file_hash
     from mmgraph.utils.io import write_json
 
@@ -240,8 +240,9 @@ def group_metrics(out: Path, rows: Sequence[Dict[str, Any]], ks: Sequence[int] =
         if cached.get("checkpoint") == digest and cached.get("ks") == list(ks):
             groups = cached["groups"]
         else:
-            model, dataset, _ = load_run(run_dir)
-            users, items = model.embeddings()
+            model, dataset, config = load_run(run_dir)
+            with as_in_the_run(config, model.device):
+                users, items = model.embeddings()
             evaluator = Evaluator(dataset, "test", ks=list(ks), device=users.device)
             groups = popularity_group_metrics(evaluator, users, items, ks=ks)
             cache.parent.mkdir(parents=True, exist_ok=True)

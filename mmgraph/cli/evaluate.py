@@ -51,16 +51,11 @@ def register(sub) -> None:
 
 
 def _embeddings_like_the_run(model, config, channel: str = "final"):
-    """``(users, items)`` of ``channel`` computed as the run's final evaluation computed them (see ``Trainer``):
-    from the run's seed (a model with noise at evaluation, LGMRec, then reproduces ``final_metrics.json``), with
-    subnormal floats flushed as in training (``flush_denormals``) and at the run's ``matmul_precision``."""
-    from mmgraph.nn.linear import matmul_precision
-    from mmgraph.train.reproducibility import DEFAULT_SEED, seed_everything
-    from mmgraph.utils.denormals import flush_for, flushing_denormals
+    """``(users, items)`` of ``channel`` computed as the run's final evaluation computed them
+    (:func:`~mmgraph.train.run.as_in_the_run`)."""
+    from mmgraph.train.run import as_in_the_run
 
-    seed_everything(int(config.get("seed", DEFAULT_SEED)))
-    with flushing_denormals(flush_for(config, model.device)), \
-            matmul_precision(config.get("matmul_precision", "highest"), model.device):
+    with as_in_the_run(config, model.device):
         return channel_embeddings(model, channel)
 
 

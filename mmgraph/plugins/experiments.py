@@ -202,7 +202,7 @@ def popularity(data, method: str, variants: Dict[str, Dict[str, Any]], out: Path
     """Train each variant, then Recall@K per popularity group of its best checkpoint:
     ``{variant: {"head": {"recall@10": ...}, "tail1": ..., ...}}`` (tail1 = the most popular tail items)."""
     from mmgraph.evaluation import Evaluator, popularity_group_metrics
-    from mmgraph.train.run import load_run
+    from mmgraph.train.run import as_in_the_run, load_run
 
     out = Path(out)
     result = {}
@@ -210,8 +210,9 @@ def popularity(data, method: str, variants: Dict[str, Dict[str, Any]], out: Path
         cfg = variant_config(method, variant, overrides)
         run_dir = out / method / _slug(name)
         run_variant(method, data, cfg, run_dir, progress)
-        model, dataset, _ = load_run(run_dir, data)
-        user_emb, item_emb = model.embeddings()
+        model, dataset, config = load_run(run_dir, data)
+        with as_in_the_run(config, model.device):
+            user_emb, item_emb = model.embeddings()
         evaluator = Evaluator(dataset, split, ks=list(ks), device=user_emb.device)
         groups = popularity_group_metrics(evaluator, user_emb, item_emb, ks=ks)
         groups["all"] = {**evaluator.evaluate(user_emb, item_emb)}

@@ -697,6 +697,21 @@ def resolve_run_dir(run_dir: Union[str, Path]) -> Path:
     return run
 
 
+@contextlib.contextmanager
+def as_in_the_run(config: Dict[str, Any], device: Optional[torch.device] = None):
+    """Within the block a loaded run's model computes as the run's final evaluation did (see ``Trainer``): from
+    the run's seed (a model with noise at evaluation, LGMRec, then reproduces ``final_metrics.json``), with
+    subnormal floats flushed as in training (``flush_denormals``) and at the run's ``matmul_precision``."""
+    from mmgraph.nn.linear import matmul_precision
+    from mmgraph.utils.denormals import flush_for, flushing_denormals
+
+    device = torch.device("cpu") if device is None else device
+    seed_everything(int(config.get("seed", DEFAULT_SEED)))
+    with flushing_denormals(flush_for(config, device)), \
+            matmul_precision(config.get("matmul_precision", "highest"), device):
+        yield
+
+
 def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDataset]] = None,
              checkpoint: str = "best.pt", device: Optional[str] = None):
     """Rebuild a trained model from its run folder (or a grid's selected point). Returns
