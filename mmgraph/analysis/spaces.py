@@ -43,10 +43,13 @@ def raw_spaces(dataset, anchor: bool = True) -> Dict[str, np.ndarray]:
 def model_spaces(model) -> Dict[str, np.ndarray]:
     """``{name: items [I, d]}``: the item side of every channel of ``model`` (``final`` first) and its
     ``item_spaces()`` if it has any."""
-    out = {name: _numpy(items) for name, (_, items) in model.channel_embeddings().items() if items is not None}
-    extra = getattr(model, "item_spaces", None)
-    if callable(extra):
-        out.update({name: _numpy(x) for name, x in extra().items()})
+    from mmgraph.train.run import as_in_the_run
+
+    with as_in_the_run(getattr(model, "config", {}), getattr(model, "device", None)):   # a loaded run's model carries its config
+        out = {name: _numpy(items) for name, (_, items) in model.channel_embeddings().items() if items is not None}
+        extra = getattr(model, "item_spaces", None)
+        if callable(extra):
+            out.update({name: _numpy(x) for name, x in extra().items()})
     return out
 
 
