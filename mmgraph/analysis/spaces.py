@@ -45,7 +45,8 @@ def model_spaces(model) -> Dict[str, np.ndarray]:
     ``item_spaces()`` if it has any."""
     from mmgraph.train.run import as_in_the_run
 
-    with as_in_the_run(getattr(model, "config", {}), getattr(model, "device", None)):   # a loaded run's model carries its config
+    # a loaded run's model carries its config: its spaces are computed as the run computed them
+    with as_in_the_run(getattr(model, "config", {}), getattr(model, "device", None)):
         out = {name: _numpy(items) for name, (_, items) in model.channel_embeddings().items() if items is not None}
         extra = getattr(model, "item_spaces", None)
         if callable(extra):
