@@ -26,12 +26,12 @@ from mmgraph.errors import ConfigError, TrainingError
 from mmgraph.evaluation import Evaluator
 from mmgraph.losses import alignment, uniformity
 from mmgraph.models.base import Batch, Recommender
+from mmgraph.nn.linear import matmul_precision
 from mmgraph.train.distributed import (SINGLE, DistContext, LossModule, ShardedBatches, evaluate_sharded,
                                        wrap_ddp)
 from mmgraph.train.prefetch import prefetch, resolve_prefetch
 from mmgraph.train.reproducibility import DEFAULT_SEED, rng_state, seed_everything, set_rng_state
 from mmgraph.train.rundir import fingerprint_tensors, load_checkpoint
-from mmgraph.nn.linear import matmul_precision
 from mmgraph.utils.denormals import flush_for, flushing_denormals
 from mmgraph.utils.io import atomic_torch_save, atomic_write, write_json
 from mmgraph.utils.memory import tune_glibc_malloc
