@@ -143,3 +143,27 @@ def test_dim_latent_for_an_absent_modality_is_reported(tiny, caplog):
     with caplog.at_level("INFO", logger="mmgraph.models.mmgcn"):
         build_model("mmgcn", tiny, {**cfg, "dim_latent": {"txt": 8}})
     assert [r.levelname for r in caplog.records if "dim_latent names txt" in r.message] == ["WARNING"]
+
+
+def test_the_first_layer_folded_onto_the_features_keeps_the_values_and_gradients(tiny, monkeypatch):
+    # image: 6-d features widened to 7 by the MLP, so its first layer's products come from the features directly
+    from mmgraph.models.mmgcn import ModalityGCN
+
+    torch.manual_seed(0)
+    model = build_model("mmgcn", tiny, {"dim_latent": {"image": 7}, "graph_cache": False})
+    assert model.gcn["image"].folds_mlp() and not model.gcn["text"].folds_mlp()
+    one_layer = build_model("mmgcn", tiny, {"dim_latent": {"image": 7}, "n_layers": 1, "graph_cache": False})
+    assert not one_layer.gcn["image"].folds_mlp()     # its first layer's input is the last layer's: formed
+    batch = _batch(tiny)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads():
+        loss = model.loss(batch).loss
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    folded, folded_grads = loss_and_grads()
+    monkeypatch.setattr(ModalityGCN, "folds_mlp", lambda self: False)
+    plain, plain_grads = loss_and_grads()
+    torch.testing.assert_close(folded, plain)
+    for a, b in zip(folded_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
