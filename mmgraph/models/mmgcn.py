@@ -97,12 +97,10 @@ class ModalityGCN(nn.Module):
         else:
             items = linear(features, self.mlp.weight, self.mlp.bias) if self.mlp is not None else features
             x = row_normalize(torch.cat([self.preference, items], 0))
-        for layer, w in enumerate(self.conv_weight):
-            if layer == 0 and h is not None:
-                continue
+        for layer in range(0 if h is None else 1, len(self.conv_weight)):
             if h is not None:
                 x = self._combine(layer - 1, x, h, id_emb, first_linear if layer == 1 else None)
-            h = F.leaky_relu(self.conv(matmul(x, w), adj))
+            h = F.leaky_relu(self.conv(matmul(x, self.conv_weight[layer]), adj))
         return x, h
 
     def folds_mlp(self) -> bool:

@@ -140,25 +140,26 @@ class _Bf16Linear(torch.autograd.Function):
         return d_x, d_w, d_b
 
 
-def _bf16_route(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> bool:
-    """Whether ``x @ weight.T + bias`` is computed from bfloat16 operands (:data:`BF16`, a large float32 CPU
-    product whose operands fit together)."""
-    return (BF16 and x.device.type == "cpu" and weight.device.type == "cpu"
+def _large_cpu_float32(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether ``x [N, k] @ weight.T`` (``weight [n, k]``) ``+ bias`` is a float32 CPU product of at least
+    :data:`MIN_MACS` whose operands fit together (others stay with PyTorch, whose error names them)."""
+    return (x.device.type == "cpu" and weight.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1] and not x.is_sparse
             and (bias is None or (bias.shape == weight.shape[:1] and bias.dtype == torch.float32))
             and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS)
 
 
+def _bf16_route(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> bool:
+    """Whether ``x @ weight.T + bias`` is computed from bfloat16 operands (:data:`BF16`)."""
+    return BF16 and _large_cpu_float32(x, weight, bias)
+
+
 def _route(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> bool:
     """Whether ``x [N, k] @ weight.T`` (``weight [n, k]``) ``+ bias`` goes through oneDNN. Operands that do not fit
     together stay with PyTorch, whose error names them (a kernel error here would switch the route off)."""
     return (ENABLED and torch._C._get_mkldnn_enabled()      # torch.backends.mkldnn.flags(enabled=False) is honoured
-            and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() == 2 and weight.dim() == 2 and x.is_contiguous() and not x.is_sparse
-            and x.shape[1] == weight.shape[1] and weight.device.type == "cpu"
-            and (bias is None or (bias.shape == weight.shape[:1] and bias.dtype == torch.float32))
-            and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS)
+            and _large_cpu_float32(x, weight, bias) and x.is_contiguous())
 
 
 def _disable(exc: Exception) -> None:
