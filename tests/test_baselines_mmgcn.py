@@ -167,3 +167,31 @@ def test_the_first_layer_folded_onto_the_features_keeps_the_values_and_gradients
     torch.testing.assert_close(folded, plain)
     for a, b in zip(folded_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("settings", [{"dim_latent": {"image": 7}}, {"dim_latent": {"image": 4}},
+                                      {"dim_latent": {"image": 7}, "frozen_embeddings": True}])
+def test_the_first_layer_per_side_keeps_the_values_and_gradients(tiny, monkeypatch, settings):
+    # per side: items aggregate the users' rows before the product; users the items' products (folded from the
+    # features for the widened image modality, a cached constant for the frozen raw text features, else formed)
+    from mmgraph.models.mmgcn import MMGCN
+
+    torch.manual_seed(0)
+    model = build_model("mmgcn", tiny, {**settings, "graph_cache": False})
+    batch = _batch(tiny)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def outputs():
+        loss = model.loss(batch).loss
+        return loss.detach(), torch.autograd.grad(loss, params), torch.cat(model.embeddings())
+
+    per_side = outputs()
+    again = outputs()             # the text modality's cached aggregation: reused, the same result
+    assert torch.equal(per_side[0], again[0])
+    assert model.gcn["text"].__dict__["_constant"][3].shape == (tiny.n_users, 5)
+    monkeypatch.setattr(MMGCN, "blocks", lambda self: None)
+    joint = outputs()
+    torch.testing.assert_close(per_side[0], joint[0])
+    torch.testing.assert_close(per_side[2], joint[2], atol=1e-6, rtol=1e-5)
+    for a, b in zip(per_side[1], joint[1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

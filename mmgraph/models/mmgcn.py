@@ -52,6 +52,16 @@ def mean_adj(edge_index: Tensor, n_users: int, n_items: int) -> SparseAdj:
     return SparseAdj(torch.stack([rows, cols]), 1.0 / deg[rows], (n, n))
 
 
+def mean_blocks(edge_index: Tensor, n_users: int, n_items: int) -> Tuple[SparseAdj, SparseAdj]:
+    """The two blocks of :func:`mean_adj`: ``(A_ui [U, I], A_iu [I, U])``, each row the mean over that user's items
+    (that item's users); ``A = [[0, A_ui], [A_iu, 0]]``."""
+    u, i = edge_index[0], edge_index[1]
+    du = torch.bincount(u, minlength=n_users).clamp(min=1).float()
+    di = torch.bincount(i, minlength=n_items).clamp(min=1).float()
+    return (SparseAdj(torch.stack([u, i]), 1.0 / du[u], (n_users, n_items)),
+            SparseAdj(torch.stack([i, u]), 1.0 / di[i], (n_items, n_users)))
+
+
 def _xavier_linear(n_in: int, n_out: int, xavier: bool = True) -> nn.Linear:
     lin = nn.Linear(n_in, n_out)
     if xavier:
@@ -81,38 +91,80 @@ class ModalityGCN(nn.Module):
         # MMRec initialises the first combination layer with Xavier, the others with PyTorch's default
         self.combine = nn.ModuleList([_xavier_linear(dims[l] + dim, dim, xavier=l == 0) for l in range(n_layers)])
 
-    def forward(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tensor:
-        return self.last(*self.hidden(features, id_emb, adj), id_emb)
+    def forward(self, features: Tensor, id_emb: Tensor, adj: SparseAdj,
+                blocks: Optional[Tuple[SparseAdj, SparseAdj]] = None) -> Tensor:
+        return self.last(*self.hidden(features, id_emb, adj, blocks), id_emb)
 
-    def hidden(self, features: Tensor, id_emb: Tensor, adj: SparseAdj) -> Tuple[Tensor, Optional[Tensor]]:
+    def hidden(self, features: Tensor, id_emb: Tensor, adj: SparseAdj,
+               blocks: Optional[Tuple[SparseAdj, SparseAdj]] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Every layer but the last's combination, over all nodes: the last layer's input ``x`` and its
         aggregation ``h = LeakyReLU(A x W_conv)`` (``[U + I, d_l]`` each; ``h`` is None without layers).
-        :meth:`last` finishes the layer on the rows that are needed: its combination is row-wise."""
+        :meth:`last` finishes the layer on the rows that are needed: its combination is row-wise.
+
+        ``blocks``: ``(A_ui, A_iu)`` of :func:`mean_blocks`; with two layers or more, the first one is then computed
+        per side (:meth:`first_layer`), else over the joint ``[U + I, width]`` table."""
         h: Optional[Tensor] = None
-        first_linear: Optional[Tensor] = None
-        if self.folds_mlp():
-            xw, first_linear = self._first_products(features)
-            x: Optional[Tensor] = None          # the first layer's input is never formed
-            h = F.leaky_relu(self.conv(xw, adj))
+        if blocks is not None and len(self.conv_weight) >= 2:
+            x = self.first_layer(features, id_emb, blocks)
+            first = 1
         else:
             items = linear(features, self.mlp.weight, self.mlp.bias) if self.mlp is not None else features
             x = row_normalize(torch.cat([self.preference, items], 0))
-        for layer in range(0 if h is None else 1, len(self.conv_weight)):
+            first = 0
+        for layer in range(first, len(self.conv_weight)):
             if h is not None:
-                x = self._combine(layer - 1, x, h, id_emb, first_linear if layer == 1 else None)
+                x = self._combine(layer - 1, x, h, id_emb)
             h = F.leaky_relu(self.conv(matmul(x, self.conv_weight[layer]), adj))
         return x, h
 
+    def first_layer(self, features: Tensor, id_emb: Tensor, blocks: Tuple[SparseAdj, SparseAdj]) -> Tensor:
+        """The first layer's output ``[U + I, d]``, each side from the other's rows (the graph is bipartite): items
+        aggregate the users' normalised preferences before the convolution's product (``(A_iu P0) W``: a product
+        of ``I`` rows, not ``U``); users aggregate the items' products, which come straight from narrow features
+        when the MLP widens them (:meth:`folds_mlp`), or, for frozen raw features, from their aggregation
+        ``A_ui norm(X)``, a constant computed once. The same values as the joint form, to float rounding."""
+        ui, iu = blocks
+        conv_w, lin = self.conv_weight[0], self.linear[0]
+        id_users, id_items = split_nodes(id_emb, ui.shape[0])
+        users = row_normalize(self.preference)                                           # [U, width]
+        h_items = F.leaky_relu(matmul(iu.matmul(users), conv_w))
+        if self.folds_mlp():
+            conv_items, lin_items = self._folded_item_products(features)
+            h_users = F.leaky_relu(ui.matmul(conv_items))
+        elif self.mlp is None and not features.requires_grad:
+            items, aggregated = self._constant_items(features, ui)
+            h_users = F.leaky_relu(matmul(aggregated, conv_w))
+            lin_items = linear(items, lin.weight, lin.bias)
+        else:
+            items = row_normalize(linear(features, self.mlp.weight, self.mlp.bias) if self.mlp is not None
+                                  else features)
+            h_users = F.leaky_relu(ui.matmul(matmul(items, conv_w)))
+            lin_items = linear(items, lin.weight, lin.bias)
+        return torch.cat([self._combine(0, None, h_users, id_users, linear(users, lin.weight, lin.bias)),
+                          self._combine(0, None, h_items, id_items, lin_items)], 0)
+
+    def _constant_items(self, features: Tensor, ui: SparseAdj) -> Tuple[Tensor, Tensor]:
+        """``(norm(X) [I, width], A_ui norm(X) [U, width])`` of frozen raw features, computed once per (features,
+        graph) pair (a model moved to another device recomputes them)."""
+        cached = self.__dict__.get("_constant")
+        if cached is None or cached[0] is not features or cached[1] is not ui:
+            with torch.no_grad():
+                items = row_normalize(features)
+                cached = (features, ui, items, ui.matmul(items))
+            self.__dict__["_constant"] = cached
+        return cached[2], cached[3]
+
     def folds_mlp(self) -> bool:
-        """Whether the first layer takes its item rows' products straight from the features (:meth:`_first_products`):
-        when the MLP widens them (``d_m < dim_latent``: TikTok's 128-d image features to 256) and a second layer
-        consumes the first one's input (so that it is never needed itself)."""
+        """Whether the first layer takes its item rows' products straight from the features
+        (:meth:`_folded_item_products`): when the MLP widens them (``d_m < dim_latent``: TikTok's 128-d image
+        features to 256) and a second layer consumes the first one's output (so that its input is never needed
+        itself)."""
         return (self.mlp is not None and self.mlp.in_features < self.mlp.out_features
                 and len(self.conv_weight) >= 2)
 
-    def _first_products(self, features: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(x0 W_conv0 [U + I, width], Linear_0(x0) [U + I, d])`` for ``x0 = norm([P ; F W_m^T + b_m])``,
-        without its item rows: item ``i``'s row is ``s_i (W_m f_i + b_m)`` with ``1 / s_i = ||W_m f_i + b_m|| =
+    def _folded_item_products(self, features: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(x0 W_conv0 [I, width], Linear_0(x0) [I, d])`` for the item rows of ``x0 = norm(F W_m^T + b_m)``,
+        without forming them: item ``i``'s row is ``s_i (W_m f_i + b_m)`` with ``1 / s_i = ||W_m f_i + b_m|| =
         sqrt(f_i^T (W_m^T W_m) f_i + 2 f_i . W_m^T b_m + |b_m|^2)``, so its products are ``s_i (f_i (W_m^T W) + b_m
         W)``: products of the narrow features (``[I, d_m]``) with the folded weights, in place of the ``[I, width]``
         rows, their products and the MLP's (same values to float rounding; TikTok: a 5-6 % shorter step)."""
@@ -122,9 +174,7 @@ class ModalityGCN(nn.Module):
         scale = sq.clamp_min(_EPS * _EPS).rsqrt().unsqueeze(1)         # = 1 / max(||x0_i||, eps), as row_normalize
         conv_items = linear(features, conv_w.t() @ wm, bm @ conv_w) * scale
         lin_items = torch.addcmul(lin.bias, linear(features, lin.weight @ wm, lin.weight @ bm), scale)
-        users = row_normalize(self.preference)
-        return (torch.cat([matmul(users, conv_w), conv_items], 0),
-                torch.cat([linear(users, lin.weight, lin.bias), lin_items], 0))
+        return conv_items, lin_items
 
     def last(self, x: Tensor, h: Optional[Tensor], id_emb: Tensor, rows: Optional[Tensor] = None) -> Tensor:
         """The last layer's output ``[U + I, d]``, or its rows ``rows`` (distinct node ids) ``[n, d]``."""
@@ -179,11 +229,17 @@ class MMGCN(Recommender):
                     ", ".join(absent), ", ".join(feats) or "none")
         self.gcn = nn.ModuleDict({m: ModalityGCN(self.n_users, int(f.shape[1]), d, int(cfg["n_layers"]),
                                                  latent.get(m), frozen) for m, f in feats.items()})
-        self.adj = mean_adj(data[INTERACTS].edge_index, self.n_users, self.n_items)
+        edge_index = data[INTERACTS].edge_index
+        self.adj = mean_adj(edge_index, self.n_users, self.n_items)
+        self.adj_ui, self.adj_iu = mean_blocks(edge_index, self.n_users, self.n_items)
 
     def parts(self) -> Dict[str, Tensor]:
         """``{modality: [U + I, d]}``."""
-        return {m: self.gcn[m](self.features.raw(m), self.id_emb, self.adj) for m in self.modalities}
+        return {m: self.gcn[m](self.features.raw(m), self.id_emb, self.adj, self.blocks()) for m in self.modalities}
+
+    def blocks(self) -> Tuple[SparseAdj, SparseAdj]:
+        """``(A_ui, A_iu)``: the first layer's aggregations, per side (:meth:`ModalityGCN.first_layer`)."""
+        return self.adj_ui, self.adj_iu
 
     def _split(self, parts: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
         rep = torch.stack(list(parts.values())).mean(0)
@@ -195,7 +251,8 @@ class MMGCN(Recommender):
     def loss(self, batch: Batch) -> LossOutput:
         # every layer but the last's combination runs over all nodes (the aggregations need them); the last
         # combination only on the batch's distinct users and items, and on the rows a plug-in asks for
-        states = {m: self.gcn[m].hidden(self.features.raw(m), self.id_emb, self.adj) for m in self.modalities}
+        states = {m: self.gcn[m].hidden(self.features.raw(m), self.id_emb, self.adj, self.blocks())
+                  for m in self.modalities}
 
         def modality_rows(m: str, nodes: Tensor) -> Tensor:
             return self.gcn[m].last(*states[m], self.id_emb, nodes)
