@@ -97,13 +97,12 @@ class ModalityGCN(nn.Module):
 
     def hidden(self, features: Tensor, id_emb: Tensor, adj: SparseAdj,
                blocks: Optional[Tuple[SparseAdj, SparseAdj]] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        """Every layer but the last's combination, over all nodes: the last layer's input ``x`` and its
-        aggregation ``h = LeakyReLU(A x W_conv)`` (``[U + I, d_l]`` each; ``h`` is None without layers).
-        :meth:`last` finishes the layer on the rows that are needed: its combination is row-wise.
+        """Every layer but the last's product and combination, over all nodes: the last layer's input ``x`` and
+        its neighbour mean ``A x`` (``[U + I, d_l]`` each; None without layers). :meth:`last` finishes the layer on
+        the rows that are needed, ``h = LeakyReLU((A x) W_conv)`` and the combination being row-wise.
 
         ``blocks``: ``(A_ui, A_iu)`` of :func:`mean_blocks`; with two layers or more, the first one is then computed
         per side (:meth:`first_layer`), else over the joint ``[U + I, width]`` table."""
-        h: Optional[Tensor] = None
         if blocks is not None and len(self.conv_weight) >= 2:
             x = self.first_layer(features, id_emb, blocks)
             first = 1
@@ -111,11 +110,11 @@ class ModalityGCN(nn.Module):
             items = linear(features, self.mlp.weight, self.mlp.bias) if self.mlp is not None else features
             x = row_normalize(torch.cat([self.preference, items], 0))
             first = 0
-        for layer in range(first, len(self.conv_weight)):
-            if h is not None:
-                x = self._combine(layer - 1, x, h, id_emb)
+        last = len(self.conv_weight) - 1
+        for layer in range(first, last):
             h = F.leaky_relu(self.conv(matmul(x, self.conv_weight[layer]), adj))
-        return x, h
+            x = self._combine(layer, x, h, id_emb)
+        return x, (self.conv(x, adj) if first <= last else None)
 
     def first_layer(self, features: Tensor, id_emb: Tensor, blocks: Tuple[SparseAdj, SparseAdj]) -> Tensor:
         """The first layer's output ``[U + I, d]``, each side from the other's rows (the graph is bipartite): items
@@ -176,13 +175,15 @@ class ModalityGCN(nn.Module):
         lin_items = torch.addcmul(lin.bias, linear(features, lin.weight @ wm, lin.weight @ bm), scale)
         return conv_items, lin_items
 
-    def last(self, x: Tensor, h: Optional[Tensor], id_emb: Tensor, rows: Optional[Tensor] = None) -> Tensor:
-        """The last layer's output ``[U + I, d]``, or its rows ``rows`` (distinct node ids) ``[n, d]``."""
-        if h is None:
+    def last(self, x: Tensor, ax: Optional[Tensor], id_emb: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """The last layer's output ``[U + I, d]``, or its rows ``rows`` (distinct node ids) ``[n, d]``, from
+        :meth:`hidden`'s ``(x, A x)``: on rows, the convolution's product too is only taken on them."""
+        if ax is None:
             return x if rows is None else unique_rows(x, rows)
         if rows is not None:
-            x, h, id_emb = unique_rows(x, rows), unique_rows(h, rows), id_emb[rows]
-        return self._combine(len(self.conv_weight) - 1, x, h, id_emb)
+            x, ax, id_emb = unique_rows(x, rows), unique_rows(ax, rows), unique_rows(id_emb, rows)
+        layer = len(self.conv_weight) - 1
+        return self._combine(layer, x, F.leaky_relu(matmul(ax, self.conv_weight[layer])), id_emb)
 
     def _combine(self, layer: int, x: Optional[Tensor], h: Tensor, id_emb: Tensor,
                  x_linear: Optional[Tensor] = None) -> Tensor:
