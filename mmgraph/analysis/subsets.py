@@ -31,7 +31,8 @@ from mmgraph.utils.io import save_figure
 FINAL = "final"
 
 
-def subset_masks(hits: Mapping[str, np.ndarray], modalities: Sequence[str], fused: str = FINAL) -> Dict[str, np.ndarray]:
+def subset_masks(hits: Mapping[str, np.ndarray], modalities: Sequence[str],
+                 fused: str = FINAL) -> Dict[str, np.ndarray]:
     """``{subset: bool [n_users]}`` from per-channel hit vectors (see the module docstring)."""
     if not modalities:
         raise ConfigError("the subset analysis needs at least one per-modality channel")

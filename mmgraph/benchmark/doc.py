@@ -159,7 +159,8 @@ def render(bench_dir: Path, claims: Sequence[Dict[str, Any]] = (), alpha: float 
                                  f"{short(metric)} | {diff} | {_p(v['p'])} | {verdict} |")
             if c["data"] and not any(d in c["data"] for d in datasets):
                 lines.append(f"| {c['claim']} ({c['better']} > {c['worse']}) | {c['source']} | "
-                             f"{', '.join(c['data'])} | – | – | – | not measured (dataset not in this benchmark) |")
+                             f"{', '.join(c['data'])} | – | – | – | "
+                             "not measured (dataset not in this benchmark) |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

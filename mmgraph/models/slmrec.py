@@ -122,8 +122,8 @@ class SLMRec(GraphRecommender):
 
     def branches(self) -> Tuple[Tensor, Tensor]:
         """Branch outputs ``(users [U, 1 + M, d], items [I, 1 + M, d])``, branch 0 = ``id``."""
-        items = torch.stack([self.item_emb.weight] + [linear(self.features.raw(m), self.dense[m].weight, self.dense[m].bias)
-                                                for m in self.mods], 1)
+        items = torch.stack([self.item_emb.weight] + [linear(self.features.raw(m), self.dense[m].weight,
+                                                             self.dense[m].bias) for m in self.mods], 1)
         users = self.user_emb.weight.unsqueeze(1).expand(-1, items.shape[1], -1)
         out = self.encoder(torch.cat([users, items]), self.adj)
         return split_nodes(out, self.n_users)

@@ -6,7 +6,8 @@ terms to the backbone's loss, optimises the plug-in's parameters with the model'
 Plug-ins never change the backbone's own loss or its scoring.
 
 Registering a plug-in = one module in this package with ``@register_plugin("name")`` (modules are
-found by importing the package); its defaults go in ``configs/plugins/<name>.yaml`` (merged by :func:`mmgraph.train.config.load_config`).
+found by importing the package); its defaults go in ``configs/plugins/<name>.yaml`` (merged by
+:func:`mmgraph.train.config.load_config`).
 """
 from __future__ import annotations
 

@@ -285,7 +285,8 @@ class CROSS(Plugin):
 
     # ------------------------------------------------------------------ embeddings
     def modality_embeddings(self, output: LossOutput, ids: Tensor) -> List[Tensor]:
-        """``M`` tensors ``[len(ids), d]``: L2-normalised embeddings of the DISTINCT ``ids`` per modality (``id`` first)."""
+        """``M`` tensors ``[len(ids), d]``: L2-normalised embeddings of the DISTINCT ``ids`` per modality (``id``
+        first)."""
         rows = [self.item_rows(output, ids, distinct=True)]
         for m in self.modalities[1:]:
             rows.append(self.proj[m](self.feats.raw(m, ids)))

@@ -1,8 +1,8 @@
 """Run folders: one writer at a time, no silent overwrite, and files that provably belong together.
 
 * :class:`RunLock` -- ``DIR/.lock`` held with ``flock`` while a process writes ``DIR``; a second writer fails
-  at once naming the holder's pid (:func:`preflight` checks before the data is loaded). The kernel drops the lock when its process dies, so a lock left by a
-  dead process is simply taken over.
+  at once naming the holder's pid (:func:`preflight` checks before the data is loaded). The kernel drops the
+  lock when its process dies, so a lock left by a dead process is simply taken over.
 * :func:`folder_state` / :func:`clear_run_files` -- what a folder holds (a finished or interrupted run, a
   grid) and the removal of exactly the files a run writes (``--overwrite``).
 * :func:`dataset_hash`, :func:`config_hash`, :func:`file_hash` -- content hashes stored in ``meta.json``

@@ -465,7 +465,8 @@ class Schema:
         hint = self._owner_hint(key)
         close = suggest(key, self.settings)
         tip = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown setting {key!r} for {self.method}{'+' + '+'.join(self.plugins) if self.plugins else ''}"
+        entry = self.method + "".join("+" + p for p in self.plugins)
+        raise ConfigError(f"unknown setting {key!r} for {entry}"
                           f"{where}{hint}{tip} (mmgraph methods --show {self.method} lists them)")
 
     def check(self, key: str, value: Any, origin: str = "") -> Any:
