@@ -367,15 +367,21 @@ def _shared_channels(seed=0, n_users=9, n_items=30, d=5):
 
 
 @pytest.mark.parametrize("strategy", ["cross", "self", "fused", "uniform", "b"])
-@pytest.mark.parametrize("reuse, n_items", [(False, None), (True, None), (False, 30)])
-def test_objective_equals_a_plain_reference_with_gradients(strategy, reuse, n_items):
+@pytest.mark.parametrize("reuse, n_items, shared", [(False, None, False), (True, None, False), (False, 30, False),
+                                                     (True, None, True)])
+def test_objective_equals_a_plain_reference_with_gradients(strategy, reuse, n_items, shared):
     """The optimised objective (shared sources, one distinct-id computation or, with ``n_items`` and large
-    pools, the channels' full item tables; reused fused scores) gives the reference's loss and gradients."""
+    pools, the channels' full item tables; reused fused scores; modality scores of the batch's pairs handed over
+    by the backbone, ``Channel.scores``) gives the reference's loss and gradients."""
+    import dataclasses
     params, modal, fused = _shared_channels()
     rng = np.random.default_rng(1)
     b = 12
     batch = Batch(torch.from_numpy(rng.integers(0, 9, b)), torch.from_numpy(rng.integers(0, 30, b)),
                   torch.from_numpy(rng.integers(0, 30, b)), {"candidates": torch.from_numpy(rng.integers(0, 30, (b, 4)))})
+    if shared:   # two of the three channels come with their pair scores
+        modal = {k: dataclasses.replace(c, scores=(c.score(batch.users, batch.pos), c.score(batch.users, batch.neg)))
+                 if k != "b" else c for k, c in modal.items()}
     obj = BRMRSObjective({"brmrs_negatives": strategy, "brmrs_lambda_h": 0.7, "brmrs_lambda_s": 1.3},
                          ["a", "b", "c"], n_items)
     scores = (fused.score(batch.users, batch.pos), fused.score(batch.users, batch.neg)) if reuse else None
@@ -393,12 +399,14 @@ def test_objective_equals_a_plain_reference_with_gradients(strategy, reuse, n_it
                 torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["freedom", "vbpr", "bm3", "cm3", "anchorrec"])
+@pytest.mark.parametrize("method", ["freedom", "freedom+reg", "vbpr", "bm3", "cm3", "anchorrec"])
 # the affine channels (FREEDOM, VBPR, BM3) scored in their feature space, and through their item tables
 @pytest.mark.parametrize("feature_space", [True, False])
 def test_plugin_terms_equal_a_plain_reference_on_each_backbone(small, method, feature_space, monkeypatch):
     monkeypatch.setattr(affine, "FEATURE_SPACE_RATIO", 1e9 if feature_space else 0.0)
-    cfg = _cfg(method, plugins=["brmrs"], brmrs_lambda_h=0.5, brmrs_lambda_s=2.0)
+    # freedom+reg: FREEDOM with its feature BPR on, whose modality scores of the batch's pairs the plug-in reuses
+    method, reg = method.split("+")[0], {"reg_weight": 1e-3} if method.endswith("+reg") else {}
+    cfg = _cfg(method, plugins=["brmrs"], brmrs_lambda_h=0.5, brmrs_lambda_s=2.0, **reg)
     model = build_model(method, small, cfg, torch.device("cpu")).double()
     plugin = build_plugins(cfg, small, model)[0]
     trainer = Trainer(model, small, cfg, plugins=[plugin], progress=False)
@@ -414,6 +422,7 @@ def test_plugin_terms_equal_a_plain_reference_on_each_backbone(small, method, fe
         return terms, grads
 
     got, g1 = run(lambda out: plugin.loss(batch, out))
+    assert all((model.loss(batch).channel(m).scores is not None) == bool(reg) for m in plugin.objective.modalities)
     ref, g2 = run(lambda out: _reference_terms(plugin.objective, batch,
                                                {m: out.channel(m) for m in plugin.objective.modalities},
                                                out.channel()))

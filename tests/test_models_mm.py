@@ -92,9 +92,11 @@ def test_freedom_feature_bpr_equals_the_per_side_form(synth):
     model = build_model("freedom", synth, {"reg_weight": 1e-3, "graph_cache": False}).double()
     batch = random_batch(synth, n=64, seed=3)
     users = torch.randn(64, model.embedding_size, dtype=torch.float64)
-    got = model.feature_bpr(users, batch.pos, batch.neg)
-    ref = sum(bpr_loss((users * model.modal.project(m, batch.pos)).sum(-1),
-                       (users * model.modal.project(m, batch.neg)).sum(-1)) for m in model.modal.modalities)
+    got, scores = model.feature_bpr(users, batch.pos, batch.neg)
+    ref_scores = {m: ((users * model.modal.project(m, batch.pos)).sum(-1),
+                      (users * model.modal.project(m, batch.neg)).sum(-1)) for m in model.modal.modalities}
+    ref = sum(bpr_loss(*s) for s in ref_scores.values())
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-12, atol=1e-12)
     assert len(torch.unique(torch.cat([batch.pos, batch.neg]))) < 128      # shared items are exercised
     assert_same_gradients(got, ref, [p for p in model.parameters() if p.requires_grad])

@@ -62,7 +62,9 @@ class Channel:
     distinct ids. A channel whose item rows are an affine map of item features may give that map as
     ``item_affine``: ``() -> (x [I, d_x], weight [d, d_x], bias [d] or None)`` with every item's row
     ``x @ weight.T + bias``; a caller scoring a few items per user can then take the gradient on the user
-    side (:func:`mmgraph.nn.affine.affine_row_scores`) instead of through the whole table.
+    side (:func:`mmgraph.nn.affine.affine_row_scores`) instead of through the whole table. ``scores``: ``(pos [B],
+    neg [B])``, the batch triples' scores in this channel when the backbone's own loss computed them (FREEDOM's
+    feature BPR), so that a plug-in scoring the same pairs (BR-MRS) reuses them instead of recomputing.
     """
 
     users: Optional[Tensor] = None
@@ -71,6 +73,7 @@ class Channel:
     item_fn: Optional[RowFn] = None
     item_table: Optional[Callable[[], Tensor]] = None
     item_affine: Optional[Callable[[], Tuple[Tensor, Tensor, Optional[Tensor]]]] = None
+    scores: Optional[Tuple[Tensor, Tensor]] = None
 
     def user_rows(self, ids: Tensor, distinct: bool = False) -> Tensor:
         """``[len(ids), d]``; ``distinct``: ``ids`` has no repeats (a cheaper backward)."""

@@ -201,6 +201,18 @@ class BRMRSObjective:
             buf = self._scratch = rows.new_empty(n)
         return gathered_pool_scores(u, rows, index, buf)
 
+    @staticmethod
+    def _row_scores(channel: Tuple[Tensor, Tensor, List[Tensor], Optional[Tensor]],
+                    affine: Optional[Tuple[Tensor, Tensor, Optional[Tensor]]], parts: List[Tensor]) -> Tensor:
+        """``[len(parts), B]`` scores of the batch's users with the items ``parts`` (each ``[B]`` indices into the
+        channel's rows), with gradient."""
+        u, rows, _, uw = channel
+        if uw is not None:
+            return affine_feature_scores(u, *affine, torch.stack(parts), uw=uw)
+        if affine is not None:
+            return affine_row_scores(u, *affine, torch.stack(parts), table=rows)
+        return (u.unsqueeze(0) * gather_rows(rows, torch.cat(parts)).view(len(parts), u.shape[0], -1)).sum(-1)
+
     @property
     def needs_pool(self) -> bool:
         """Whether the sampler must draw candidate pools (the hard-negative term with a pool strategy)."""
@@ -244,9 +256,13 @@ class BRMRSObjective:
         # the pools draw (almost) every item: a channel's full item table beats its rows of the distinct ids
         dense = self.n_items is not None and sum(g.numel() for g in groups) >= 2 * self.n_items
         rows_of = _RowCache(users, groups, dense)
-        channels = []
+        pool = self.use_chns and cand is not None
+        channels: List[Optional[Tuple[Tensor, Tensor, List[Tensor], Optional[Tensor]]]] = []
         for name in self.modalities:
             c = modal[name]
+            if c.scores is not None and not pool:    # the backbone scored the pairs this channel needs
+                channels.append(None)
+                continue
             rows, idx = rows_of.items(c)
             u = rows_of.users(c)
             # a feature-space channel's rows are its features x: the pool is scored with u W (its bias adds a
@@ -255,7 +271,7 @@ class BRMRSObjective:
             channels.append((u, rows, idx, uw))                             # u [B, d], rows, index, u W or None
         affine = [rows_of.affine(modal[name]) for name in self.modalities]            # (x, W, b) or None
         at = None
-        if self.use_chns and cand is not None:
+        if pool:
             with torch.no_grad():   # the selection: scores of the pool, no gradient
                 scores = torch.stack([self._pool_scores(u if uw is None else uw, rows, idx[-1])
                                       for u, rows, idx, uw in channels])                       # [M, B, n]
@@ -264,21 +280,18 @@ class BRMRSObjective:
                     f_rows, (f_ix,) = item_rows(fused, [cand])
                     f_scores = self._pool_scores(rows_of.users(fused), f_rows, f_ix)
                 at = hard_positions(scores, self.strategy, self.modalities, f_scores)       # [M, B]
-        # per modality ONE gather (and one backward scatter) of the rows of i+, i- and the hard negative
+        # per modality ONE gather (and one backward scatter) of the rows of i+, i- and the hard negative; the
+        # scores of i+ and i- come from the backbone where its loss computed them (Channel.scores)
         s_pos, s_neg, s_hard = [], [], []
-        for k, (u, rows, idx, uw) in enumerate(channels):
-            parts = [idx[0]] + ([idx[1]] if use_neg else [])
+        for k, ch in enumerate(channels):
+            shared = modal[self.modalities[k]].scores
+            parts = [] if shared is not None else [ch[2][0]] + ([ch[2][1]] if use_neg else [])
             if at is not None:
-                parts.append(idx[-1].gather(1, at[k].unsqueeze(1)).squeeze(1))
-            if uw is not None:
-                s = affine_feature_scores(u, *affine[k], torch.stack(parts), uw=uw)
-            elif affine[k] is not None:
-                s = affine_row_scores(u, *affine[k], torch.stack(parts), table=rows)
-            else:
-                s = (u.unsqueeze(0) * gather_rows(rows, torch.cat(parts)).view(len(parts), len(users), -1)).sum(-1)
-            s_pos.append(s[0])
+                parts.append(ch[2][-1].gather(1, at[k].unsqueeze(1)).squeeze(1))
+            s = self._row_scores(ch, affine[k], parts) if parts else None
+            s_pos.append(shared[0] if shared is not None else s[0])
             if use_neg:
-                s_neg.append(s[1])
+                s_neg.append(shared[1] if shared is not None else s[1])
             if at is not None:
                 s_hard.append(s[-1])
         out: Dict[str, Tensor] = {}

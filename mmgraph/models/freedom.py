@@ -132,20 +132,24 @@ class FREEDOM(GraphRecommender):
         if sub is None:
             def user_rows_full(ids: Tensor) -> Tensor:   # the batch's users reuse this step's rows
                 return eu if ids is batch.users else gather_rows(u_all, ids)
+        feat_scores: Dict[str, Tuple[Tensor, Tensor]] = {}
+        if float(self.config["reg_weight"]) > 0:
+            feat_bpr, feat_scores = self.feature_bpr(eu, batch.pos, batch.neg)
+            terms["feat_bpr"] = feat_bpr
+            total = total + float(self.config["reg_weight"]) * feat_bpr
+        # a channel's users are the batch's final rows (eu): its feature BPR scores are the channel's own
         channels = {m: Channel(user_fn=user_rows if sub is not None else user_rows_full,
                                item_fn=lambda ids, m=m: self.modal.project(m, ids),
                                item_table=lambda m=m: self.modal.project(m),
-                               item_affine=lambda m=m: self.modal.affine(m))
+                               item_affine=lambda m=m: self.modal.affine(m), scores=feat_scores.get(m))
                     for m in self.modal.modalities}
-        if float(self.config["reg_weight"]) > 0:
-            terms["feat_bpr"] = feat_bpr = self.feature_bpr(eu, batch.pos, batch.neg)
-            total = total + float(self.config["reg_weight"]) * feat_bpr
         if sub is not None:
             return LossOutput(total, terms, user_rows=user_rows, channels=channels, scores=(s_pos, s_neg))
         return LossOutput(total, terms, u_all, i_all, channels=channels, scores=(s_pos, s_neg))
 
-    def feature_bpr(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        """``sum_m BPR(users . T_m[pos], users . T_m[neg])`` with ``T_m`` the projected (trainable) features.
+    def feature_bpr(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tuple[Tensor, Dict[str, Tuple[Tensor, Tensor]]]:
+        """``sum_m BPR(users . T_m[pos], users . T_m[neg])`` with ``T_m`` the projected (trainable) features, and
+        the scores ``{m: (users . T_m[pos] [B], users . T_m[neg] [B])}``.
 
         The rows of the distinct ``pos`` and ``neg`` items are gathered once per modality (``unique_rows``): the
         feature table's gradient is one dense ``[I, d_m]`` buffer written row by row, where a gather per side
@@ -153,10 +157,12 @@ class FREEDOM(GraphRecommender):
         b = pos.shape[0]
         items, inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
         total = users.new_zeros(())
+        scores = {}
         for name in self.modal.modalities:
             rows = gather_rows(self.modal.proj[name](unique_rows(self.modal.table(name), items)), inv)
-            total = total + bpr_loss((users * rows[:b]).sum(-1), (users * rows[b:]).sum(-1))
-        return total
+            scores[name] = (users * rows[:b]).sum(-1), (users * rows[b:]).sum(-1)
+            total = total + bpr_loss(*scores[name])
+        return total, scores
 
     def _channels(self) -> Dict[str, Tuple[Tensor, Tensor]]:
         users = self.embeddings()[0]
