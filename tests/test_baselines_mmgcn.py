@@ -35,9 +35,12 @@ def test_mean_adjacency_is_the_neighbour_mean(tiny):
     torch.testing.assert_close(adj.csr.to_dense(), _dense_mean(tiny))
 
 
-def test_mmgcn_forward_matches_brute_force(tiny):
+@pytest.mark.parametrize("n_layers", [None, 1, 2])
+def test_mmgcn_forward_matches_brute_force(tiny, n_layers):
+    # None: the default three layers; one layer takes the joint first-layer form, two or more the per-side one
     torch.manual_seed(0)
-    model = build_model("mmgcn", tiny, {"graph_cache": False, "dim_latent": {"image": 7}})
+    extra = {} if n_layers is None else {"n_layers": n_layers}
+    model = build_model("mmgcn", tiny, {"graph_cache": False, "dim_latent": {"image": 7}, **extra})
     a = _dense_mean(tiny)
     reps = []
     for m in model.modalities:
@@ -54,7 +57,7 @@ def test_mmgcn_forward_matches_brute_force(tiny):
     ref = torch.stack(reps).mean(0)
     users, items = model.embeddings()
     torch.testing.assert_close(torch.cat([users, items]), ref, atol=1e-5, rtol=1e-5)
-    assert len(model.gcn["text"].conv_weight) == 3
+    assert len(model.gcn["text"].conv_weight) == (n_layers or 3)
 
 
 def test_mmgcn_loss_is_mmrec_bpr_plus_reg(tiny):
@@ -107,12 +110,14 @@ def test_frozen_embeddings_stay_at_their_draw(tiny, frozen):
 
 
 
-def test_mmgcn_loss_on_batch_rows_equals_the_full_tables(tiny):
-    """The loss finishes the last layer only on the rows it needs: the same loss, gradients and rows (final and per
-    modality, for plug-ins) as the full ``[U + I, d]`` tables."""
+@pytest.mark.parametrize("n_layers", [None, 1])
+def test_mmgcn_loss_on_batch_rows_equals_the_full_tables(tiny, n_layers):
+    """The loss finishes the last layer (its product and combination) only on the rows it needs: the same loss,
+    gradients and rows (final and per modality, for plug-ins) as the full ``[U + I, d]`` tables."""
     from mmgraph.losses import bpr_loss
     torch.manual_seed(0)
-    model = build_model("mmgcn", tiny, {"reg_weight": 0.01, "graph_cache": False})
+    extra = {} if n_layers is None else {"n_layers": n_layers}
+    model = build_model("mmgcn", tiny, {"reg_weight": 0.01, "graph_cache": False, **extra})
     batch = _batch(tiny)
     out = model.loss(batch)
     out.loss.backward()
