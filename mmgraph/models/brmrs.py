@@ -3,9 +3,10 @@
 Representation (section 2.1, spec): per modality ``m`` a channel with item input ``Linear_m(x^m)`` (frozen
 features, L2-normalised per item unless ``brmrs_feature_norm: none``) and a free user embedding; LightGCN
 (``n_layers``, mean over layers) on the user-item graph, all channels in one sparse product; plus one hop on
-the homogeneous item graph ``G_ii`` (items) and user graph ``G_uu`` (users) of the LightGCN OUTPUT, added residually (``q^m = q^m + G_ii q^m``, users likewise;
-``brmrs_hop: input`` hops the layer-0 inputs instead, FREEDOM-style: the spec leaves the hop's input open,
-and hopping the inputs cost 0.02 test Recall@20 on TikTok and on the synthetic data (5 seeds), see brmrs.yaml).
+the homogeneous item graph ``G_ii`` (items) and user graph ``G_uu`` (users) of the LightGCN OUTPUT, added
+residually (``q^m = q^m + G_ii q^m``, users likewise; ``brmrs_hop: input`` hops the layer-0 inputs instead,
+FREEDOM-style: the spec leaves the hop's input open, and hopping the inputs cost 0.02 test Recall@20 on TikTok and
+on the synthetic data (5 seeds), see brmrs.yaml).
 Fused ``q^f = phi(q^1..q^M)``, ``p^f`` likewise (``fusion``: mean | sum | concat = one Linear(M d -> d)
 shared by users and items). Scores ``s_m(u, i) = <p_u^m, q_i^m>``; ranking uses ``s_f``.
 

@@ -147,7 +147,8 @@ class FREEDOM(GraphRecommender):
             return LossOutput(total, terms, user_rows=user_rows, channels=channels, scores=(s_pos, s_neg))
         return LossOutput(total, terms, u_all, i_all, channels=channels, scores=(s_pos, s_neg))
 
-    def feature_bpr(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tuple[Tensor, Dict[str, Tuple[Tensor, Tensor]]]:
+    def feature_bpr(self, users: Tensor, pos: Tensor,
+                    neg: Tensor) -> Tuple[Tensor, Dict[str, Tuple[Tensor, Tensor]]]:
         """``sum_m BPR(users . T_m[pos], users . T_m[neg])`` with ``T_m`` the projected (trainable) features, and
         the scores ``{m: (users . T_m[pos] [B], users . T_m[neg] [B])}``.
 
