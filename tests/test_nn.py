@@ -303,3 +303,24 @@ def test_dropout_keeps_each_entry_with_probability_1_minus_p_and_rescales(p):
     assert torch.count_nonzero(dropout(x, 1.0)) == 0
     with pytest.raises(ValueError, match="dropout probability"):
         dropout(x, 1.5)
+
+
+def test_pygs_generated_propagate_file_is_removed_when_the_process_exits(tmp_path):
+    # PyG writes LightGCNConv's generated propagate module to the temporary folder and never deletes it; the
+    # process that built the layer removes it at exit, and it is there while the process runs
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import os, sys\n"
+            "from mmgraph.nn.conv import LightGCNConv\n"
+            "LightGCNConv(); LightGCNConv()\n"
+            "path = sys.modules['mmgraph.nn.conv_LightGCNConv_propagate'].__file__\n"
+            "assert os.path.exists(path)\n"
+            "print(path)\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    path = out.stdout.strip().splitlines()[-1]
+    assert Path(path).parent == tmp_path and not Path(path).exists()
+    assert not list(tmp_path.glob("*propagate*"))

@@ -1,7 +1,11 @@
 """LightGCN-style propagation as a PyG ``MessagePassing`` layer that carries several channels."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+import atexit
+import os
+import sys
+import tempfile
+from typing import List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +18,29 @@ from mmgraph.nn.sparse import SparseAdj, split_nodes
 #: an adjacency: a fixed :class:`SparseAdj` (fused CSR path), a PyG ``edge_index [2, E]`` (source ->
 #: target, gather/scatter path) or a ``torch.sparse`` ``adj_t [N_target, N_source]``
 Adjacency = Union[SparseAdj, Tensor]
+
+_GENERATED: Set[str] = set()   # generated-module files this process removes at exit
+
+
+def remove_generated_source_at_exit(cls: type) -> None:
+    """Delete the file of the ``propagate`` module PyG generated for the ``MessagePassing`` class ``cls`` when the
+    process exits. PyG writes it to the temporary folder and never deletes it
+    (``torch_geometric.template.module_from_template``): one ~10 KB file per process, thousands after a grid or a
+    benchmark. It stays while the process runs (tracebacks and ``inspect`` read it)."""
+    module = sys.modules.get(f"{cls.__module__}_{cls.__name__}_propagate")
+    path = getattr(module, "__file__", None)
+    if not path or path in _GENERATED:
+        return
+    if os.path.dirname(os.path.realpath(path)) == os.path.realpath(tempfile.gettempdir()):
+        _GENERATED.add(path)
+        atexit.register(_remove_quietly, path)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 class LightGCNConv(MessagePassing):
@@ -51,6 +78,7 @@ class LightGCNConv(MessagePassing):
         kwargs.setdefault("aggr", "add")
         kwargs.setdefault("node_dim", 0)
         super().__init__(**kwargs)
+        remove_generated_source_at_exit(type(self))
         self.normalize = normalize
 
     def reset_parameters(self) -> None:  # parameter-free, kept for the PyG layer interface
