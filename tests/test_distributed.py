@@ -28,8 +28,10 @@ DATA = "synthetic:users=160,items=120,seed=3"
 SETTINGS = ["--set", "batch_size=256", "threads=1", "reg_weight=0", "log_geometry=false", "patience=50"]
 
 
-def _run(args, timeout=120):
+def _run(args, timeout=120, tmpdir=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     proc = subprocess.run([sys.executable, "-m", "mmgraph", *args], cwd=ROOT, env=env, capture_output=True,
@@ -82,7 +84,10 @@ def test_two_processes_match_one_process_and_resume_and_export(tmp_path):
     common = ["--method", "lightgcn", "--data", DATA, "--no-progress", *SETTINGS]
     assert main(["train", *common, "--epochs", "3", "--out", str(one)]) == 0
     # 2 processes: 2 epochs, then resumed to 3 (checkpoints written by rank 0, read by both)
-    _run(["train", *common, "--epochs", "2", "--out", str(two), "--nproc", "2"])
+    temp = tmp_path / "temp"   # the launch's temporary folder: torchrun's log folder in it is removed after
+    temp.mkdir()
+    _run(["train", *common, "--epochs", "2", "--out", str(two), "--nproc", "2"], tmpdir=temp)
+    assert not [p.name for p in temp.iterdir() if p.name.startswith(("torchelastic_", "mmgraph-torchrun-"))]
     assert json.loads((two / "meta.json").read_text())["processes"] == 2
     out = _run(["train", "--resume", "--out", str(two), "--epochs", "3", "--no-progress", "--nproc", "2"])
     assert out.stdout.count("recall@20") >= 1  # rank 0 reports once

@@ -24,6 +24,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -237,20 +238,27 @@ def strip_nproc(argv: Sequence[str]) -> List[str]:
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``python -m mmgraph <argv>`` in ``nproc`` processes under torchrun (standalone rendezvous on
-    this machine); returns its exit status."""
+    this machine); returns its exit status.
+
+    torchrun's per-run log folder (its workers' error files; no logs unless redirected) goes to a temporary
+    folder removed when the launch ends: left to itself, torchrun makes a ``torchelastic_*`` folder in the
+    temporary directory per launch and never removes it. A log folder the user chose (``PET_LOG_DIR``,
+    torchrun's variable for ``--log-dir``) is used as it is."""
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if env_world_size() > 1:
         raise ConfigError("--nproc inside a torchrun launch: give the process count to torchrun only")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "mmgraph", *strip_nproc(argv)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    log.info("launching %d processes: %s", nproc, " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
-                            preexec_fn=_terminate_with_parent if sys.platform.startswith("linux") else None)
-    relay_stderr(proc.stderr, sys.stderr)
-    code = proc.wait()
+    with tempfile.TemporaryDirectory(prefix="mmgraph-torchrun-") as logs:
+        own_logs = [] if env.get("PET_LOG_DIR") else [f"--log-dir={logs}"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               *own_logs, "-m", "mmgraph", *strip_nproc(argv)]
+        log.info("launching %d processes: %s", nproc, " ".join(cmd))
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                preexec_fn=_terminate_with_parent if sys.platform.startswith("linux") else None)
+        relay_stderr(proc.stderr, sys.stderr)
+        code = proc.wait()
     return 2 if code != 0 and code != 130 else code
 
 
