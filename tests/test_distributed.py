@@ -119,7 +119,8 @@ def test_killing_the_launcher_stops_its_workers(tmp_path):
     launcher = subprocess.Popen([sys.executable, "-m", "mmgraph", "train", "--method", "mf", "--data",
                                  "synthetic:users=200,items=150", "--epochs", "100000", "--no-progress", "--out",
                                  str(out), "--nproc", "2", "--set", "threads=1", "patience=100000"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "TMPDIR": str(tmp_path)})   # a killed launcher leaves its logs
     try:
         deadline = time.time() + 120
         while not (out / "history.json").exists() and time.time() < deadline:   # the workers are training
