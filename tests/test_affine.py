@@ -87,3 +87,33 @@ def test_feature_space_is_chosen_for_narrow_features_only():
     assert not in_feature_space(torch.zeros(10, 4096), torch.zeros(64, 4096))  # Baby's image features
     assert not in_feature_space(torch.zeros(10, 384), torch.zeros(64, 384))
     assert in_feature_space(torch.zeros(10, 1), w)
+
+
+@pytest.mark.skipif(not __import__("mmgraph.nn.linear", fromlist=["ENABLED"]).ENABLED,
+                    reason="this PyTorch build has no oneDNN linear kernel")
+@pytest.mark.parametrize("n_items", [13, 50])        # the per-item sums' dW, and U^T Z
+@pytest.mark.parametrize("space", ["rows", "features"])
+def test_the_weight_gradient_of_wide_features_through_onednn(monkeypatch, n_items, space):
+    """float32 with every feature table 'wide' (:func:`mmgraph.nn.linear.weight_grad` takes oneDNN, as Amazon's
+    4096-d image features do): the same weight gradient as the table form."""
+    from mmgraph.nn import linear as L
+
+    ran, kernel = [], L.KERNEL
+
+    def counted(a, b, *rest):
+        ran.append((tuple(a.shape), tuple(b.shape)))
+        return kernel(a, b, *rest)
+
+    monkeypatch.setattr(L, "KERNEL", counted)
+    monkeypatch.setattr(L, "MIN_MACS", 1)
+    monkeypatch.setattr(L, "WIDE_MIN", 7)
+    monkeypatch.setattr(L, "WIDE_RATIO", 1)
+    users, x, weight, bias_t, ids = (t.float().detach().requires_grad_(t.requires_grad) if t.is_floating_point()
+                                     else t for t in _problem(4, n_items, True, False))
+    score = affine_row_scores if space == "rows" else affine_feature_scores
+    got = score(users, x, weight, bias_t, ids)
+    ref = (users.unsqueeze(0) * F.linear(x, weight, bias_t)[ids]).sum(-1)
+    (g_got,) = torch.autograd.grad(got.square().sum(), [weight])
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), [weight])
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-4, atol=1e-4)
+    assert any(a[0] == 5 and b[0] == 7 and a[1] == b[1] for a, b in ran)   # dW [5, 7] = G^T [5, N] . X^T [7, N]

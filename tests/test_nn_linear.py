@@ -140,3 +140,43 @@ def test_mismatched_operands_get_pytorch_s_error_and_keep_the_route(small_route)
     assert L.ENABLED and small_route == []
     torch.testing.assert_close(L.linear(x, torch.ones(4, 6)), F.linear(x, torch.ones(4, 6)))
     assert small_route == [(30, 6, 4)]
+
+
+@pytest.fixture
+def wide_route(small_route, monkeypatch):
+    """Every input at least 8 columns and 2x its gradient's is 'wide' (:func:`L.weight_grad` takes oneDNN)."""
+    monkeypatch.setattr(L, "WIDE_MIN", 8)
+    monkeypatch.setattr(L, "WIDE_RATIO", 2)
+    return small_route
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_wide_input_s_weight_gradient_goes_through_onednn(wide_route, bias):
+    x, w, b, params = linear_problem(bias)                     # x [300, 24], w [10, 24]: 24 >= 2 x 10
+    got, got_g = grads(lambda: L.linear(x, w, b), *params)
+    # the forward, dx = dy W, and dW = dy^T x with x read transposed in place (oneDNN's "weight" [24, 300])
+    assert wide_route == [(300, 24, 10), (300, 10, 24), (10, 300, 24)]
+    want, want_g = grads(lambda: F.linear(x, w, b), *params)
+    torch.testing.assert_close(got, want)
+    for g, h in zip(got_g, want_g):
+        torch.testing.assert_close(g, h)
+
+
+@needs_onednn
+def test_weight_grad_takes_onednn_for_wide_inputs_only(wide_route):
+    torch.manual_seed(2)
+    g = torch.randn(500, 6)
+    for x in (torch.randn(500, 40), torch.randn(500, 10), torch.randn(40, 500).t(), torch.randn(500, 40).double()):
+        got = L.weight_grad(g.to(x.dtype), x)   # against float64: a sum of 500 products, rounded either way
+        torch.testing.assert_close(got.double(), g.double().t() @ x.double(), rtol=1e-5, atol=1e-4)
+    # only the first: the second is narrow (10 < 2 x 6), the third not contiguous, the fourth float64
+    assert wide_route == [(6, 500, 40)]
+
+
+def test_weight_grad_thresholds_keep_tiktok_s_layers_on_mkl():
+    def wide(n, k, rows=16018):
+        return L._wide_route(torch.empty(rows, n), torch.empty(rows, k))
+
+    assert L.ENABLED is False or (wide(64, 4096, 2048) and wide(64, 4480, 2048) and wide(256, 4096, 7050))
+    assert not (wide(64, 64) or wide(64, 256) or wide(256, 256) or wide(64, 384, 7050) or wide(256, 1024, 7050))

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mmgraph.nn.linear import linear
+from mmgraph.nn.linear import linear, weight_grad
 
 
 #: the backward takes the per-item coefficient form when items <= this x the scored slots (K B); measured on a
@@ -50,7 +50,7 @@ class _AffineRowScores(torch.autograd.Function):
             coef = users.new_zeros(items.shape[0], users.shape[1])
             coef.index_add_(0, row_of[flat], (g * users.unsqueeze(0)).reshape(-1, users.shape[1]))
             if need_w:
-                d_weight = coef.t() @ x.index_select(0, items)
+                d_weight = weight_grad(coef, x.index_select(0, items))
             if need_x:
                 d_x = torch.zeros_like(x).index_copy_(0, items, coef @ weight)
             if need_b and ctx.has_bias:
@@ -61,7 +61,7 @@ class _AffineRowScores(torch.autograd.Function):
             # dW = sum_kb g_kb u_b x_{i_kb}^T = U^T Z with Z_b = sum_k g_kb x_{i_kb}: a [B, d] x [B, d_x]
             # product instead of the table's [I, d] x [I, d_x] one
             z = (g * x.index_select(0, ids.reshape(-1)).view(*ids.shape, -1)).sum(0)
-            d_weight = users.t() @ z
+            d_weight = weight_grad(users, z)
         if need_b and ctx.has_bias:
             d_bias = users.t() @ grad.sum(0)
         if need_x:
@@ -130,7 +130,7 @@ class _AffineFeatureScores(torch.autograd.Function):
                 if bias is not None:
                     d_users = d_users.addr_(g_sum, bias)
             if need_w:
-                d_weight = users.t() @ z
+                d_weight = weight_grad(users, z)
         if need_b and bias is not None:
             d_bias = users.t() @ g_sum
         if need_x:
