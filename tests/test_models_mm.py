@@ -100,3 +100,37 @@ def test_freedom_feature_bpr_equals_the_per_side_form(synth):
     torch.testing.assert_close(scores, ref_scores, rtol=1e-12, atol=1e-12)
     assert len(torch.unique(torch.cat([batch.pos, batch.neg]))) < 128      # shared items are exercised
     assert_same_gradients(got, ref, [p for p in model.parameters() if p.requires_grad])
+
+
+def test_vbpr_scores_and_loss_equal_the_paper_formula(synth):
+    """VBPR (He & McAuley, eq. 1 without biases, as MMRec): ``s(u, i) = gamma_u . gamma_i + theta_u . (W x_i + b)``
+    with ``x_i`` the item's modalities concatenated; loss BPR + reg_weight * MMRec's EmbLoss of the batch rows;
+    a modality channel scores ``theta_u . W_m x_m`` (``W_m``: its columns of ``W``)."""
+    import torch.nn.functional as F
+
+    from mmgraph.losses import bpr_loss, emb_reg
+    from mmgraph.models.base import Batch
+
+    torch.manual_seed(0)
+    model = build_model("vbpr", synth, {"reg_weight": 1e-2})
+    feats = model.features
+    x = torch.cat([feats.raw(m) for m in feats.modalities], 1).double()              # [I, sum d_m]
+    w, b = model.item_linear.weight.double(), model.item_linear.bias.double()
+    theta_u = model.user_emb.double()[:, model.embedding_size:]
+    items = torch.cat([model.item_emb.double(), F.linear(x, w, b)], 1)              # [I, 2d]
+    users, pos, neg = torch.tensor([0, 3, 5]), torch.tensor([1, 2, 7]), torch.tensor([4, 0, 9])
+    torch.testing.assert_close(model.item_representation(pos).double(), items[pos], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.forward()[1].double(), items, rtol=1e-5, atol=1e-5)
+    eu = model.user_emb.double()[users]
+    s_pos, s_neg = (eu * items[pos]).sum(1), (eu * items[neg]).sum(1)
+    want = bpr_loss(s_pos, s_neg) + 1e-2 * emb_reg(eu, items[pos], items[neg])
+    out = model.loss(Batch(users, pos, neg))
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+    start = 0
+    for m in feats.modalities:
+        d_m = feats.dims[m]
+        rows = x[:, start:start + d_m] @ w[:, start:start + d_m].t()
+        got = out.channel(m).item_rows(pos).double()
+        torch.testing.assert_close(got, rows[pos], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.channel(m).user_rows(users).double(), theta_u[users], rtol=0, atol=0)
+        start += d_m
