@@ -320,3 +320,47 @@ def test_real_data_subset_vs_reference():
     full[users] = scores
     ev = Evaluator(ds, "test", batch_size=64)
     assert_close(ev.evaluate(ue, ie, users=users), ref_evaluate(full, ds, "test", KS, users=users)[0])
+
+
+@pytest.mark.skipif(not __import__("mmgraph.nn.linear", fromlist=["ENABLED"]).ENABLED,
+                    reason="this PyTorch build has no oneDNN linear kernel")
+def test_one_block_of_float32_scores_goes_through_onednn_in_float32(data, monkeypatch):
+    """A float32 CPU evaluation that fits one score block takes oneDNN's product (a fresh block); several blocks
+    keep ``torch.mm`` into one reused buffer. Same metrics, and float32 scores even where ``matmul_precision``
+    turned bfloat16 products on for training."""
+    from mmgraph.nn import linear as L
+
+    ds, ue, ie, _ = data
+    ue, ie = ue.float(), ie.float()
+    ran, kernel = [], L.KERNEL
+
+    def counted(x, w, *rest):
+        ran.append((x.shape[0], w.shape[0]))
+        return kernel(x, w, *rest)
+
+    monkeypatch.setattr(L, "KERNEL", counted)
+    monkeypatch.setattr(L, "MIN_MACS", 1)
+    blocks = Evaluator(ds, "test", batch_size=7).evaluate(ue, ie)
+    assert ran == []
+    one = Evaluator(ds, "test", batch_size=1000)
+    assert_close(one.evaluate(ue, ie), blocks, tol=1e-12)
+    assert ran == [(len(one.users), ds.n_items)]
+    monkeypatch.setattr(L, "BF16", True)          # as inside a matmul_precision=medium run on a bfloat16 CPU
+    assert_close(one.evaluate(ue, ie), blocks, tol=1e-12)
+    assert len(ran) == 2
+
+
+@pytest.mark.skipif(not __import__("mmgraph.nn.linear", fromlist=["ENABLED"]).ENABLED,
+                    reason="this PyTorch build has no oneDNN linear kernel")
+def test_topk_exact_in_one_block_equals_several(monkeypatch):
+    from mmgraph.evaluation import topk_exact
+    from mmgraph.nn import linear as L
+
+    monkeypatch.setattr(L, "MIN_MACS", 1)
+    g = torch.Generator().manual_seed(3)
+    users, items = torch.randn(120, 8, generator=g), torch.randn(300, 8, generator=g)
+    s1, i1 = topk_exact(users, items, 20)                    # one block: oneDNN
+    s2, i2 = topk_exact(users, items, 20, batch_size=13)     # several: torch.mm into a buffer
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(s1, s2)
+    torch.testing.assert_close(s1, torch.topk(users @ items.T, 20).values)

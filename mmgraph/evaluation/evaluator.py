@@ -21,7 +21,8 @@ import torch
 from mmgraph.data.dataset import SPLITS, RecDataset
 from mmgraph.errors import ConfigError, DataError
 from mmgraph.evaluation.metrics import DEFAULT_KS, check_ks, metric_names, topk_metrics
-from mmgraph.evaluation.retrieval import batch_size_for, mask_rows_, member, single_thread, topk_rows
+from mmgraph.evaluation.retrieval import (batch_size_for, block_scores, mask_rows_, member, onednn_scores,
+                                          single_thread, topk_rows)
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 Shard = Tuple[Dict[str, float], int]
@@ -169,9 +170,9 @@ class Evaluator:
 
     # ------------------------------------------------------------------ core loop
     def _score_fn(self, user_emb=None, item_emb=None, score_fn: Optional[ScoreFn] = None,
-                  max_rows: int = 1) -> ScoreFn:
+                  max_rows: int = 1, n_rows: Optional[int] = None) -> ScoreFn:
         """A function from a batch of user ids (on ``device``, at most ``max_rows``) to the
-        ``[B, n_cols]`` score block."""
+        ``[B, n_cols]`` score block; ``n_rows``: the users to score in all (default ``max_rows``)."""
         if score_fn is not None:
             cand = self._cand_dev
 
@@ -189,6 +190,7 @@ class Evaluator:
             return scores
         if user_emb is None or item_emb is None:
             raise ConfigError("pass user_emb and item_emb, or score_fn")
+        n_rows = max_rows if n_rows is None else n_rows
         user_emb, item_emb = torch.as_tensor(user_emb), torch.as_tensor(item_emb)
         if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.shape[1] != item_emb.shape[1] \
                 or user_emb.shape[0] != self.n_users or item_emb.shape[0] != self.n_items:
@@ -199,15 +201,13 @@ class Evaluator:
             items = items.index_select(0, self._cand_dev)
         users_src = user_emb.detach()
         dtype = torch.promote_types(users_src.dtype, items.dtype)
-        items_t = items.to(dtype).T
-        # one score buffer reused by every batch: a fresh block above glibc's mmap threshold (32 MB)
-        # costs page faults on every batch (~1.5x slower matmul on Electronics-sized blocks)
-        buf = torch.empty(max(1, max_rows), self.n_cols, dtype=dtype, device=self.device)
+        items = items.to(dtype).contiguous()
+        # without oneDNN, one score buffer reused by every batch (see block_scores)
+        buf = None if onednn_scores(dtype, self.device, n_rows <= max_rows) else \
+            torch.empty(max(1, max_rows), self.n_cols, dtype=dtype, device=self.device)
 
         def scores(u: torch.Tensor) -> torch.Tensor:
-            out = buf[:len(u)]
-            torch.mm(users_src[u.to(users_src.device)].to(self.device, dtype), items_t, out=out)
-            return out
+            return block_scores(users_src[u.to(users_src.device)].to(self.device, dtype), items, buf)
         return scores
 
     @torch.no_grad()
@@ -224,7 +224,8 @@ class Evaluator:
         if self.retrieval == "faiss" and score_fn is None:
             yield from self._iter_topk_faiss(user_emb, item_emb, users, k)
             return
-        fn = self._score_fn(user_emb, item_emb, score_fn, max_rows=min(self.batch_size, len(users)))
+        fn = self._score_fn(user_emb, item_emb, score_fn, max_rows=min(self.batch_size, len(users)),
+                            n_rows=len(users))
         for start in range(0, len(users), self.batch_size):
             u = users[start:start + self.batch_size].to(self.device)
             scores = fn(u)

@@ -220,6 +220,19 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+def linear_float32(x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ weight.T`` (``x [N, k]``, ``weight [n, k]``), no autograd, in float32 whatever ``matmul_precision`` is
+    set to: evaluation's score blocks, which rank items and must not move with a training-speed setting. oneDNN
+    computes a large float32 CPU product (:data:`MIN_MACS`), ``F.linear`` anything else."""
+    with torch.no_grad():
+        if _route(x, weight):
+            try:
+                return _onednn(x, weight.contiguous(), None)
+            except (RuntimeError, NotImplementedError) as exc:
+                _disable(exc)
+        return F.linear(x, weight)
+
+
 def matmul(x: Tensor, weight: Tensor) -> Tensor:
     """``x @ weight``: ``x [N, k]``, ``weight [k, n]`` -> ``[N, n]``."""
     if weight.dim() == 2 and _bf16_route(x, weight.t()):
