@@ -50,10 +50,15 @@ def linear_problem(bias: bool):
 
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_equals_f_linear_values_and_gradients(small_route, bias):
-    x, w, b, params = linear_problem(bias)
+@pytest.mark.parametrize("wide", [False, True])
+def test_linear_equals_f_linear_values_and_gradients(small_route, monkeypatch, bias, wide):
+    x, w, b, params = linear_problem(bias)                     # x [300, 24], w [10, 24]
+    if wide:   # x counts as wide (24 >= 8 and >= 2 x 10): dW = dy^T x by oneDNN, x read transposed in place
+        monkeypatch.setattr(L, "WIDE_MIN", 8)
+        monkeypatch.setattr(L, "WIDE_RATIO", 2)
     got, got_g = grads(lambda: L.linear(x, w, b), *params)
-    assert small_route == [(300, 24, 10), (300, 10, 24)]     # the forward and dx = dy W by oneDNN (dW by mm)
+    # the forward and dx = dy W by oneDNN; dW by mm, or by oneDNN as [10, 300] x ("weight") [24, 300]^T when wide
+    assert small_route == [(300, 24, 10), (300, 10, 24)] + ([(10, 300, 24)] if wide else [])
     want, want_g = grads(lambda: F.linear(x, w, b), *params)
     torch.testing.assert_close(got, want)
     for g, h in zip(got_g, want_g):
@@ -148,19 +153,6 @@ def wide_route(small_route, monkeypatch):
     monkeypatch.setattr(L, "WIDE_MIN", 8)
     monkeypatch.setattr(L, "WIDE_RATIO", 2)
     return small_route
-
-
-@needs_onednn
-@pytest.mark.parametrize("bias", [True, False])
-def test_a_wide_input_s_weight_gradient_goes_through_onednn(wide_route, bias):
-    x, w, b, params = linear_problem(bias)                     # x [300, 24], w [10, 24]: 24 >= 2 x 10
-    got, got_g = grads(lambda: L.linear(x, w, b), *params)
-    # the forward, dx = dy W, and dW = dy^T x with x read transposed in place (oneDNN's "weight" [24, 300])
-    assert wide_route == [(300, 24, 10), (300, 10, 24), (10, 300, 24)]
-    want, want_g = grads(lambda: F.linear(x, w, b), *params)
-    torch.testing.assert_close(got, want)
-    for g, h in zip(got_g, want_g):
-        torch.testing.assert_close(g, h)
 
 
 @needs_onednn
