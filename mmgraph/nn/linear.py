@@ -8,9 +8,9 @@ gradient ``G^T X`` (a reduction over the ``N`` rows) MKL is as fast or faster, e
 (:func:`weight_grad`: ``X`` with 4096 columns into 64, 1.2-1.8x faster by oneDNN). :func:`linear` and
 :func:`matmul` are ``F.linear`` and ``@`` with the forward and the input gradient through oneDNN when the
 product is large enough (:data:`MIN_MACS`) and the weight gradient through :func:`weight_grad`; the values equal
-PyTorch's to float rounding, the gradients likewise (tested). Elsewhere (CUDA, float64, small products, a PyTorch without
-the oneDNN kernel) they are exactly ``F.linear`` and ``@``. ``MMGRAPH_ONEDNN=0`` in the environment turns the
-route off.
+PyTorch's to float rounding, the gradients likewise (tested). Elsewhere (CUDA, float64, small products, a PyTorch
+without the oneDNN kernel) they are exactly ``F.linear`` and ``@``. ``MMGRAPH_ONEDNN=0`` in the environment turns
+the route off.
 
 Precision (the run setting ``matmul_precision``, PyTorch's names): ``highest`` (the default) computes these
 products in float32. ``medium`` computes the large ones (:data:`MIN_MACS`) from bfloat16 copies of their
