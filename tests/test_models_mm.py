@@ -134,3 +134,32 @@ def test_vbpr_scores_and_loss_equal_the_paper_formula(synth):
         torch.testing.assert_close(got, rows[pos], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out.channel(m).user_rows(users).double(), theta_u[users], rtol=0, atol=0)
         start += d_m
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_modality_projection_of_repeated_items_equals_plain_indexing(trainable, monkeypatch):
+    """``ModalityEncoder.project`` projects each distinct item once: the rows and every gradient equal those of
+    ``F.linear(table[items])``."""
+    import torch.nn.functional as F
+
+    import mmgraph.nn.features as features
+    from mmgraph.nn.features import ModalityEncoder
+
+    rows, plain = [], features.linear
+    monkeypatch.setattr(features, "linear", lambda x, *a: rows.append(x.shape[0]) or plain(x, *a))
+
+    g = torch.Generator().manual_seed(0)
+    enc = ModalityEncoder({"image": torch.randn(30, 12, generator=g, dtype=torch.float64)}, 5, trainable=trainable)
+    enc.double()
+    items = torch.tensor([4, 9, 4, 0, 29, 9, 9, 17])
+    table, lin = enc.table("image"), enc.proj["image"]
+    params = [p for p in (table, lin.weight, lin.bias) if p.requires_grad]
+    coef = torch.randn(len(items), 5, generator=g, dtype=torch.float64)
+    got = enc.project("image", items)
+    got_g = torch.autograd.grad((got * coef).sum(), params)
+    want = F.linear(table[items], lin.weight, lin.bias)
+    want_g = torch.autograd.grad((want * coef).sum(), params)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert rows == [5] and len(params) == (3 if trainable else 2)      # 5 distinct of the 8 items
+    for a, b in zip(got_g, want_g):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
