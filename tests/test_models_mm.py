@@ -118,7 +118,7 @@ def test_vbpr_scores_and_loss_equal_the_paper_formula(synth):
     w, b = model.item_linear.weight.double(), model.item_linear.bias.double()
     theta_u = model.user_emb.double()[:, model.embedding_size:]
     items = torch.cat([model.item_emb.double(), F.linear(x, w, b)], 1)              # [I, 2d]
-    users, pos, neg = torch.tensor([0, 3, 5]), torch.tensor([1, 2, 7]), torch.tensor([4, 0, 9])
+    users, pos, neg = torch.tensor([0, 3, 5]), torch.tensor([1, 2, 1]), torch.tensor([4, 2, 9])   # repeats
     torch.testing.assert_close(model.item_representation(pos).double(), items[pos], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model.forward()[1].double(), items, rtol=1e-5, atol=1e-5)
     eu = model.user_emb.double()[users]
@@ -126,6 +126,15 @@ def test_vbpr_scores_and_loss_equal_the_paper_formula(synth):
     want = bpr_loss(s_pos, s_neg) + 1e-2 * emb_reg(eu, items[pos], items[neg])
     out = model.loss(Batch(users, pos, neg))
     torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+    # gradients: against the same formula on the model's own float32 parameters, rows indexed plainly
+    params = [model.user_emb, model.item_emb, model.item_linear.weight, model.item_linear.bias]
+    got_g = torch.autograd.grad(out.loss, params)
+    rows = torch.cat([model.item_emb, F.linear(x.float(), model.item_linear.weight, model.item_linear.bias)], 1)
+    eu32 = model.user_emb[users]
+    ref = (bpr_loss((eu32 * rows[pos]).sum(1), (eu32 * rows[neg]).sum(1))
+           + 1e-2 * emb_reg(eu32, rows[pos], rows[neg]))
+    for a, b in zip(got_g, torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     start = 0
     for m in feats.modalities:
         d_m = feats.dims[m]
