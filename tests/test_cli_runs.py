@@ -110,7 +110,8 @@ def _cli(*args: str) -> list:
 
 def test_two_concurrent_trainings_into_one_folder(data, tmp_path, capsys):
     run = tmp_path / "shared"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: the killed writer cannot remove the propagate module PyG generated for it (atexit does not run)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     common = ["--data", str(data), "--out", str(run), *FAST]
     first = subprocess.Popen(_cli("train", "--method", "lightgcn", "--epochs", "400", "--set", "patience=1000",
                                   *common), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
