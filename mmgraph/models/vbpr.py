@@ -41,7 +41,7 @@ class VBPR(Recommender):
         ids = self.item_emb if items is None else gather_rows(self.item_emb, items)
         feat = self.item_linear.bias
         for m in self.features.modalities:
-            feat = linear(self.features.raw(m, items), self.modality_weight(m)) + feat
+            feat = self.modality_items(m, items) + feat
         return torch.cat([ids, feat], -1)
 
     def forward(self) -> Tuple[Tensor, Tensor]:
