@@ -110,6 +110,29 @@ def test_frozen_embeddings_stay_at_their_draw(tiny, frozen):
 
 
 
+def test_frozen_preferences_are_aggregated_once_and_follow_a_loaded_checkpoint(tiny):
+    # frozen (MMRec's trainable set): norm(P) and its item-side mean A_iu norm(P) are constants, kept between steps
+    from mmgraph.nn.normalize import row_normalize
+
+    torch.manual_seed(0)
+    model = build_model("mmgcn", tiny, {"frozen_embeddings": True, "graph_cache": False})
+    torch.manual_seed(1)
+    other = build_model("mmgcn", tiny, {"frozen_embeddings": True, "graph_cache": False})
+    batch = _batch(tiny)
+    before = model.loss(batch).loss
+    gcn = model.gcn["text"]
+    users, mean = gcn._user_inputs(model.adj_iu)
+    assert gcn._user_inputs(model.adj_iu)[1] is mean                     # kept, not recomputed
+    torch.testing.assert_close(users, row_normalize(gcn.preference))
+    torch.testing.assert_close(mean, model.adj_iu.matmul(row_normalize(gcn.preference)))
+    assert not torch.allclose(before, other.loss(batch).loss)
+    model.load_state_dict(other.state_dict())                            # copies the preferences in place
+    torch.testing.assert_close(model.loss(batch).loss, other.loss(batch).loss)
+    trained = build_model("mmgcn", tiny, {"graph_cache": False})      # trained preferences: nothing is kept
+    trained.loss(batch)
+    assert "_constant_users" not in trained.gcn["text"].__dict__
+
+
 @pytest.mark.parametrize("n_layers", [None, 1])
 def test_mmgcn_loss_on_batch_rows_equals_the_full_tables(tiny, n_layers):
     """The loss finishes the last layer (its product and combination) only on the rows it needs: the same loss,

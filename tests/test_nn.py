@@ -95,6 +95,31 @@ def test_non_symmetric_sparse_backward_uses_transpose():
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-6, rtol=1e-5)
 
 
+def test_sparse_adj_keeps_int32_indices_with_the_same_products(monkeypatch):
+    """Every CSR a SparseAdj holds (A, A^T, a bipartite graph's blocks) has int32 indices (MKL takes them as they
+    are), and its products and gradients equal those of the int64 matrix it was built from."""
+    import mmgraph.nn.sparse as sparse
+
+    rng = np.random.default_rng(2)
+    rows, cols = rng.integers(0, 12, 40), rng.integers(0, 9, 40)
+    ei, w = torch.tensor(np.stack([rows, cols])), torch.rand(40)
+    adj = SparseAdj(ei, w, (12, 9))
+    bip = normalized_bipartite_adj(_random_pairs(), 30, 20)
+    for m in (adj.csr, adj.csr_t, SparseAdj.from_edges(ei, w, (12, 9)).csr, bip.csr, bip.block_ui, bip.block_iu):
+        assert m.crow_indices().dtype == torch.int32 and m.col_indices().dtype == torch.int32
+    assert adj.edge_index().dtype == torch.long
+    monkeypatch.setattr(sparse, "INT32", False)
+    wide = SparseAdj(ei, w, (12, 9))
+    assert wide.csr.crow_indices().dtype == torch.long
+    x = torch.randn(9, 5, requires_grad=True)
+    g = torch.randn(12, 5)
+    got = torch.autograd.grad((adj.matmul(x) * g).sum(), x)[0]
+    torch.testing.assert_close(adj.matmul(x), wide.matmul(x), rtol=0, atol=0)
+    torch.testing.assert_close(got, torch.autograd.grad((wide.matmul(x) * g).sum(), x)[0], rtol=0, atol=0)
+    torch.testing.assert_close(adj.rows_matmul(x, torch.tensor([3, 0, 11]), power=1),
+                               wide.rows_matmul(x, torch.tensor([3, 0, 11]), power=1))
+
+
 def test_sparse_adj_from_edges_equals_the_coalesced_matrix():
     """The per-step build (one key sort per orientation) gives the products and gradients of the dense
     matrix, repeated pairs summed as the coalescing constructor sums them, and a valid CSR (sorted,

@@ -125,8 +125,8 @@ class ModalityGCN(nn.Module):
         ui, iu = blocks
         conv_w, lin = self.conv_weight[0], self.linear[0]
         id_users, id_items = split_nodes(id_emb, ui.shape[0])
-        users = row_normalize(self.preference)                                           # [U, width]
-        h_items = F.leaky_relu(matmul(iu.matmul(users), conv_w))
+        users, users_mean = self._user_inputs(iu)                             # [U, width], A_iu users [I, width]
+        h_items = F.leaky_relu(matmul(users_mean, conv_w))
         if self.folds_mlp():
             conv_items, lin_items = self._folded_item_products(features)
             h_users = F.leaky_relu(ui.matmul(conv_items))
@@ -141,6 +141,22 @@ class ModalityGCN(nn.Module):
             lin_items = linear(items, lin.weight, lin.bias)
         return torch.cat([self._combine(0, None, h_users, id_users, linear(users, lin.weight, lin.bias)),
                           self._combine(0, None, h_items, id_items, lin_items)], 0)
+
+    def _user_inputs(self, iu: SparseAdj) -> Tuple[Tensor, Tensor]:
+        """``(norm(P) [U, width], A_iu norm(P) [I, width])``; with frozen preferences (``frozen_embeddings``, a
+        buffer) both are constants, computed once per (preferences, graph) pair (and again after the preferences
+        change in place: a checkpoint loaded into the model)."""
+        pref = self.preference
+        if pref.requires_grad:
+            users = row_normalize(pref)
+            return users, iu.matmul(users)
+        cached = self.__dict__.get("_constant_users")
+        if cached is None or cached[0] is not pref or cached[1] != pref._version or cached[2] is not iu:
+            with torch.no_grad():
+                users = row_normalize(pref)
+                cached = (pref, pref._version, iu, users, iu.matmul(users))
+            self.__dict__["_constant_users"] = cached
+        return cached[3], cached[4]
 
     def _constant_items(self, features: Tensor, ui: SparseAdj) -> Tuple[Tensor, Tensor]:
         """``(norm(X) [I, width], A_ui norm(X) [U, width])`` of frozen raw features, computed once per (features,

@@ -182,6 +182,21 @@ def _coo(edge_index: Tensor, edge_weight: Optional[Tensor], shape) -> Tensor:
     return torch.sparse_coo_tensor(edge_index, edge_weight.float(), (n, m), check_invariants=False).coalesce()
 
 
+#: whether :class:`SparseAdj` stores its CSR indices as int32 (where they fit)
+INT32 = True
+
+
+def compact_indices(csr: Optional[Tensor]) -> Optional[Tensor]:
+    """``csr`` with int32 row pointers and column indices when its sizes fit: PyTorch's CPU CSR product (MKL's
+    sparse BLAS) takes int32 indices as they are, where int64 ones are converted on every call (the TikTok graph's
+    ``A @ x``: 1.18 -> 1.05 ms at 64 columns). The same matrix; None and int32 matrices are returned as given."""
+    if (csr is None or not INT32 or csr.layout != torch.sparse_csr or csr.crow_indices().dtype == torch.int32
+            or max(csr.shape[0], csr.shape[1], csr._nnz()) >= 2 ** 31 - 1):
+        return csr
+    return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                   csr.values(), tuple(csr.shape), check_invariants=False)
+
+
 class SparseAdj(nn.Module):
     """A fixed ``[N, M]`` sparse matrix for message passing: ``out[r] = sum_c A[r, c] x[c]``.
 
@@ -207,8 +222,8 @@ class SparseAdj(nn.Module):
         self.shape = tuple(csr.shape)
         self.symmetric = bool(symmetric)
         self.n_users: Optional[int] = None
-        self.register_buffer("csr", csr, persistent=False)
-        self.register_buffer("csr_t_", csr_t, persistent=False)
+        self.register_buffer("csr", compact_indices(csr), persistent=False)
+        self.register_buffer("csr_t_", compact_indices(csr_t), persistent=False)
         self.register_buffer("block_ui", None, persistent=False)
         self.register_buffer("block_iu", None, persistent=False)
 
@@ -226,7 +241,7 @@ class SparseAdj(nn.Module):
                                                    ("block_iu", ~upper, n_users, 0, (n - n_users, n_users))):
             idx = torch.stack([rows[keep] - shift_r, cols[keep] - shift_c])
             block = torch.sparse_coo_tensor(idx, values[keep], size, check_invariants=False).coalesce()
-            setattr(self, name, block.to_sparse_csr())
+            setattr(self, name, compact_indices(block.to_sparse_csr()))
         self.n_users = n_users
 
     @classmethod
@@ -322,7 +337,7 @@ class SparseAdj(nn.Module):
         w.r.t. ``x``."""
         if power <= 0:
             return gather_rows(x, rows)
-        crow, col, val = self.csr.crow_indices(), self.csr.col_indices(), self.csr.values()
+        crow, col, val = self.csr.crow_indices().long(), self.csr.col_indices(), self.csr.values()
         start = crow[rows]
         counts = crow[rows + 1] - start
         total = int(counts.sum())
