@@ -172,3 +172,28 @@ def test_weight_grad_thresholds_keep_tiktok_s_layers_on_mkl():
 
     assert L.ENABLED is False or (wide(64, 4096, 2048) and wide(64, 4480, 2048) and wide(256, 4096, 7050))
     assert not (wide(64, 64) or wide(64, 256) or wide(256, 256) or wide(64, 384, 7050) or wide(256, 1024, 7050))
+
+
+def test_weight_grad_of_tall_inputs_sums_two_halves(monkeypatch):
+    """Tall contiguous operands: the batch of the rows' two halves (and the odd last row) equals the plain product;
+    anything else (a view, one thread, too few rows) is the plain product itself."""
+    monkeypatch.setattr(L, "SPLIT_MIN_ROWS", 8)
+    monkeypatch.setattr(L, "WIDE_MIN", 10 ** 9)
+    calls = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(a[0].shape) or bmm(*a))
+    torch.manual_seed(3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for rows, dtype in ((501, torch.float32), (500, torch.float32), (9, torch.float64)):
+            g, x = torch.randn(rows, 6, dtype=dtype), torch.randn(rows, 11, dtype=dtype)
+            torch.testing.assert_close(L.weight_grad(g, x).double(), g.double().t() @ x.double(), rtol=1e-5, atol=1e-4)
+        assert calls == [(2, 6, 250), (2, 6, 250), (2, 6, 4)]
+        L.weight_grad(torch.randn(500, 6), torch.randn(11, 500).t())      # a transposed view
+        L.weight_grad(torch.randn(7, 6), torch.randn(7, 11))              # below SPLIT_MIN_ROWS
+        torch.set_num_threads(1)
+        L.weight_grad(torch.randn(500, 6), torch.randn(500, 11))          # one thread: nothing to split between
+        assert len(calls) == 3
+    finally:
+        torch.set_num_threads(threads)
