@@ -12,6 +12,7 @@ Gumbel noise and hyperedge dropout, SMORE's dropout at its default 0). DA-MRS re
 
     python scripts/mmrec_crosscheck.py --methods lattice,lgmrec,mgcn,smore,slmrec,mmgcn,damrs \
         --peer-python /tmp/peers-venv/bin/python --mmrec ../shared/peers/mmrec/src
+    python scripts/mmrec_crosscheck.py --methods mmgcn --set frozen_embeddings=true   # MMRec's trainable set
 
 MMRec's code runs from a temporary copy (nothing is written into the peers folder) and is never
 imported by mmgraph itself.
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,6 +38,7 @@ from mmgraph.data import make_synthetic  # noqa: E402
 from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.models.base import Batch  # noqa: E402
 from mmgraph.train import build_model  # noqa: E402
+from mmgraph.train.config import parse_overrides  # noqa: E402
 
 MMREC_NAMES = {"lattice": "LATTICE", "lgmrec": "LGMRec", "mgcn": "MGCN", "smore": "SMORE", "slmrec": "SLMRec",
                "mmgcn": "MMGCN", "damrs": "DAMRS"}
@@ -110,7 +113,7 @@ def mmrec_names(method: str) -> dict:
     return names[method]
 
 
-def ours(method: str, folder: Path) -> dict:
+def ours(method: str, folder: Path, settings: Optional[dict] = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     ds = make_synthetic(n_users=80, n_items=60, modalities={"image": 12, "text": 8}, seed=11)
     np.save(folder / "image_feat.npy", ds.features["image"])
@@ -118,7 +121,8 @@ def ours(method: str, folder: Path) -> dict:
     train = np.unique(ds.train, axis=0)
     np.save(folder / "train.npy", train)
     torch.manual_seed(0)
-    model = build_model(method, ds, {"graph_cache": False, "batch_size": 64, **EXTRA[method]}, torch.device("cpu"))
+    model = build_model(method, ds, {"graph_cache": False, "batch_size": 64, **EXTRA[method], **(settings or {})},
+                        torch.device("cpu"))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -152,6 +156,7 @@ def ours(method: str, folder: Path) -> dict:
 THEIRS = r'''
 import sys, json, os
 from pathlib import Path
+from typing import Optional
 import numpy as np, scipy.sparse as sp, torch
 import torch.nn.functional as F
 sys.path.insert(0, os.getcwd())
@@ -264,7 +269,11 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(MMREC_NAMES))
     ap.add_argument("--peer-python", default="/tmp/peers-venv/bin/python")
     ap.add_argument("--mmrec", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "peers" / "mmrec" / "src"))
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="mmgraph-side settings of every checked model, e.g. frozen_embeddings=true (MMGCN as MMRec "
+                         "trains it)")
     args = ap.parse_args(argv)
+    settings = parse_overrides(args.set)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in MMREC_NAMES]
     if unknown:
@@ -283,7 +292,7 @@ def main(argv=None) -> int:
             if method == "lgmrec":
                 F.gumbel_softmax = no_gumbel_noise
             try:
-                ours(method, Path(tmp) / "data" / method)
+                ours(method, Path(tmp) / "data" / method, settings)
             finally:
                 F.gumbel_softmax = gumbel
             res = subprocess.run([args.peer_python, str(Path(tmp) / "theirs.py"), MMREC_NAMES[method],

@@ -197,3 +197,23 @@ def test_weight_grad_of_tall_inputs_sums_two_halves(monkeypatch):
         assert len(calls) == 3
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("rows", [7, 301])
+def test_add_linear_equals_addmm_values_and_gradients(monkeypatch, rows):
+    """``acc + x @ W.T`` for a column slice of a weight (MMGCN's combination): the values and every gradient of
+    ``torch.addmm``, with the weight gradient summed from two halves when the rows are many."""
+    monkeypatch.setattr(L, "SPLIT_MIN_ROWS", 100)
+    torch.manual_seed(4)
+    full = torch.randn(5, 14, requires_grad=True)
+    acc, x = torch.randn(rows, 5, requires_grad=True), torch.randn(rows, 6, requires_grad=True)
+    g = torch.randn(rows, 5)
+    got = L.add_linear(acc, x, full[:, 8:])
+    assert got.grad_fn is not None and "AddLinear" in type(got.grad_fn).__name__
+    grads = torch.autograd.grad((got * g).sum(), (acc, x, full))
+    ref = torch.addmm(acc, x, full[:, 8:].t())
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(grads, torch.autograd.grad((ref * g).sum(), (acc, x, full))):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(L.add_linear(acc, x, full[:, 8:]), ref)

@@ -32,7 +32,7 @@ from mmgraph.models.base import Batch, Channel, LossOutput, Recommender, item_fe
 from mmgraph.models.registry import register
 from mmgraph.nn.conv import LightGCNConv
 from mmgraph.nn.features import FeatureTables
-from mmgraph.nn.linear import linear, matmul
+from mmgraph.nn.linear import add_linear, linear, matmul
 from mmgraph.nn.normalize import row_normalize
 from mmgraph.nn.sparse import SparseAdj, gather_rows, split_nodes, unique_rows
 
@@ -212,7 +212,7 @@ class ModalityGCN(nn.Module):
         x_hat = F.leaky_relu(x_linear) + id_emb
         g = self.combine[layer]
         width = h.shape[1]
-        return F.leaky_relu(torch.addmm(linear(h, g.weight[:, :width], g.bias), x_hat, g.weight[:, width:].t()))
+        return F.leaky_relu(add_linear(linear(h, g.weight[:, :width], g.bias), x_hat, g.weight[:, width:]))
 
 
 @register("mmgcn")

@@ -168,6 +168,33 @@ class _Linear(torch.autograd.Function):
         return d_x, d_w, d_b
 
 
+class _AddLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, acc: Tensor, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        return torch.addmm(acc, x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_acc, need_x, need_w = ctx.needs_input_grad
+        grad = grad.contiguous()
+        return (grad if need_acc else None, grad @ weight if need_x else None,
+                weight_grad(grad, x) if need_w else None)
+
+
+def add_linear(acc: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """``acc + x @ weight.T`` (``acc [N, n]``, ``x [N, k]``, ``weight [n, k]``): ``torch.addmm``, with the weight
+    gradient through :func:`weight_grad` (a tall one summed from two halves) where autograd's ``addmm`` backward
+    takes one MKL product."""
+    if (ADD_LINEAR and torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu"
+            and acc.dim() == 2 and x.dim() == 2 and weight.dim() == 2):
+        return _AddLinear.apply(acc, x, weight)
+    return torch.addmm(acc, x, weight.t())
+
+
+ADD_LINEAR = True
+
 _BF = torch.bfloat16
 
 
