@@ -156,7 +156,6 @@ def ours(method: str, folder: Path, settings: Optional[dict] = None) -> dict:
 THEIRS = r'''
 import sys, json, os
 from pathlib import Path
-from typing import Optional
 import numpy as np, scipy.sparse as sp, torch
 import torch.nn.functional as F
 sys.path.insert(0, os.getcwd())

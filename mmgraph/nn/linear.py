@@ -168,6 +168,10 @@ class _Linear(torch.autograd.Function):
         return d_x, d_w, d_b
 
 
+#: whether :func:`add_linear` takes its own backward (tests and A/B timings turn it off)
+ADD_LINEAR = True
+
+
 class _AddLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, acc: Tensor, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
@@ -192,8 +196,6 @@ def add_linear(acc: Tensor, x: Tensor, weight: Tensor) -> Tensor:
         return _AddLinear.apply(acc, x, weight)
     return torch.addmm(acc, x, weight.t())
 
-
-ADD_LINEAR = True
 
 _BF = torch.bfloat16
 
