@@ -267,6 +267,22 @@ def test_bad_settings_are_one_line_errors(small):
                                    reg_weight=0.0), progress=False)
 
 
+@pytest.mark.parametrize("method, over", [
+    ("brmrs", {"brmrs_negatives": "audio"}),                          # not a modality of the data
+    ("freedom", {"plugins": ["brmrs"], "brmrs_negatives": "audio"}),
+    ("freedom", {"plugins": ["brmrs"], "brmrs_negatives": "cross", "modalities": ["image"]}),   # cross needs 2
+])
+def test_bad_negatives_refused_before_any_graph_is_built(small, method, over, monkeypatch):
+    import mmgraph.train.run as run
+
+    def no_graph(*args, **kwargs):
+        raise AssertionError("a graph was built before the settings were checked")
+    monkeypatch.setattr(run, "build_run_graph", no_graph)
+    with pytest.raises(ConfigError, match="brmrs_negatives") as err:
+        train(method, small, _cfg(method, epochs=1, **over), progress=False)
+    assert "\n" not in str(err.value)
+
+
 def test_brmrs_beats_lightgcn_and_popularity():
     ds = make_synthetic(n_users=400, n_items=300, seed=7)
     budget = {"epochs": 30, "patience": 5, "seed": 1, "learning_rate": 5e-3, "batch_size": 256}

@@ -170,6 +170,11 @@ class Recommender(nn.Module):
             raise ConfigError(f"{cls.method_name} trains on the full graph only: graph_batching=sampled is "
                               f"supported by {', '.join(able)}")
 
+    @classmethod
+    def check_modalities(cls, config: Dict[str, Any], modalities: Sequence[str]) -> None:
+        """Refuse settings that do not fit the data's item modalities ``modalities`` (a one-line
+        :class:`ConfigError`); a run checks it with the dataset's modality names before building its graph."""
+
     # ---- to implement -------------------------------------------------------------------
     @classmethod
     def relations(cls, config: Dict[str, Any], modalities: Sequence[str]) -> List[Relation]:

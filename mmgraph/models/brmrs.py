@@ -67,6 +67,16 @@ OBJECTIVE_DEFAULTS: Dict[str, Any] = {
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+def check_negatives(strategy: str, modalities: Sequence[str]) -> None:
+    """Refuse a ``brmrs_negatives`` value that cannot run on the modality channels ``modalities``."""
+    if strategy not in FIXED_STRATEGIES and strategy not in modalities:
+        raise ConfigError(f"brmrs_negatives: expected one of {', '.join(FIXED_STRATEGIES)} or a modality "
+                          f"({', '.join(modalities)}), got {strategy!r}")
+    if strategy == "cross" and len(modalities) < 2:
+        raise ConfigError(f"brmrs_negatives: cross (CHNS) needs at least two modality channels, got "
+                          f"{list(modalities)}; use self, fused or uniform")
+
+
 def hardest(scores: Tensor) -> Tensor:
     """Index of the highest score per row: ``scores [B, n]`` -> ``[B]`` (ties: lowest index)."""
     return scores.argmax(dim=1)
@@ -181,12 +191,7 @@ class BRMRSObjective:
         self.strategy = str(cfg["brmrs_negatives"])
         if not self.modalities:
             raise ConfigError("BR-MRS needs at least one per-modality channel")
-        if self.strategy not in FIXED_STRATEGIES and self.strategy not in self.modalities:
-            raise ConfigError(f"brmrs_negatives: expected one of {', '.join(FIXED_STRATEGIES)} or a modality "
-                              f"({', '.join(self.modalities)}), got {self.strategy!r}")
-        if self.strategy == "cross" and len(self.modalities) < 2:
-            raise ConfigError(f"brmrs_negatives: cross (CHNS) needs at least two modality channels, got "
-                              f"{self.modalities}; use self, fused or uniform")
+        check_negatives(self.strategy, self.modalities)
         if self.needs_pool and self.n_candidates < 1:
             raise ConfigError(f"brmrs_n_candidates must be >= 1 for brmrs_negatives: {self.strategy}")
         self._scratch: Optional[Tensor] = None     # the pool gather's buffer (see _pool_scores)
@@ -392,6 +397,10 @@ class BRMRS(Recommender):
                 "brmrs_graph_norm": "sym", "brmrs_feature_norm": "l2", "brmrs_hop": "output", "brmrs_item_graph": True,
                 "brmrs_user_graph": True,
                 "fusion": "mean", "reg_weight": 1e-4, "brmrs_fused_bpr": True, **OBJECTIVE_DEFAULTS}
+
+    @classmethod
+    def check_modalities(cls, config, modalities: Sequence[str]) -> None:
+        check_negatives(str({**cls.defaults, **config}["brmrs_negatives"]), modalities)
 
     @classmethod
     def relations(cls, config, modalities: Sequence[str]) -> List[Relation]:

@@ -43,6 +43,12 @@ class Plugin(nn.Module):
         data, so a run checks it before building its graph."""
 
     @classmethod
+    def check_modalities(cls, config: Dict[str, Any], modalities: Sequence[str]) -> None:
+        """Refuse settings that do not fit the data's item modalities ``modalities`` (a one-line
+        :class:`~mmgraph.errors.ConfigError`); a run checks it with the dataset's modality names before building
+        its graph."""
+
+    @classmethod
     def relations(cls, config: Dict[str, Any], modalities: Sequence[str]) -> List[Relation]:
         """Graph relations this plug-in reads (built into the run's graph with the backbone's)."""
         return []

@@ -15,14 +15,14 @@ with the backbone's final users (FREEDOM, BM3) -- see :data:`AUTO_WEIGHTS`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 from torch import Tensor
 
 from mmgraph.errors import ConfigError
 from mmgraph.models.base import FINAL, Batch, LossOutput, item_features
-from mmgraph.models.brmrs import OBJECTIVE_DEFAULTS, BRMRSObjective
+from mmgraph.models.brmrs import OBJECTIVE_DEFAULTS, BRMRSObjective, check_negatives
 from mmgraph.plugins import register_plugin
 from mmgraph.plugins.base import Plugin
 
@@ -71,6 +71,11 @@ class BRMRS(Plugin):
         self.objective = BRMRSObjective(cfg, modal, getattr(model, "n_items", None))
         log.info("brmrs plug-in on %s: modality channels %s, lambda_h %g, lambda_s %g, negatives %s", name, modal,
                  self.objective.lambda_h, self.objective.lambda_s, self.objective.strategy)
+
+    @classmethod
+    def check_modalities(cls, config: Dict[str, Any], modalities: Sequence[str]) -> None:
+        # the backbone's modality channels are some of the data's modalities: what fails on all fails on them
+        check_negatives(str(config.get("brmrs_negatives", cls.defaults["brmrs_negatives"])), modalities)
 
     def sampler_options(self) -> Dict[str, Any]:
         return self.objective.sampler_options()

@@ -334,6 +334,9 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
         get_plugin_class(name).check_settings(config)
     if graph is None:   # (a given graph may carry the features: build_model checks it)
         check_method_data(method, dataset)
+        get_model_class(method).check_modalities(config, dataset.modalities)
+        for name in plugin_names(config):
+            get_plugin_class(name).check_modalities(config, dataset.modalities)
     run_graph = build_run_graph(method, dataset, config, graph)
     model = build_model(method, run_graph, config, device)
     plugins = build_plugins(config, run_graph, model)
