@@ -73,7 +73,7 @@ set -uo pipefail
 out="" prev=""
 for a in "$@"; do [[ $prev == --out ]] && out=$a; prev=$a; done
 extra=(); [[ ${1:-} == train ]] && extra=(--no-progress) && [[ -n ${OMP_NUM_THREADS:-} ]] \\
-  && extra+=(--set "threads=$OMP_NUM_THREADS")
+  && [[ " $* " != *" threads="* ]] && extra+=(--set "threads=$OMP_NUM_THREADS")
 %(python)s -m mmgraph "$@" "${extra[@]}"
 rc=$?
 if [[ -n $out && -n ${BSBS_CAPTURE:-} ]]; then

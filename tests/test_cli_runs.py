@@ -540,3 +540,12 @@ def test_a_graph_built_with_other_parameters_is_refused(data, tmp_path, capsys):
     assert _train(data, tmp_path / "r", "--graph", str(graph), method="freedom") == 2
     assert "was built with {'k': 5" in _err(capsys)
     assert _train(data, tmp_path / "r", "--graph", str(graph), "--set", "knn_k=5", method="freedom") == 0
+
+
+def test_a_set_key_given_twice_with_two_values_is_an_error(data, tmp_path, capsys):
+    run = tmp_path / "twice"
+    capsys.readouterr()
+    assert _train(data, run, "--set", "embedding_size=8", "embedding_size=16") == 2
+    assert "--set gives embedding_size twice (embedding_size=8, then embedding_size=16)" in _err(capsys)
+    assert not run.exists()
+    assert _train(data, run, "--set", "embedding_size=8", "embedding_size=8") == 0   # the same value: no doubt

@@ -52,7 +52,8 @@ def parse_value(text: str) -> Any:
 
 def parse_overrides(items: Optional[Iterable[str]]) -> Dict[str, Any]:
     """``["key=value", ...]`` (the CLI's ``--set``) -> ``{key: value}``, each value parsed as YAML
-    (``1e-3`` a float, ``[a, b]`` a list, ``null`` None); a malformed item is a one-line :class:`ConfigError`."""
+    (``1e-3`` a float, ``[a, b]`` a list, ``null`` None); a malformed item, or a key given twice with two values
+    (which one was meant?), is a one-line :class:`ConfigError`."""
     out: Dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -61,7 +62,11 @@ def parse_overrides(items: Optional[Iterable[str]]) -> Dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"--set expects key=value, got {item!r} (no key)")
-        out[key] = parse_value(value.strip())
+        parsed = parse_value(value.strip())
+        if key in out and out[key] != parsed:
+            raise ConfigError(f"--set gives {key} twice ({key}={out[key]!r}, then {key}={parsed!r}); give it once "
+                              f"(a list, {key}=[a,b], is a grid axis)")
+        out[key] = parsed
     return out
 
 
