@@ -81,6 +81,42 @@ def test_gather_scatter_path_learns_edge_weights_and_normalises():
     torch.testing.assert_close(y.detach(), lg_conv(x, edge_index, w.detach()), atol=1e-5, rtol=1e-5)
 
 
+def test_normalize_on_a_directed_graph_equals_pygs_lgconv_and_keeps_gradients_finite():
+    """A node without in-edges contributes nothing (PyG's gcn_norm), instead of a 1/sqrt(eps) weight; a zero-weight
+    edge into such a node gives a finite gradient."""
+    from torch_geometric.nn import LGConv
+
+    from mmgraph.nn.conv import remove_generated_source_at_exit
+    rng = np.random.default_rng(3)
+    edge_index = torch.tensor(rng.integers(1, 12, (2, 40)))          # node 0 has no edge at all
+    edge_index[:, :3] = torch.tensor([[0, 0, 2], [1, 2, 5]])        # node 0: out-edges only
+    w = torch.rand(40, dtype=torch.float64)
+    w[5] = 0.0
+    x = torch.randn(12, 3, dtype=torch.float64)
+    lg_conv = LGConv(normalize=True)
+    remove_generated_source_at_exit(LGConv)
+    torch.testing.assert_close(LightGCNConv(normalize=True)(x, edge_index, w), lg_conv(x, edge_index, w))
+    edge_index[1, 5] = 0                                             # a zero-weight edge into node 0
+    w.requires_grad_(True)
+    LightGCNConv(normalize=True)(x, edge_index, w).sum().backward()
+    assert torch.isfinite(w.grad).all()
+
+
+def test_normalize_on_a_bipartite_edge_index_uses_each_sides_degrees():
+    """``num_nodes`` = the targets: w / sqrt(out-degree of the source x in-degree of the target), the two sides
+    numbered separately."""
+    rng = np.random.default_rng(5)
+    src, dst = torch.tensor(rng.integers(0, 7, 30)), torch.tensor(rng.integers(0, 4, 30))
+    w = torch.rand(30, dtype=torch.float64)
+    x = torch.randn(7, 2, dtype=torch.float64)
+    dense = torch.zeros(4, 7, dtype=torch.float64).index_put_((dst, src), w, accumulate=True)
+    d_t, d_s = dense.sum(1), dense.sum(0)
+    inv = lambda d: torch.where(d > 0, d, torch.ones_like(d)).pow(-0.5) * (d > 0)   # noqa: E731
+    ref = (inv(d_t)[:, None] * dense * inv(d_s)[None, :]) @ x
+    got = LightGCNConv(normalize=True)(x, torch.stack([src, dst]), w, num_nodes=4)
+    torch.testing.assert_close(got, ref)
+
+
 def test_non_symmetric_sparse_backward_uses_transpose():
     rng = np.random.default_rng(1)
     rows, cols = rng.integers(0, 12, 40), rng.integers(0, 9, 40)

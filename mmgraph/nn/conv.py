@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import spmm
 
-from mmgraph.graph.bipartite import sym_norm_weights
 from mmgraph.nn.sparse import SparseAdj, split_nodes
 
 #: an adjacency: a fixed :class:`SparseAdj` (fused CSR path), a PyG ``edge_index [2, E]`` (source ->
@@ -43,6 +42,32 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def degree_normalized(edge_index: Tensor, edge_weight: Tensor, n_source: int,
+                      n_target: Optional[int] = None) -> Tensor:
+    r"""``w_e / sqrt(deg(s_e) deg(t_e))`` for the edges ``edge_index [2, E]`` (source -> target), weighted degrees.
+
+    On one node set (``n_target`` None) both degrees are the weighted in-degree, and a node without in-edges
+    contributes 0 -- PyG's ``gcn_norm`` without self loops, so :class:`LightGCNConv` equals ``LGConv`` on directed
+    graphs too. On a bipartite graph (``n_target`` given: sources and targets numbered separately) ``deg(s)`` is
+    the source's weighted out-degree and ``deg(t)`` the target's in-degree. Returns ``[E]``."""
+    src, dst = edge_index[0], edge_index[1]
+    if n_target is None:
+        deg_t = edge_weight.new_zeros(n_source).index_add_(0, dst, edge_weight)
+        deg_s = deg_t
+    else:
+        deg_t = edge_weight.new_zeros(n_target).index_add_(0, dst, edge_weight)
+        deg_s = edge_weight.new_zeros(n_source).index_add_(0, src, edge_weight)
+    inv_t = _inv_sqrt(deg_t)
+    inv_s = inv_t if n_target is None else _inv_sqrt(deg_s)
+    return inv_s[src] * edge_weight * inv_t[dst]
+
+
+def _inv_sqrt(deg: Tensor) -> Tensor:
+    """``deg^-1/2``, 0 where ``deg`` is 0 (no inf anywhere, so no NaN gradient either)."""
+    present = deg > 0
+    return torch.where(present, deg, torch.ones_like(deg)).pow(-0.5) * present
+
+
 class LightGCNConv(MessagePassing):
     r"""The light graph convolution of LightGCN (He et al., SIGIR 2020), without weights, activation
     or self loop:
@@ -51,7 +76,10 @@ class LightGCNConv(MessagePassing):
         \mathbf{x}^{\prime}_i = \sum_{j \in \mathcal{N}(i)} e_{j,i} \, \mathbf{x}_j
 
     where :math:`e_{j,i}` is the (already normalised) edge weight, or
-    :math:`e_{j,i} / \sqrt{\deg(i)\deg(j)}` with ``normalize=True`` (weighted degrees).
+    :math:`e_{j,i} / \sqrt{\deg(i)\deg(j)}` with ``normalize=True`` (weighted degrees,
+    :func:`degree_normalized`: PyG's ``LGConv`` on one node set; out-degree of the source and in-degree of the
+    target on a bipartite ``edge_index``). ``normalize`` defaults to False, unlike ``LGConv``: the models pass
+    graphs normalised once when they are built.
 
     Follows PyG's :class:`~torch_geometric.nn.conv.LGConv` conventions: ``edge_index[0]`` is the source,
     ``edge_index[1]`` the target; ``forward`` makes exactly one call to :meth:`propagate`, which runs
@@ -86,6 +114,20 @@ class LightGCNConv(MessagePassing):
 
     def forward(self, x: Tensor, edge_index: Adjacency, edge_weight: Optional[Tensor] = None,
                 num_nodes: Optional[int] = None) -> Tensor:
+        r"""Propagate ``x`` once.
+
+        Args:
+            x: source node features ``[N_s, F]`` or ``[N_s, C, F]``.
+            edge_index: a :class:`SparseAdj` ``[N_t, N_s]``, a ``torch.sparse`` ``adj_t [N_t, N_s]``, or a PyG
+                ``edge_index [2, E]`` (row 0 the source, row 1 the target).
+            edge_weight: ``[E]`` weights of an ``edge_index`` (ones when None); ignored for sparse adjacencies,
+                whose values are the weights.
+            num_nodes: an ``edge_index``'s number of target nodes ``N_t`` when the graph is bipartite (sources and
+                targets numbered separately, e.g. users -> items); None for a graph on one node set (``N_t = N_s``).
+
+        Returns:
+            ``[N_t, F]`` or ``[N_t, C, F]``.
+        """
         shape = x.shape
         flat = x.reshape(shape[0], -1)
         sparse: Optional[SparseAdj] = None
@@ -100,8 +142,7 @@ class LightGCNConv(MessagePassing):
             if edge_weight is None:
                 edge_weight = torch.ones(edge_index.size(1), dtype=flat.dtype, device=flat.device)
             if self.normalize:
-                # sym_norm_weights uses the (row, col) convention: target first
-                edge_weight = sym_norm_weights(edge_index.flip(0), max(n_out, shape[0]), edge_weight)
+                edge_weight = degree_normalized(edge_index, edge_weight, shape[0], num_nodes)
             size = (shape[0], n_out)
         # propagate_type: (x: Tensor, edge_weight: Optional[Tensor], sparse: Optional[SparseAdj], power: Optional[Tuple[int, bool]], items: Optional[Tensor])
         out = self.propagate(edge_index, x=flat, edge_weight=edge_weight, sparse=sparse, power=None,
@@ -148,7 +189,9 @@ class LightGCNEncoder(nn.Module):
         readout: ``"mean"`` (LightGCN) or ``"sum"`` (CM3) or ``"last"``.
 
     ``forward(x [N, ...], adj)`` returns the readout ``[N, ...]``; :meth:`bipartite` takes and returns the user and
-    item tables of a bipartite graph separately.
+    item tables of a bipartite graph separately. The adjacency's weights are used as they are: pass a normalised
+    graph (:func:`~mmgraph.graph.bipartite.normalized_bipartite_adj`, ``interaction_adj``), or normalise an
+    ``edge_index`` with :func:`degree_normalized` first.
     """
 
     def __init__(self, n_layers: int, readout: str = "mean"):
