@@ -113,3 +113,15 @@ def test_cli_info_on_bad_file(tmp_path, capsys):
     bad.write_bytes(b"junk")
     assert main(["graph", "info", str(bad)]) == 2
     assert main(["graph", "info", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_interaction_adj_on_a_hand_built_graph_without_node_counts_says_what_to_set():
+    from torch_geometric.data import HeteroData
+
+    from mmgraph.graph import interaction_adj
+    data = HeteroData()
+    data["user", "interacts", "item"].edge_index = torch.tensor([[0, 1], [0, 1]])
+    with pytest.raises(DataError, match=r"data\['user'\].num_nodes"):
+        interaction_adj(data)
+    data["user"].num_nodes, data["item"].num_nodes = 2, 3
+    assert interaction_adj(data).shape == (5, 5)

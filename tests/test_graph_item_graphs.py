@@ -157,3 +157,15 @@ def test_no_features_error():
     ds = RecDataset(3, 3, np.array([[0, 0], [1, 1]]), np.array([[2, 2]]), np.array([[0, 1]]))
     with pytest.raises(DataError):
         freedom_graph(ds)
+
+
+@pytest.mark.parametrize("kind, params, bad", [("freedom", {"k": 5, "image_wieght": 0.1}, "image_wieght"),
+                                               ("anchorrec", {"feature": "mm", "bogus": 1}, "bogus")])
+def test_a_misspelt_relation_parameter_is_a_config_error_naming_it(kind, params, bad):
+    from mmgraph.graph import build_graph
+    from mmgraph.graph.relations import Relation
+    ds = make_synthetic(n_users=60, n_items=40, seed=0)
+    with pytest.raises(ConfigError, match=rf"relation kind '{kind}': \['{bad}'\]"):
+        build_graph(ds, [Relation("x", kind, params)])
+    good = {k: v for k, v in params.items() if k != bad}
+    assert build_graph(ds, [Relation("x", kind, good)])["item", "x", "item"].edge_index.shape[0] == 2

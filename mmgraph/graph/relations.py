@@ -33,6 +33,7 @@ Relation kinds (:data:`RELATION_KINDS`; ``k`` = neighbours per node):
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -94,9 +95,22 @@ def _cache(cache) -> Any:
     return False if cache is None else cache
 
 
+def _check_keywords(kind: str, params: Dict[str, Any], fn: Callable, given: Sequence[str],
+                    own: Sequence[str] = ()) -> None:
+    """Refuse parameters ``fn`` does not take as keywords (``given``: the arguments the builder passes itself;
+    ``own``: the builder's own parameters, already taken out of ``params``)."""
+    allowed = set(inspect.signature(fn).parameters) - set(given) | set(own)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) for relation kind {kind!r}: {unknown}; expected some of "
+                          f"{sorted(allowed | {'k'})}")
+
+
 def _freedom(ds, p, cache, use_gpu) -> ItemGraph:
     from mmgraph.graph.item_graphs import freedom_graph
     p = dict(p)
+    _check_keywords("freedom", {k: v for k, v in p.items() if k != "k"}, freedom_graph,
+                    ("features", "k", "cache", "use_gpu"))
     return freedom_graph(ds, int(p.pop("k", 10)), cache=cache, use_gpu=use_gpu, **p)
 
 
@@ -124,6 +138,8 @@ def _anchorrec(ds, p, cache, use_gpu) -> ItemGraph:
         x = feats[feature]
     else:
         raise DataError(f"anchorrec relation: feature {feature!r} not in the dataset ({sorted(feats)})")
+    _check_keywords("anchorrec", {k: v for k, v in p.items() if k != "k"}, anchorrec_graph,
+                    ("features", "k", "cache", "use_gpu"), own=("feature", "anchor", "modalities"))
     return anchorrec_graph(x, int(p.pop("k", 10)), cache=cache, use_gpu=use_gpu, **p)
 
 
@@ -371,8 +387,16 @@ def load_graph(path: Union[str, os.PathLike], dataset=None):
 
 # --------------------------------------------------------------------------------------- views
 def node_counts(data) -> Tuple[int, int]:
-    """``(n_users, n_items)``."""
-    return int(data["user"].num_nodes), int(data["item"].num_nodes)
+    """``(n_users, n_items)``: the ``num_nodes`` of the ``user`` and ``item`` node types (set them on a hand-built
+    ``HeteroData``: ids without an edge still count)."""
+    counts = []
+    for node in ("user", "item"):
+        n = data[node].num_nodes if node in data.node_types else None
+        if n is None:
+            raise DataError(f"the graph's {node!r} nodes have no num_nodes; set data[{node!r}].num_nodes (the "
+                            f"number of {node}s, ids 0..n-1) before building its adjacency")
+        counts.append(int(n))
+    return counts[0], counts[1]
 
 
 def node_features(data, node: str = "item") -> Dict[str, Tensor]:
