@@ -80,3 +80,20 @@ def test_topk_rows_equals_torch_topk(n):
         v3, i3 = topk_rows(scores.view(4, 10, n), k)
         assert v3.shape == (4, 10, k) and torch.equal(v3.reshape(40, k), rv) and torch.equal(i3.reshape(40, k), ri)
     assert topk_rows(scores.view(4, 10, n), 0)[1].shape == (4, 10, 0)
+
+
+def test_recommend_refuses_raw_ids_out_of_range_indices_and_unknown_backends():
+    """Raw-id strings were cast to indices (other users' lists, no error) and an unknown backend ran exact."""
+    from mmgraph.data import make_synthetic
+    from mmgraph.errors import DataError
+    from mmgraph.evaluation import recommend, resolve_users
+    ds = make_synthetic(n_users=40, n_items=30, seed=0)
+    u, i = torch.randn(40, 4), torch.randn(30, 4)
+    with pytest.raises(DataError, match="expected user indices 0..39 .* strings such as '1'.*resolve_users"):
+        recommend(u, i, ds, k=2, users=["1", "2"])
+    with pytest.raises(DataError, match="index 40 is out of range"):
+        recommend(u, i, ds, k=2, users=[3, 40])
+    with pytest.raises(DataError, match="backend must be 'exact' or 'faiss', got 'bogus'"):
+        recommend(u, i, ds, k=2, backend="bogus")
+    table = recommend(u, i, ds, k=2, users=resolve_users(ds, ["3", "4"]))
+    assert list(table.user_id.astype(str).unique()) == ["3", "4"] and len(table) == 4

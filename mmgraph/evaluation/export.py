@@ -45,11 +45,37 @@ def resolve_users(dataset: RecDataset, raw_users: Optional[Sequence], source: st
     return users
 
 
+def user_indices(users, n_users: int) -> np.ndarray:
+    """``users`` as an int64 array of user indices, refusing anything else: raw ids given where indices are
+    expected (strings) would otherwise be cast to other users' indices without a word."""
+    arr = np.asarray(users)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        what = "strings" if arr.dtype.kind in "USO" else f"{arr.dtype} values"
+        raise DataError(f"users: expected user indices 0..{n_users - 1} (integers), got {what} such as "
+                        f"{arr.reshape(-1)[0].item()!r}; map raw user ids with resolve_users(dataset, raw_ids)")
+    arr = arr.astype(np.int64).reshape(-1)
+    bad = arr[(arr < 0) | (arr >= n_users)]
+    if bad.size:
+        raise DataError(f"users: index {int(bad[0])} is out of range; the dataset has {n_users} users "
+                        f"(indices 0..{n_users - 1})")
+    return arr
+
+
 def recommend(user_emb: torch.Tensor, item_emb: torch.Tensor, dataset: RecDataset, k: int = 100,
               users: Optional[np.ndarray] = None, exclude_seen: bool = True,
               backend: str = "exact") -> pd.DataFrame:
-    """Top-``k`` per user as a long table ``user_id, item_id, score, rank`` (raw ids, rank from 1)."""
-    users = np.arange(dataset.n_users) if users is None else np.asarray(users, dtype=np.int64)
+    """Top-``k`` per user as a long table ``user_id, item_id, score, rank`` (raw ids, rank from 1).
+
+    Args:
+        user_emb: ``[U, d]`` user representations; item_emb: ``[I, d]`` (scores are inner products).
+        dataset: the run's dataset: its training items are excluded and its raw ids written.
+        users: user INDICES ``0..U-1`` to rank (default all, in order); map raw ids with :func:`resolve_users`.
+        exclude_seen: leave each user's training items out of its list.
+        backend: ``exact`` (batched products) or ``faiss`` (:func:`~mmgraph.evaluation.retrieval.topk_faiss`).
+    """
+    if backend not in ("exact", "faiss"):
+        raise DataError(f"recommend: backend must be 'exact' or 'faiss', got {backend!r}")
+    users = np.arange(dataset.n_users) if users is None else user_indices(users, dataset.n_users)
     sel = torch.as_tensor(users, dtype=torch.long, device=user_emb.device)
     exclude = None
     if exclude_seen:  # the selected users' training items, as CSR rows in selection order
@@ -81,7 +107,7 @@ def recommend_sharded(user_emb: torch.Tensor, item_emb: torch.Tensor, dataset: R
     from mmgraph.train.distributed import current, gather_rows
 
     ctx = ctx or current()
-    users = np.arange(dataset.n_users) if users is None else np.asarray(users, dtype=np.int64)
+    users = np.arange(dataset.n_users) if users is None else user_indices(users, dataset.n_users)
     if not ctx.enabled:
         return recommend(user_emb, item_emb, dataset, k, users, exclude_seen, backend)
     mine = np.array_split(users, ctx.world)[ctx.rank]
