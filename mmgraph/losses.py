@@ -53,6 +53,9 @@ def info_nce(anchor: Tensor, positive: Tensor, temperature: float | Tensor = 0.2
              normalize: bool = True) -> Tensor:
     """In-batch InfoNCE: row ``k`` of ``anchor [B, d]`` must pick row ``k`` of ``positive [B, d]``
     among all rows of ``positive``; ``mean_k -log softmax(anchor_k . positive / tau)_k``."""
+    if anchor.shape != positive.shape:
+        raise ValueError(f"info_nce: anchor {tuple(anchor.shape)} and positive {tuple(positive.shape)} must have the "
+                         f"same shape [B, d] (row k of one is the positive of row k of the other)")
     if normalize:
         anchor = F.normalize(anchor, dim=-1)
         positive = F.normalize(positive, dim=-1)

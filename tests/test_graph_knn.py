@@ -192,3 +192,10 @@ def test_without_faiss_exact_searches_fall_back_to_torch(feats, no_faiss):
         knn_graph(feats, 5, backend="faiss_hnsw")
     with pytest.raises(ConfigError, match="retrieval 'faiss' needs FAISS"):
         resolve_retrieval("faiss")
+
+
+def test_knn_graph_takes_a_tensor_that_requires_grad():
+    x = torch.randn(30, 6, requires_grad=True)
+    got = knn_graph(x, k=4)
+    ref = knn_graph(x.detach().numpy(), k=4)
+    np.testing.assert_array_equal(got.indices, ref.indices)

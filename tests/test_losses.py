@@ -128,3 +128,9 @@ def test_paired_info_nce_equals_the_repeated_rows():
     torch.testing.assert_close(ours, ref)
     for got, want in zip(torch.autograd.grad(ours, (anchor, positive)), torch.autograd.grad(ref, (anchor, positive))):
         torch.testing.assert_close(got, want)
+
+
+def test_info_nce_refuses_mismatched_shapes_with_a_shape_message():
+    import pytest
+    with pytest.raises(ValueError, match=r"anchor \(16, 4\) and positive \(5, 4\) must have the same shape"):
+        info_nce(torch.randn(16, 4), torch.randn(5, 4))

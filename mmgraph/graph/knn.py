@@ -45,6 +45,8 @@ def l2_normalize(features, eps: float = 0.0) -> tuple:
     Returns ``(normalised [N, d] float32, nonzero [N] bool)``; all-zero rows stay zero (and are
     flagged ``False``) instead of becoming NaN.
     """
+    if isinstance(features, torch.Tensor):   # a CUDA tensor, or one that requires grad, has no direct numpy view
+        features = features.detach().cpu()
     x = np.asarray(features)
     if x.ndim != 2:
         raise DataError(f"features must be a 2-d [n_items, dim] array, got shape {x.shape}")

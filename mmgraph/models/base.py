@@ -186,6 +186,11 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def loss(self, batch: Batch) -> LossOutput:
+        """One training step's objective on ``batch`` (``users, pos, neg [B]``, sampler extras).
+
+        Returns a :class:`LossOutput`: the scalar ``loss`` (every term weighted and summed, regularisers
+        included), its named ``terms`` for the logs, and this step's final representations (``user_emb`` /
+        ``item_emb`` or row functions) and ``channels`` for the plug-ins that add their terms on top."""
         raise NotImplementedError
 
     # ---- shared behaviour ---------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Plug-ins: loss heads added on top of ANY backbone (``--set plugins=[cross]``).
 
-A plug-in is an ``nn.Module`` built as ``cls(dataset, model, config)`` with
+A plug-in is an ``nn.Module`` built as ``cls(data, model, config)`` -- ``data`` the run's ``HeteroData``
+with the relations the backbone and the plug-in ask for (:func:`mmgraph.train.build_run_graph`), or in one call
+``mmgraph.train.build_plugins(config, dataset, model)`` -- with
 ``loss(batch, output) -> {name: weighted scalar}``; the :class:`~mmgraph.train.trainer.Trainer` adds the
 terms to the backbone's loss, optimises the plug-in's parameters with the model's and checkpoints them.
 Plug-ins never change the backbone's own loss or its scoring.
@@ -20,10 +22,12 @@ register_plugin = PLUGINS.register
 
 
 def get_plugin_class(name: str) -> Type:
+    """The plug-in class registered as ``name`` (a one-line error listing the names when unknown)."""
     return PLUGINS.get(name)
 
 
 def available_plugins() -> Dict[str, Type]:
+    """``{name: class}`` of every registered plug-in."""
     return PLUGINS.available()
 
 

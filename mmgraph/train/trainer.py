@@ -177,11 +177,15 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     def validate(self, user_emb=None, item_emb=None) -> Dict[str, float]:
+        """Metrics on the validation split (``{"recall@20": ..., ...}``), ranking every item not in the user's
+        training set; ``user_emb [U, d]`` / ``item_emb [I, d]`` default to the model's current embeddings."""
         if user_emb is None:
             user_emb, item_emb = self.model.embeddings()
         return evaluate_sharded(self.valid_eval, user_emb, item_emb, self.dist)
 
     def test(self) -> Dict[str, float]:
+        """Metrics on the test split with the model's current embeddings (after :meth:`fit`: the best
+        validation epoch's weights), the same protocol as :meth:`validate`."""
         if self._test_eval is None:
             self._test_eval = Evaluator(self.dataset, "test", ks=self.ks,
                                         memory_budget_mb=int(self.config.get("eval_memory_mb", 256)),

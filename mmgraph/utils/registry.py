@@ -27,6 +27,8 @@ class Registry:
         self._loaded = False
 
     def register(self, name: str):
+        """Class decorator: ``@register("name")`` files the class under ``name`` (case-insensitive) and sets its
+        ``attr`` to the key; the same name on another class is an error."""
         def deco(cls):
             key = name.lower()
             if key in self._classes and self._classes[key] is not cls:
