@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = ["bpr_loss", "emb_reg", "l2_reg", "alignment", "uniformity", "info_nce", "clamped_cosine",
+           "calibrated_uniformity", "weighted_logsumexp", "lse_block_rows", "soft_cross_entropy", "unit_info_nce",
+           "paired_info_nce", "info_nce_counts", "batch_info_nce"]
+
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor, eps: float = 1e-10) -> Tensor:
     """``-mean log(sigmoid(s+ - s-))`` for scores ``[B]`` (MMRec adds ``eps`` inside the log)."""

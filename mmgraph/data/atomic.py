@@ -192,6 +192,7 @@ def load_atomic(path: Union[str, os.PathLike], modalities: Optional[Sequence[str
     Args:
         path: the folder (or its ``.inter`` file).
         modalities: feature names to load (``image`` loads ``image_feat.npy``); ``None`` loads all.
+        name: the dataset's label in logs and run folders (default: the folder's name).
         mmap: memory-map the ``.npy`` features instead of reading them.
     """
     path = Path(path)

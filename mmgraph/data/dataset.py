@@ -36,6 +36,8 @@ class RecDataset:
         features: ``{modality: float32 array [I, d_m]}``; row ``i`` belongs to item ``i``.
         user_ids, item_ids: optional raw-id arrays of length U / I (index -> raw id).
         name: a label used in logs and run directories.
+        source: the file the interactions were read from (named in errors and run records); None when built in
+            memory.
     """
 
     n_users: int
@@ -81,9 +83,11 @@ class RecDataset:
     # ------------------------------------------------------------------ views
     @property
     def modalities(self) -> list:
+        """The item modality names, in the order of ``features`` (e.g. ``["image", "audio"]``)."""
         return list(self.features)
 
     def split(self, name: str) -> np.ndarray:
+        """The ``[N, 2]`` (user, item) rows of split ``name`` (``train``, ``valid`` or ``test``)."""
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}, expected one of {SPLITS}")
         return getattr(self, name)
@@ -108,15 +112,19 @@ class RecDataset:
         return np.isin(pairs[:, 0] * n + pairs[:, 1], train[:, 0] * n + train[:, 1])
 
     def item_popularity(self, split: str = "train") -> np.ndarray:
+        """Interactions per item in ``split``: int64 ``[I]``."""
         return np.bincount(self.split(split)[:, 1], minlength=self.n_items)
 
     def user_degree(self, split: str = "train") -> np.ndarray:
+        """Interactions per user in ``split``: int64 ``[U]``."""
         return np.bincount(self.split(split)[:, 0], minlength=self.n_users)
 
     def raw_user_id(self, idx):
+        """The raw user id(s) of index / index array ``idx`` (the index itself when the data has no raw ids)."""
         return self.user_ids[idx] if self.user_ids is not None else idx
 
     def raw_item_id(self, idx):
+        """The raw item id(s) of index / index array ``idx`` (the index itself when the data has no raw ids)."""
         return self.item_ids[idx] if self.item_ids is not None else idx
 
     def with_features(self, features: Dict[str, np.ndarray]) -> "RecDataset":

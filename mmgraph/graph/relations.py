@@ -251,6 +251,15 @@ def build_graph(dataset, relations: Sequence[Relation] = (), cache=False, use_gp
     """The run's ``HeteroData``: users, items (``x_<modality>``), the TRAIN interactions both ways and
     every requested relation (built through the graph cache when ``cache`` is set).
 
+    Args:
+        dataset: a :class:`~mmgraph.data.RecDataset`.
+        relations: the :class:`Relation` s to add (kinds and their parameters: the module docstring,
+            :data:`RELATION_KINDS`).
+        cache: ``True`` (the default folder, ``$MMGRAPH_CACHE`` or ``~/.cache/mmgraph/graphs``), a folder, or
+            False: reuse a relation built before on the same data and parameters.
+        use_gpu: FAISS on the GPU for the kNN relations (None = when faiss-gpu and a CUDA device are present).
+        include_features: store the item features as ``x_<modality>``.
+
     ``data.relations`` records ``{name: {"kind", "params", "node"}}`` of the built relations.
     """
     from mmgraph.graph.hetero import build_hetero_data
@@ -430,7 +439,8 @@ def bipartite_adj(edge_index: Tensor, n_users: int, n_items: int):
 
 def relation_adj(data, name: str, node: str = "item", symmetric: bool = False):
     """The ``(node, name, node)`` relation as a :class:`~mmgraph.nn.sparse.SparseAdj` ``[N, N]`` with
-    its stored weights (``out[target] = sum w x[source]``)."""
+    its stored weights (``out[target] = sum w x[source]``); ``symmetric``: the caller knows the relation is
+    symmetric, so the backward reuses the matrix instead of storing its transpose."""
     from mmgraph.nn.sparse import SparseAdj
 
     et = (node, name, node)

@@ -205,6 +205,8 @@ class SparseAdj(nn.Module):
         edge_weight: ``[E]`` weights (default 1); duplicates are summed.
         shape: ``(N, M)``.
         symmetric: declare ``A == A^T`` so the backward reuses ``A`` (nothing else is stored).
+        n_users: for a user-item graph over ``[users; items]`` (users first): the number of users, so the two
+            off-diagonal blocks are kept as well (:meth:`bipartite_power_sum` propagates the tables separately).
 
     Buffers (non-persistent: rebuilt from the graph, never written to checkpoints): ``csr`` (``A``)
     and ``csr_t_`` (``A^T``, absent when symmetric).
