@@ -169,6 +169,19 @@ def test_interrupted_run_needs_resume_or_overwrite(data, finished, capsys):
     assert "interrupted run" in err and "--resume" in err
 
 
+def test_ctrl_c_names_the_command_that_continues_the_run(data, finished, capsys, monkeypatch):
+    import mmgraph.train.run as run_module
+
+    def interrupted(*args, **kwargs):
+        (finished / "final_metrics.json").unlink()           # as a run stopped mid-way leaves its folder
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run_module, "resume_run", interrupted)
+    (finished / "final_metrics.json").write_text("{}")
+    assert main(["train", "--resume", "--out", str(finished), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"mmgraph train --resume --out {finished}" in err and "mmgraph: interrupted" in err, err
+
+
 # ------------------------------------------------------------------------------------------ resume
 def test_resume_takes_everything_from_the_folder(data, tmp_path, capsys):
     run = tmp_path / "r"

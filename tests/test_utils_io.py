@@ -30,3 +30,47 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["curve.png"]
     assert not plt.fignum_exists(fig.number)
+
+
+def test_atomic_write_writes_through_a_symlink_and_keeps_it(tmp_path):
+    from mmgraph.utils.io import atomic_write
+    target = tmp_path / "real" / "top.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "top.csv"
+    link.symlink_to(target)
+    with atomic_write(link) as fh:
+        fh.write("new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["top.csv"]      # no temporary file left
+
+
+def test_atomic_write_streams_into_a_fifo_instead_of_replacing_it(tmp_path):
+    import os
+    import threading
+
+    from mmgraph.utils.io import atomic_write
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    with atomic_write(fifo) as fh:
+        fh.write("a,b\n")
+    reader.join(10)
+    assert got == ["a,b\n"] and not fifo.is_file() and fifo.exists()
+
+
+def test_atomic_write_error_names_the_users_file_not_the_temporary_one(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from mmgraph.utils.io import atomic_write
+
+    def refuse(prefix, suffix, dir):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}abc{suffix}")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError) as info:
+        with atomic_write(tmp_path / "x.csv") as fh:
+            fh.write("x")
+    assert str(info.value) == f"[Errno 13] Permission denied: '{tmp_path / 'x.csv'}'"

@@ -100,12 +100,30 @@ def run_train(args: argparse.Namespace) -> int:
     ctx = distributed.init_from_env(args.device or "auto")
     try:
         if ctx.is_main:
-            return _run_train(args, writer=True)
+            try:
+                return _run_train(args, writer=True)
+            except KeyboardInterrupt:
+                if not _resume_hint(args.out):
+                    raise
+                return 130
         args.no_progress = True  # every rank trains; rank 0 alone reports
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             return _run_train(args, writer=False)
     finally:
         distributed.shutdown(ctx)
+
+
+def _resume_hint(out) -> bool:
+    """After Ctrl-C: say so with the command that continues the run, when its folder holds one to continue."""
+    from mmgraph.train.rundir import folder_state
+    try:
+        state = folder_state(out) if out else "missing"
+    except Exception:     # never hide the interruption behind an error of the hint
+        return False
+    if state not in ("interrupted", "grid"):
+        return False
+    print(f"mmgraph: interrupted; continue the run with: mmgraph train --resume --out {out}", file=sys.stderr)
+    return True
 
 
 NO_RUN_FOLDER = "no run folder written (add --out DIR to keep the config, checkpoints and metrics)"

@@ -11,13 +11,31 @@ from typing import Any, Iterator, Union
 
 @contextlib.contextmanager
 def atomic_write(path: Union[str, os.PathLike], mode: str = "w", encoding: str = "utf-8") -> Iterator:
-    """Yield a file handle; the target appears only if the block finishes without error."""
+    """Yield a file handle; the target appears only if the block finishes without error.
+
+    A symbolic link is written through (its target is replaced atomically, the link stays); a FIFO, a device or
+    a socket (``/dev/stdout``, a named pipe) is written directly, as a stream has nothing to replace."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    text = {} if "b" in mode else {"encoding": encoding, "newline": ""}
+    if path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            with open(path, mode, **text) as fh:
+                yield fh
+        except OSError as exc:      # e.g. a full device: name the file the user gave
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:     # name the user's file, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding, "newline": ""})) as fh:
+        with os.fdopen(fd, mode, **text) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
