@@ -555,6 +555,30 @@ def test_a_graph_built_with_other_parameters_is_refused(data, tmp_path, capsys):
     assert _train(data, tmp_path / "r", "--graph", str(graph), "--set", "knn_k=5", method="freedom") == 0
 
 
+def test_a_run_whose_graph_file_moved_evaluates_exports_and_resumes_with_its_new_path(data, tmp_path, capsys):
+    graph, moved, other = tmp_path / "g.pt", tmp_path / "moved" / "g.pt", tmp_path / "g5.pt"
+    assert main(["graph", "build", "--data", str(data), "--method", "freedom", "--out", str(graph)]) == 0
+    assert main(["graph", "build", "--data", str(data), "--method", "freedom", "--set", "knn_k=5",
+                 "--out", str(other)]) == 0
+    run = tmp_path / "r"
+    assert _train(data, run, "--graph", str(graph), method="freedom") == 0
+    metrics = json.loads((run / "final_metrics.json").read_text())["test"]
+    moved.parent.mkdir()
+    graph.rename(moved)
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    assert "which no longer exists; if it moved, pass its new path with --graph" in _err(capsys)
+    assert main(["evaluate", str(run), "--graph", str(other)]) == 2
+    assert "a moved graph file is accepted when its content is the same; this one differs" in _err(capsys)
+    assert main(["evaluate", str(run), "--graph", str(moved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test"]["recall@20"] == pytest.approx(metrics["recall@20"])
+    assert main(["export", str(run), "--graph", str(moved), "--k", "3", "--output", str(tmp_path / "top.csv")]) == 0
+    (run / "final_metrics.json").unlink()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "3", "--graph", str(moved), *FAST]) == 0
+    assert json.loads((run / "meta.json").read_text())["graph"] == str(moved.resolve())
+    assert main(["evaluate", str(run)]) == 0          # the folder now records the new path
+
+
 def test_a_set_key_given_twice_with_two_values_is_an_error(data, tmp_path, capsys):
     run = tmp_path / "twice"
     capsys.readouterr()

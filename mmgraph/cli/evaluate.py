@@ -26,6 +26,8 @@ def register(sub) -> None:
     e.add_argument("run_dir", help="a run folder, or a grid folder (its selected point is used)")
     e.add_argument("--split", default="test", choices=["valid", "test"])
     e.add_argument("--data", help="dataset path (default: the one recorded in the run)")
+    e.add_argument("--graph", help="a run trained with --graph FILE whose file has moved: its new path (same "
+                        "content)")
     e.add_argument("--topk", type=cutoffs, help="comma-separated cut-offs (default: the run's)")
     e.add_argument("--groups", action="store_true", help="also print popularity-group Recall (head/tail)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -44,6 +46,8 @@ def register(sub) -> None:
     x.add_argument("--include-seen", action="store_true", help="do not exclude training items")
     x.add_argument("--backend", choices=["exact", "faiss"], default="exact")
     x.add_argument("--data", help="dataset path (default: the one recorded in the run)")
+    x.add_argument("--graph", help="a run trained with --graph FILE whose file has moved: its new path (same "
+                        "content)")
     x.add_argument("--channel", default="final", help="rank by one of the model's channels (default: final)")
     x.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="split the users over N processes (torchrun); rank 0 gathers and writes the file")
@@ -73,7 +77,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mmgraph.evaluation import Evaluator, popularity_group_metrics
     from mmgraph.train.run import load_run
 
-    model, dataset, config = load_run(args.run_dir, args.data)
+    model, dataset, config = load_run(args.run_dir, args.data, graph=args.graph)
     ks = args.topk or config.get("topk", [5, 10, 20, 50])
     if max(ks) > dataset.n_items:
         raise ConfigError(f"--topk {max(ks)} is more than the {dataset.n_items} items of {dataset.name}; every "
@@ -116,7 +120,7 @@ def _run_export(args: argparse.Namespace, ctx) -> int:
     if args.k < 1:
         raise DataError(f"--k must be >= 1, got {args.k}")
     check_output_file(args.output)
-    model, dataset, config = load_run(args.run_dir, args.data)
+    model, dataset, config = load_run(args.run_dir, args.data, graph=args.graph)
     if args.k > dataset.n_items:
         raise DataError(f"--k {args.k} is more than the {dataset.n_items} items of {dataset.name}; use --k "
                         f"{dataset.n_items} or less")

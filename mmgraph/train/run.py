@@ -277,9 +277,8 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
             raise ConfigError(f"cannot resume {out} as {method}: the run there trains {run_method}")
         if graph is None:
             graph = meta.get("graph")
-        elif isinstance(graph, (str, Path)) and meta.get("graph") != str(Path(graph).resolve()):
-            raise ConfigError(f"--graph {graph} conflicts with the run in {out}, trained on "
-                              f"{meta.get('graph') or 'the graph its method builds'}")
+        elif isinstance(graph, (str, Path)):
+            moved_graph_file(graph, meta, out)
         if config is None:
             config = saved
     elif out is not None and ctx.is_main:
@@ -358,6 +357,8 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
                 launch["versions"] = library_versions()
             meta.setdefault("resumed", []).append(launch)
             meta["data"] = _data_spec(data_spec or data, dataset)   # the content hash matched: maybe a new path
+            if isinstance(graph, (str, Path)):
+                meta["graph"] = str(Path(graph).resolve())             # likewise
         if not resume or _differences(saved or {}, config, ()):
             _write_config(out / "config.yaml", config)   # a resume may change runtime keys (epochs)
         write_json(out / "meta.json", meta)
@@ -477,9 +478,9 @@ def resume_run(out_dir: Union[str, Path], method: Optional[str] = None, data: Op
         # a dataset folder that moved: accepted when its content hash is the run's (checked by train)
         log.info("resuming %s on --data %s (recorded: %s); its content must be the run's", out, data, recorded)
         recorded = str(data)
-    if graph and str(Path(graph).resolve()) != meta.get("graph"):
-        raise ConfigError(f"--graph {graph} conflicts with the run in {out} "
-                          f"({meta.get('graph') or 'the graph its method builds'})")
+    if graph:
+        moved_graph_file(graph, meta, out)
+    graph = str(graph) if graph else meta.get("graph")
     config = dict(saved)
     requested: List[Tuple[str, Dict[str, Any]]] = []
     if config_file:
@@ -508,10 +509,10 @@ def resume_run(out_dir: Union[str, Path], method: Optional[str] = None, data: Op
         raise DataError(f"{out}/meta.json records no dataset; pass --data")
     if state.startswith("grid"):
         summary = grid_search(run_method, spec, config, out, progress=progress, data_spec=spec,
-                              graph=meta.get("graph"), resume=True)
+                              graph=graph, resume=True)
         return "grid", summary
     result, _ = train(run_method, spec, config, out, resume=True, progress=progress, data_spec=spec,
-                      graph=meta.get("graph"))
+                      graph=graph)
     return "run", result
 
 
@@ -573,7 +574,10 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
                 if saved.get("grid") != config.get("grid"):   # other seeds: each seed's run is its own folder
                     log.info("%s: seeds %s -> %s", out, (saved.get("grid") or {}).get("seed"), seeds)
                     _write_config(out / "config.yaml", {**saved, "grid": config.get("grid") or {}})
-                    write_json(out / "meta.json", {**meta, "seeds": seeds})
+                    meta = {**meta, "seeds": seeds}
+                    write_json(out / "meta.json", meta)
+                if isinstance(graph, (str, Path)) and meta.get("graph") not in (None, str(Path(graph).resolve())):
+                    write_json(out / "meta.json", {**meta, "graph": str(Path(graph).resolve())})   # moved, same content
             elif ctx.is_main:
                 check_fresh_folder(out, overwrite)
                 out.mkdir(parents=True, exist_ok=True)
@@ -582,6 +586,7 @@ def grid_search(method: str, data, config: Dict[str, Any], out_dir: Optional[Uni
                     "kind": "grid", "method": method, "data": spec, "dataset_name": dataset.name,
                     "data_hash": dataset_hash(dataset), "axes": axes, "seeds": seeds,
                     "graph": str(Path(graph).resolve()) if isinstance(graph, (str, Path)) else None,
+                    "graph_hash": file_hash(graph) if isinstance(graph, (str, Path)) else None,
                     "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         try:
             rows = [_run_point(method, dataset, base, k, len(points), params, seeds, out, metric, progress=progress,
@@ -715,8 +720,29 @@ def as_in_the_run(config: Dict[str, Any], device: Optional[torch.device] = None)
         yield
 
 
+def moved_graph_file(graph, meta: Dict[str, Any], where) -> bool:
+    """Whether ``graph`` (a path) names the graph file the run in ``where`` recorded in ``meta``: the same path,
+    or -- a file that moved -- one with the recorded content hash. A different file is a one-line error."""
+    recorded = meta.get("graph")
+    if not recorded:
+        raise ConfigError(f"--graph {graph}: the run in {where} built its graph from its method's settings, not "
+                          "from a graph file; drop --graph")
+    if str(Path(graph).resolve()) == recorded:
+        return False
+    if not Path(graph).is_file():
+        raise DataError(f"graph file {graph} does not exist")
+    if not meta.get("graph_hash"):
+        raise ConfigError(f"--graph {graph}: the run in {where} was trained on {recorded} and recorded no content "
+                          "hash of it (older mmgraph), so another path cannot be checked; put the file back there")
+    if file_hash(graph) != meta["graph_hash"]:
+        raise ConfigError(f"--graph {graph} conflicts with the run in {where}, trained on {recorded} (a moved graph "
+                          "file is accepted when its content is the same; this one differs)")
+    log.info("graph file %s: the content of %s, which the run in %s was trained on", graph, recorded, where)
+    return True
+
+
 def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDataset]] = None,
-             checkpoint: str = "best.pt", device: Optional[str] = None):
+             checkpoint: str = "best.pt", device: Optional[str] = None, graph: Optional[Union[str, Path]] = None):
     """Rebuild a trained model from its run folder (or a grid's selected point). Returns
     ``(model, dataset, config)``.
 
@@ -726,6 +752,8 @@ def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDatas
     Args:
         data: the dataset (default: the path recorded in ``meta.json``).
         checkpoint: ``best.pt`` (best validation epoch) or ``last.pt``.
+        graph: for a run trained on a graph file (``--graph``) that has moved since: its new path (its content
+            must be the recorded one).
     """
     run = resolve_run_dir(run_dir)
     if not run.is_dir():
@@ -762,11 +790,15 @@ def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDatas
     dataset = apply_transforms(dataset, config)   # the training data the run saw (masking, features)
     if device is not None:
         config["device"] = device
-    graph = meta.get("graph")
-    if graph:
-        if not Path(graph).exists():
-            raise DataError(f"{run} was trained on the graph file {graph}, which no longer exists")
-        if meta.get("graph_hash") and file_hash(graph) != meta["graph_hash"]:
+    if graph is not None:
+        moved_graph_file(graph, meta, run)
+        graph = str(graph)
+    else:
+        graph = meta.get("graph")
+        if graph and not Path(graph).exists():
+            raise DataError(f"{run} was trained on the graph file {graph}, which no longer exists; if it moved, "
+                            "pass its new path with --graph")
+        if graph and meta.get("graph_hash") and file_hash(graph) != meta["graph_hash"]:
             raise DataError(f"{run} was trained on the graph file {graph}, which has changed since")
     data_graph = build_run_graph(method, dataset, config, graph or None)
     model = build_model(method, data_graph, config)
