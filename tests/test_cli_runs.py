@@ -169,6 +169,14 @@ def test_interrupted_run_needs_resume_or_overwrite(data, finished, capsys):
     assert "interrupted run" in err and "--resume" in err
 
 
+def test_evaluating_an_unfinished_run_warns_that_it_is_unfinished(data, finished, capsys, caplog):
+    (finished / "final_metrics.json").unlink()
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        assert main(["evaluate", str(finished)]) == 0
+    assert "is an unfinished run (stopped after epoch 2 of 2)" in caplog.text
+    assert f"mmgraph train --resume --out {finished}" in caplog.text
+
+
 def test_ctrl_c_names_the_command_that_continues_the_run(data, finished, capsys, monkeypatch):
     import mmgraph.train.run as run_module
 

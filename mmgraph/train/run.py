@@ -681,6 +681,14 @@ def run_or_reuse(method: str, data, config: Dict[str, Any], folder: Optional[Uni
 
 
 # ------------------------------------------------------------------------------------------ loading
+def _epochs_done(run: Path) -> Optional[int]:
+    """Epochs an interrupted run has finished (its history), or None when unreadable."""
+    try:
+        return len(json.loads((run / "history.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def resolve_run_dir(run_dir: Union[str, Path]) -> Path:
     """A run folder, or the folder of the point a grid search selected (``grid_summary.json``)."""
     run = Path(run_dir)
@@ -766,6 +774,11 @@ def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDatas
     if not method:
         raise DataError(f"{run}/meta.json names no method")
     config = validate_config(method, read_run_config(run))
+    if not (run / "final_metrics.json").exists():
+        done = _epochs_done(run)
+        log.warning("%s is an unfinished run (stopped%s of %s): its %s holds the best epoch so far; "
+                    "`mmgraph train --resume --out %s` finishes it", run, f" after epoch {done}" if done else "", config.get("epochs"),
+                    checkpoint, run)
     spec = data if data is not None else meta.get("data")
     if spec is None:
         raise DataError(f"{run}/meta.json records no dataset; pass --data")
