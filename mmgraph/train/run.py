@@ -777,7 +777,8 @@ def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDatas
     if not (run / "final_metrics.json").exists():
         done = _epochs_done(run)
         log.warning("%s is an unfinished run (stopped%s of %s): its %s holds the best epoch so far; "
-                    "`mmgraph train --resume --out %s` finishes it", run, f" after epoch {done}" if done else "", config.get("epochs"),
+                    "`mmgraph train --resume --out %s` finishes it", run, f" after epoch {done}" if done else "",
+                    config.get("epochs"),
                     checkpoint, run)
     spec = data if data is not None else meta.get("data")
     if spec is None:
