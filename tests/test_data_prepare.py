@@ -282,3 +282,28 @@ def test_cli_prepare_with_features_and_rerun_guard(raw_files, tmp_path, capsys):
     # a run without modality 'b' into the same folder would leave a stale b_feat.npy behind: refused
     assert main(argv[:8] + ["--out", str(out), "--name", "mine"]) == 2
     assert "b_feat.npy" in capsys.readouterr().err
+
+
+def test_prepare_warns_where_the_result_is_probably_not_what_was_meant(tmp_path, caplog):
+    """Three silent pitfalls get a warning: a .npy whose rows follow 1-based ids read as 0-based rows, ratings
+    read without a filter, and leave-one-out without timestamps."""
+    rows = [(u, str(i), 1) for u in range(12) for i in range(1, 20) if (u + i) % 3] + [(0, "20", 0)]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating"]).to_csv(tmp_path / "r.csv", index=False)
+    np.save(tmp_path / "img.npy", np.random.default_rng(0).random((20, 3)).astype(np.float32))
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        prepare_dataset(tmp_path / "r.csv", tmp_path / "a", kcore=0, rating_equals=1, show_progress=False,
+                        features={"image": tmp_path / "img.npy"})
+    assert "read as raw item ids 0..19, but the ratings' item ids run 1..20" in caplog.text
+    assert "--feature-ids image=FILE" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        prepare_dataset(tmp_path / "r.csv", tmp_path / "b", kcore=0, rating_col="rating", split="loo",
+                        show_progress=False)
+    assert "ratings from 0 to 1 are read but not filtered" in caplog.text
+    assert "--split loo without --timestamp-col" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmgraph"):                 # 0-based rows: nothing to say
+        np.save(tmp_path / "img21.npy", np.zeros((21, 3), dtype=np.float32) + 1)
+        prepare_dataset(tmp_path / "r.csv", tmp_path / "c", kcore=0, rating_equals=1, show_progress=False,
+                        features={"image": tmp_path / "img21.npy"})
+    assert "read as raw item ids" not in caplog.text and "not filtered" not in caplog.text

@@ -267,7 +267,11 @@ def prepare_dataset(ratings: PathLike, out: Optional[PathLike] = None, *, user_c
     raw = read_interactions(ratings, user_col, item_col, rating_col, timestamp_col)
     report["rows_read"] = len(raw)
 
+    all_item_ids = np.unique(raw.items)      # before any filter: the id range the feature rows may follow
     raw = _apply_rating_filter(raw, min_rating, rating_equals, report)
+    if split == "loo" and raw.timestamps is None:
+        log.warning("--split loo without --timestamp-col: each user's held-out interactions are drawn at random "
+                    "(seeded), not its last ones; give the timestamp column for a leave-last-out split")
     user_codes, _ = encode_ids(raw.users)
     item_codes, _ = encode_ids(raw.items)
     pairs = np.column_stack([user_codes, item_codes])
@@ -300,6 +304,8 @@ def prepare_dataset(ratings: PathLike, out: Optional[PathLike] = None, *, user_c
     key = feature_key or item_key
     for mod, path in features.items():
         table = read_feature_file(path, feature_ids.get(mod), key=key)
+        if table.ids is None:
+            _warn_one_based_rows(table, all_item_ids, mod)
         feats[mod] = align_features(table, item_ids, mod, allow_missing=allow_missing_features)
         log.info("feature %r: %s -> [%d, %d]", mod, Path(path).name, *feats[mod].shape)
     if text_cols:
@@ -330,10 +336,27 @@ def prepare_dataset(ratings: PathLike, out: Optional[PathLike] = None, *, user_c
     return dataset
 
 
+def _warn_one_based_rows(table, raw_item_ids: np.ndarray, name: str) -> None:
+    """A ``.npy`` without an id list has row ``r`` = raw item id ``r``; ids running exactly ``1..R`` for ``R``
+    rows say row 0 is most likely item 1, which that rule would shift by one row without an error."""
+    ids = pd.to_numeric(pd.Series(raw_item_ids.astype(str)), errors="coerce").to_numpy()
+    if len(ids) == 0 or not np.isfinite(ids).all():
+        return
+    n_rows = len(table.values)
+    if ids.min() == 1 and ids.max() == n_rows:
+        log.warning("%s: its %d rows are read as raw item ids 0..%d, but the ratings' item ids run 1..%d: if row 0 "
+                    "is item 1, give the ids in order with --feature-ids %s=FILE", table.source, n_rows, n_rows - 1,
+                    n_rows, name)
+
+
 def _apply_rating_filter(raw: RawInteractions, min_rating: Optional[float], rating_equals: Optional[float],
                          report: Dict[str, Any]) -> RawInteractions:
     if min_rating is None and rating_equals is None:
         report["rating_filter_dropped"] = 0
+        if raw.ratings is not None and len(raw.ratings) and raw.ratings.min() < raw.ratings.max():
+            log.warning("%s: ratings from %g to %g are read but not filtered: every row counts as a positive "
+                        "interaction; keep the positive ones with --min-rating or --rating-equals", raw.source,
+                        float(raw.ratings.min()), float(raw.ratings.max()))
         return raw
     keep = rating_mask(raw.ratings, min_rating, rating_equals)
     rule = " and ".join(r for r in (f"rating >= {min_rating:g}" if min_rating is not None else "",
