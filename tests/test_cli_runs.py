@@ -169,6 +169,14 @@ def test_interrupted_run_needs_resume_or_overwrite(data, finished, capsys):
     assert "interrupted run" in err and "--resume" in err
 
 
+def test_overwrite_keeps_the_users_files_and_says_they_describe_the_previous_model(data, finished, capsys, caplog):
+    assert main(["export", str(finished), "--k", "2", "--output", str(finished / "top.csv")]) == 0
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        assert _train(data, finished, "--overwrite") == 0
+    assert (finished / "top.csv").exists()
+    assert "1 other file(s) stay and describe the previous model: top.csv" in caplog.text
+
+
 def test_evaluating_an_unfinished_run_warns_that_it_is_unfinished(data, finished, capsys, caplog):
     (finished / "final_metrics.json").unlink()
     with caplog.at_level("WARNING", logger="mmgraph"):

@@ -329,6 +329,10 @@ def clear_run_files(folder) -> None:
     for sub in folder.iterdir():
         if sub.is_dir() and POINT_DIR.match(sub.name):
             shutil.rmtree(sub)
+    others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name != LOCK_NAME)
+    if others:   # exports, analyses: the user's, so kept -- but they describe the model being replaced
+        log.warning("%s: the previous run's files are replaced; %d other file(s) stay and describe the previous "
+                    "model: %s%s", folder, len(others), ", ".join(others[:5]), ", ..." if len(others) > 5 else "")
 
 
 def discard_unstarted_grid(folder) -> None:
