@@ -595,6 +595,18 @@ def test_a_run_whose_graph_file_moved_evaluates_exports_and_resumes_with_its_new
     assert main(["evaluate", str(run)]) == 0          # the folder now records the new path
 
 
+def test_export_refuses_a_format_that_contradicts_the_file_suffix(finished, tmp_path, capsys):
+    out = tmp_path / "top.parquet"
+    assert main(["export", str(finished), "--k", "2", "--format", "csv", "--output", str(out)]) == 2
+    assert "--format csv does not match --output" in _err(capsys) and not out.exists()
+    assert main(["export", str(finished), "--k", "2", "--format", "csv", "--output", str(tmp_path / "top.txt")]) == 0
+
+
+def test_method_plus_plugin_names_the_settings_that_add_the_plugin(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "r", method="mf+cross") == 2
+    assert "--method mf --set plugins=[cross]" in _err(capsys)
+
+
 def test_a_set_key_given_twice_with_two_values_is_an_error(data, tmp_path, capsys):
     run = tmp_path / "twice"
     capsys.readouterr()

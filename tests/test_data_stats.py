@@ -71,3 +71,10 @@ def test_tiktok_stats_json(shared_data, capsys):
     assert main(["data", "stats", str(folder)]) == 0
     text = capsys.readouterr().out
     assert "9,308" in text and "6,710" in text and "68,722" in text
+
+
+def test_stats_of_the_synthetic_dataset_spec(capsys):
+    from mmgraph.cli.main import main
+    assert main(["data", "stats", "synthetic:users=50,items=40,seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert "users                            50" in out and "(over items with any)" in out

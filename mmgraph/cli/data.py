@@ -66,7 +66,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_prepare)
 
     s = sub.add_parser("stats", help="counts of an MMRec atomic folder")
-    s.add_argument("path", metavar="PATH", help="dataset folder (or its .inter file)")
+    s.add_argument("path", metavar="PATH", help="dataset folder (or its .inter file), or synthetic[:users=...]")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=run_stats)
 
@@ -98,8 +98,11 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from mmgraph.data.atomic import load_atomic
     from mmgraph.data.stats import dataset_stats, format_stats
+    from mmgraph.train.run import SYNTHETIC_PREFIX, load_dataset
 
-    stats = dataset_stats(load_atomic(args.path, mmap=True))
+    text = str(args.path)
+    synthetic = text == SYNTHETIC_PREFIX or text.startswith(SYNTHETIC_PREFIX + ":")
+    stats = dataset_stats(load_dataset(text) if synthetic else load_atomic(args.path, mmap=True))
     if args.json:
         json.dump(stats, sys.stdout)
         sys.stdout.write("\n")

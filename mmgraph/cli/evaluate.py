@@ -120,6 +120,10 @@ def _run_export(args: argparse.Namespace, ctx) -> int:
     if args.k < 1:
         raise DataError(f"--k must be >= 1, got {args.k}")
     check_output_file(args.output)
+    suffix = Path(args.output).suffix.lower().lstrip(".")
+    if args.format and suffix in ("csv", "parquet", "jsonl") and suffix != args.format:
+        raise ConfigError(f"--format {args.format} does not match --output {args.output}; name the file "
+                          f".{args.format}, or drop --format (the suffix decides)")
     model, dataset, config = load_run(args.run_dir, args.data, graph=args.graph)
     if args.k > dataset.n_items:
         raise DataError(f"--k {args.k} is more than the {dataset.n_items} items of {dataset.name}; use --k "

@@ -154,6 +154,10 @@ def _run_train(args: argparse.Namespace, writer: bool = True) -> int:
     for flag in ("method", "data"):
         if not getattr(args, flag):
             raise ConfigError(f"--{flag} is required (unless --resume continues a run from its --out folder)")
+    if "+" in args.method:
+        base, *plugins = args.method.split("+")
+        raise ConfigError(f"--method {args.method}: give one method and its plug-ins with --set: --method {base} "
+                          f"--set plugins=[{','.join(plugins)}] (METHOD+PLUGIN is mmgraph benchmark's shorthand)")
     if args.method_grid and not args.grid:
         raise ConfigError("--method-grid only applies with --grid")
     if args.out and writer:

@@ -64,8 +64,10 @@ def format_stats(stats: Dict[str, Any]) -> str:
                          f"test {sp['test']:,})"),
         ("density", f"{stats['density']:.6f}"),
         ("modalities", mods),
-        ("train per user", f"mean {per_user['mean']:.2f}, min {per_user['min']}, max {per_user['max']}"),
-        ("train per item", f"mean {per_item['mean']:.2f}, min {per_item['min']}, max {per_item['max']}"),
+        ("train per user", f"mean {per_user['mean']:.2f}, min {per_user['min']}, max {per_user['max']} (over "
+                           f"users with any)"),
+        ("train per item", f"mean {per_item['mean']:.2f}, min {per_item['min']}, max {per_item['max']} (over "
+                           f"items with any)"),
         ("items with no train interaction", f"{stats['items_without_train']:,}"),
         ("users with no train interaction", f"{stats['users_without_train']:,}"),
         ("duplicate (user, item) rows", f"{stats['duplicate_pairs']:,}"),
