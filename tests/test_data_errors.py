@@ -298,3 +298,14 @@ def test_all_zero_feature_rows_are_reported_when_loading(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="mmgraph"):
         load_atomic(folder)
     assert "2 of 25 items have an all-zero feature row" in caplog.text
+
+
+def test_arrays_not_named_as_features_are_reported_not_silently_skipped(tmp_path, caplog):
+    folder = save_atomic(make_synthetic(n_users=30, n_items=20, modalities={}, seed=0), tmp_path / "d", name="d")
+    np.save(folder / "text.npy", np.ones((20, 4), dtype=np.float32))
+    np.savez(folder / "image.npz", x=np.ones((20, 4)))
+    with caplog.at_level("INFO", logger="mmgraph"):
+        ds = load_atomic(folder)
+    assert ds.modalities == []
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "not read as item features" in r.message]
+    assert warned and "image.npz, text.npy" in warned[0].message and "<modality>_feat.npy" in warned[0].message

@@ -231,6 +231,12 @@ def load_atomic(path: Union[str, os.PathLike], modalities: Optional[Sequence[str
                             f"{('train', 'valid', 'test').index(split)})")
 
     available = {p.name[: -len(FEATURE_SUFFIX)]: p for p in sorted(path.glob("*" + FEATURE_SUFFIX))}
+    others = sorted(p.name for p in path.iterdir()
+                    if p.suffix == ".npz" or (p.suffix == ".npy" and not p.name.endswith(FEATURE_SUFFIX)))
+    if others:   # e.g. text.npy, or an .npz: arrays that look like features but are not read as any
+        (log.info if available else log.warning)(
+            "%s: %s not read as item features (feature files are <modality>%s, one [n_items, dim] .npy each)",
+            path, ", ".join(others), FEATURE_SUFFIX)
     wanted = list(available) if modalities is None else list(modalities)
     features: Dict[str, np.ndarray] = {}
     for mod in wanted:
