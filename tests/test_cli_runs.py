@@ -602,6 +602,11 @@ def test_export_refuses_a_format_that_contradicts_the_file_suffix(finished, tmp_
     assert main(["export", str(finished), "--k", "2", "--format", "csv", "--output", str(tmp_path / "top.txt")]) == 0
 
 
+def test_an_empty_modalities_setting_is_named_as_what_left_no_features(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "r", "--set", "modalities=[]", method="freedom") == 2
+    assert "but modalities=[] selects none" in _err(capsys)
+
+
 def test_method_plus_plugin_names_the_settings_that_add_the_plugin(data, tmp_path, capsys):
     assert _train(data, tmp_path / "r", method="mf+cross") == 2
     assert "--method mf --set plugins=[cross]" in _err(capsys)

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -167,13 +167,17 @@ def build_run_graph(method: str, dataset: RecDataset, config: Dict[str, Any], gr
     return data
 
 
-def check_method_data(method: str, data) -> None:
+def check_method_data(method: str, data, selected: Optional[Sequence[str]] = None) -> None:
     """A multimodal method on data without item features (a :class:`RecDataset` or a ``HeteroData``): a
-    one-line :class:`ConfigError` saying what to do, before any graph is built."""
+    one-line :class:`ConfigError` saying what to do, before any graph is built. ``selected``: the run's
+    ``modalities`` setting, which may be what left none."""
     if not getattr(get_model_class(method), "multimodal", False):
         return
     name = data.name if isinstance(data, RecDataset) else "the graph"
     if not (data.features if isinstance(data, RecDataset) else node_features(data)):
+        if selected is not None and len(selected) == 0:
+            raise ConfigError(f"method {method!r} needs item features, but modalities=[] selects none; name some "
+                              "(e.g. modalities=[image]) or leave the setting out to use them all")
         raise ConfigError(f"method {method!r} needs item features, but {name} has none: add them to the data "
                           "folder (README, 'Data') or pick an ID-only method (mf, lightgcn, directau)")
 
@@ -332,7 +336,7 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
     for name in plugin_names(config):
         get_plugin_class(name).check_settings(config)
     if graph is None:   # (a given graph may carry the features: build_model checks it)
-        check_method_data(method, dataset)
+        check_method_data(method, dataset, config.get("modalities"))
         get_model_class(method).check_modalities(config, dataset.modalities)
         for name in plugin_names(config):
             get_plugin_class(name).check_modalities(config, dataset.modalities)
