@@ -607,6 +607,12 @@ def test_an_empty_modalities_setting_is_named_as_what_left_no_features(data, tmp
     assert "but modalities=[] selects none" in _err(capsys)
 
 
+def test_a_setting_after_another_option_says_where_settings_go(data, tmp_path, capsys):
+    assert main(["train", "--method", "mf", "--data", str(data), "--set", "threads=1", "--epochs", "2",
+                 "reg_weight=1e-3"]) == 2
+    assert "settings (KEY=VALUE) go right after --set" in _err(capsys)
+
+
 def test_method_plus_plugin_names_the_settings_that_add_the_plugin(data, tmp_path, capsys):
     assert _train(data, tmp_path / "r", method="mf+cross") == 2
     assert "--method mf --set plugins=[cross]" in _err(capsys)

@@ -28,6 +28,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         message = " ".join(message.split())
+        if message.startswith("unrecognized arguments:") and "=" in message:
+            # `--set a=1 --epochs 2 b=2`: KEY=VALUE after another option is not a setting any more
+            message += "; settings (KEY=VALUE) go right after --set, or give --set again before them"
         self.exit(2, f"mmgraph: error: {message} (see `{self.prog} --help`)\n")
 
 
