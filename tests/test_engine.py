@@ -157,6 +157,12 @@ def test_training_step_propagates_through_message_passing(small, method):
     model.on_epoch_start(0)
     model.loss(batch).loss.backward()
     assert len(calls) >= 1
+    # and it propagates: users outside the batch get a gradient through their items' neighbourhoods
+    outside = torch.ones(small.n_users, dtype=torch.bool)
+    outside[batch.users] = False
+    user_tables = [p for p in model.parameters()
+                   if p.dim() >= 2 and p.shape[0] == small.n_users and p.grad is not None]
+    assert user_tables and any(p.grad[outside].abs().sum() > 0 for p in user_tables)
 
 
 @pytest.mark.parametrize("channels", [None, 3])
@@ -193,7 +199,8 @@ def test_adjacency_follows_the_module_to_another_dtype_and_is_not_checkpointed(s
 @pytest.mark.parametrize("method,names", [("freedom", {"image", "text"}), ("vbpr", {"id", "image", "text"}),
                                           ("bm3", {"image", "text"}), ("cm3", {"image", "text", "fused"})])
 def test_models_expose_their_channels(small, method, names):
-    model = build_model(method, small, _cfg(method))
+    # FREEDOM without its edge pruning, so that the step's graph is the evaluation's
+    model = build_model(method, small, _cfg(method, **({"dropout": 0.0} if method == "freedom" else {})))
     batch = Batch(torch.as_tensor(small.train[:32, 0]), torch.as_tensor(small.train[:32, 1]),
                   torch.randint(0, small.n_items, (32,)))
     out = model.loss(batch)
@@ -205,12 +212,14 @@ def test_models_expose_their_channels(small, method, names):
         assert pool.shape == (32, 5)
     evals = model.channel_embeddings()
     assert {"final"} | names <= set(evals)
-    for name in names:
+    for name in names | {"final"}:
         users, items = evals[name]
-        # the per-step channel and the evaluation channel score the same way (eval mode = no dropout)
         assert users.shape[0] == small.n_users and items.shape[0] == small.n_items
-    final = out.channel("final")
-    assert final.score(batch.users, batch.pos).shape == (32,)
+        # the per-step channel and the evaluation channel score the same way (no dropout in either)
+        step = out.channel(name).score(batch.users, batch.pos).detach()
+        torch.testing.assert_close(step, (users[batch.users] * items[batch.pos]).sum(-1), atol=1e-5, rtol=1e-5)
+    final_u, final_i = model.embeddings()
+    torch.testing.assert_close(evals["final"][0] @ evals["final"][1].T, final_u @ final_i.T)
 
 
 def test_cm3_channels_sum_to_the_final_score(small):
@@ -323,6 +332,45 @@ def test_bm3_regulariser_divides_by_the_number_of_items(small):
     u_all, i_all = model.forward()
     torch.testing.assert_close(out.terms["reg"], emb_reg(u_all, i_all))
     assert small.n_users != small.n_items
+
+
+def test_bm3_loss_is_the_papers_formula(small, monkeypatch):
+    """BM3 (MMRec): ``1 - cos`` of (P e_u, sg(drop(e_i))) + (P e_i, sg(drop(e_u))) + cl_weight * sum_m [(P f_m,
+    sg(drop(e_i))) + (P f_m, sg(drop(f_m)))] + reg_weight * (||U|| + ||I||) / I, with ``e`` the LightGCN output (the
+    item ID embedding added), ``f_m = W_m x_m + b_m``, ``P`` the shared predictor. Dropout is replaced by a fixed
+    mask so the targets are known, and the test checks it is applied to every target with the configured p."""
+    import mmgraph.models.bm3 as bm3
+    calls = []
+
+    def fixed_dropout(x, p, training=True):
+        calls.append(p)
+        keep = (torch.arange(x.shape[-1]) % 3 != 0).to(x.dtype)
+        return x * keep / (1 - p)
+    monkeypatch.setattr(bm3, "dropout", fixed_dropout)
+    model = build_model("bm3", small, _cfg("bm3", reg_weight=0.07, cl_weight=1.7, dropout=0.3))
+    users, pos = torch.as_tensor(small.train[:24, 0]), torch.as_tensor(small.train[:24, 1])
+    out = model.loss(Batch(users, pos, torch.zeros_like(users)))
+    assert calls == [0.3] * (2 + len(model.modal.modalities))
+
+    def cos_loss(a, b):
+        return 1 - float(torch.stack([torch.dot(x, y) / (x.norm() * y.norm()) for x, y in zip(a, b)]).mean())
+    with torch.no_grad():
+        u_all, i_all = model.propagate()
+        i_all = i_all + model.item_emb.weight
+        u_all, i_all = u_all.double(), i_all.double()
+        pw, pb = model.predictor.weight.double(), model.predictor.bias.double()
+        pred = lambda x: x @ pw.t() + pb                                                  # noqa: E731
+        keep = (torch.arange(u_all.shape[1]) % 3 != 0).double() / 0.7
+        e_u, e_i = u_all[users], i_all[pos]
+        ref = cos_loss(pred(e_u), e_i * keep) + cos_loss(pred(e_i), e_u * keep)
+        cl = 0.0
+        for m in model.modal.modalities:
+            lin = model.modal.proj[m]
+            f = model.modal.table(m).double()[pos] @ lin.weight.double().t() + lin.bias.double()
+            cl += cos_loss(pred(f), e_i * keep) + cos_loss(pred(f), f * keep)
+        reg = 0.07 * float(u_all.norm() + i_all.norm()) / small.n_items
+    assert out.loss.item() == pytest.approx(ref + 1.7 * cl + reg, rel=1e-5)
+    assert out.terms["cl"].item() == pytest.approx(cl, rel=1e-5)
 
 
 def test_resume_of_a_run_that_stopped_early_trains_no_more(small, tmp_path):

@@ -60,6 +60,22 @@ def test_freedom_trains_on_pruned_graph_and_scores_on_full_graph(synth):
     torch.testing.assert_close(sums, torch.ones_like(sums))
 
 
+def test_freedom_scores_are_the_dense_formula(synth):
+    """FREEDOM (MMRec): users / items = mean over layers 0..L of LightGCN on the normalised user-item graph; items
+    add ``S^(n_mm_layers) E_item`` with S the frozen kNN graph built independently here, all dense."""
+    from mmgraph.graph import freedom_graph
+    from mmgraph.graph.bipartite import normalized_bipartite_adj
+    model = build_model("freedom", synth, {"n_ui_layers": 2, "n_mm_layers": 2, "graph_cache": False})
+    adj = normalized_bipartite_adj(synth.train, synth.n_users, synth.n_items).csr.to_dense().double()
+    s = freedom_graph(synth.features, 10, image_weight=model.config["mm_image_weight"]).to_dense().double()
+    x = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach().double()
+    mean = (x + adj @ x + adj @ adj @ x) / 3
+    branch = s @ (s @ model.item_emb.weight.detach().double())
+    u, i = model.embeddings()
+    torch.testing.assert_close(u.double(), mean[:synth.n_users], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(i.double(), mean[synth.n_users:] + branch, atol=1e-5, rtol=1e-4)
+
+
 def test_freedom_image_weight_and_any_modalities(synth):
     ds = make_synthetic(n_users=100, n_items=80, modalities={"image": 16, "audio": 8, "text": 8}, seed=1)
     from mmgraph.graph import freedom_graph
