@@ -115,6 +115,13 @@ def test_grid_selects_on_mean_validation_and_reports_the_selected_point(tmp_path
     rows = read_results(out / "results.csv")
     assert len(rows) == 2 and all(r["params"] == best["params"] for r in rows)
     assert "reg_weight" in (out / "summary.md").read_text()
+    doc = tmp_path / "results.md"
+    assert main(["results-doc", str(out), "--output", str(doc)]) == 0
+    assert "selected on mean validation Recall@20 over the seeds" in doc.read_text()
+    meta = json.loads((out / "benchmark.json").read_text())
+    (out / "benchmark.json").write_text(json.dumps({**meta, "metric": "ndcg@20"}))   # as --set valid_metric=ndcg@20
+    assert main(["results-doc", str(out), "--output", str(doc)]) == 0
+    assert "selected on mean validation NDCG@20 over the seeds" in doc.read_text()
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -128,6 +135,7 @@ def test_grid_selects_on_mean_validation_and_reports_the_selected_point(tmp_path
     (["--set", "n_layer=2"], "unknown setting 'n_layer'"),
     (["--set", "reg_weight=[0.1,0.2]"], "add --grid"),
     (["--data", "/nonexistent/folder"], "nonexistent"),
+    (["--set", "topk=[5,20]"], "add 10 to topk"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, needle):
     base = {"--methods": "mf", "--data": DATA, "--seeds": "1"}
@@ -277,3 +285,16 @@ def test_cross_table_over_seeds_uses_the_benchmark(tmp_path):
     cross = next(r for r in rows if r["method"] == "mf+cross")
     config = (tmp_path / "mf" / "seeds" / cross["run_dir"] / "config.yaml").read_text()
     assert "- cross" in config and "cross_prototypes: 16" in config and "reg_weight: 0.0001" in config
+
+
+def test_groups_table_keeps_each_datasets_group_sizes(tmp_path):
+    """groups.csv's n_items came from the first dataset for every dataset."""
+    from mmgraph.benchmark.report import write_groups
+
+    def record(dataset, n_head):
+        return {"dataset": dataset, "method": "mf",
+                "groups": {"head": {"n_items": n_head, "recall@10": 0.1, "recall@20": 0.2},
+                           "tail1": {"n_items": 4 * n_head, "recall@10": 0.0, "recall@20": 0.1}}}
+    write_groups([record("a", 30), record("b", 100), record("b", 100)], tmp_path / "groups.csv")
+    sizes = {(r["dataset"], r["group"]): int(r["n_items"]) for r in _csv(tmp_path / "groups.csv")}
+    assert sizes == {("a", "head"): 30, ("a", "tail1"): 120, ("b", "head"): 100, ("b", "tail1"): 400}

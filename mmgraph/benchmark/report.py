@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mmgraph.benchmark.stats import mean_std, paired_ttest
 from mmgraph.errors import DataError
-from mmgraph.utils.io import save_figure
+from mmgraph.utils.io import atomic_write, save_figure
 
 log = logging.getLogger("mmgraph.benchmark")
 
@@ -39,7 +39,7 @@ def write_results(rows: Sequence[Dict[str, Any]], path: Path) -> Path:
     the runs report."""
     metrics = sorted({m for r in rows for m in r["test"]}, key=_metric_order)
     header = list(RUN_COLUMNS) + [f"test_{m}" for m in metrics] + [f"valid_{m}" for m in metrics]
-    with open(path, "w", newline="") as fh:
+    with atomic_write(path, "w") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for r in rows:
@@ -118,7 +118,7 @@ def write_summary_csv(summary: Sequence[Dict[str, Any]], path: Path, metrics: Se
     for m in metrics:
         header += [f"{m}_mean", f"{m}_std", f"{m}_p"]
     header += [f"valid_{m}_mean" for m in metrics]
-    with open(path, "w", newline="") as fh:
+    with atomic_write(path, "w") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for e in summary:
@@ -255,23 +255,23 @@ def write_groups(records: Sequence[Dict[str, Any]], csv_path: Path, ks: Sequence
     """``groups.csv`` (mean / std per dataset, method, group and K) and the markdown table (Recall@20
     or the largest K), returned."""
     table: Dict[Tuple[str, str, str], Dict[str, List[float]]] = {}
-    names: Dict[str, int] = {}
+    names: Dict[Tuple[str, str], int] = {}     # (dataset, group) -> the group's items in that dataset
     for rec in records:
         for g, vals in rec["groups"].items():
-            names.setdefault(g, vals.get("n_items", 0))
+            names.setdefault((rec["dataset"], g), vals.get("n_items", 0))
             cell = table.setdefault((rec["dataset"], rec["method"], g), {})
             for k in ks:
                 cell.setdefault(f"recall@{k}", []).append(vals[f"recall@{k}"])
-    with open(csv_path, "w", newline="") as fh:
+    with atomic_write(csv_path, "w") as fh:
         w = csv.writer(fh)
         w.writerow(["dataset", "method", "group", "n_items"] + [f"{s}recall@{k}" for k in ks for s in ("", "std_")])
         for (dataset, method, g), cell in table.items():
-            row = [dataset, method, g, names[g]]
+            row = [dataset, method, g, names[(dataset, g)]]
             for k in ks:
                 row += [_num(v) for v in mean_std(cell[f"recall@{k}"])]
             w.writerow(row)
     k = max(ks)
-    groups = list(names)
+    groups = list(dict.fromkeys(g for _, g in names))
     lines = ["### Popularity groups", "",
              f"Test Recall@{k} per item-popularity group (head = top 20 % of items by training interactions, "
              "tail1 = most popular quarter of the rest ... tail4 = least popular), mean ± std over seeds.", ""]

@@ -120,6 +120,14 @@ def check_overrides(specs: Sequence[MethodSpec], overrides: Dict[str, Any]) -> N
     for key in overrides:
         if not any(key in schema for schema in schemas):
             schemas[0].setting(key, "--set")   # raises, naming the closest valid keys
+    if "topk" in overrides:
+        from mmgraph.benchmark.report import METRICS
+        given = overrides["topk"] if isinstance(overrides["topk"], list) else [overrides["topk"]]
+        ks, reported = {int(k) for k in given}, sorted({int(m.split("@")[1]) for m in METRICS})
+        needed = [k for k in reported if k not in ks]
+        if needed:
+            raise ConfigError(f"--set topk={sorted(ks)}: the benchmark's report compares Recall and NDCG at "
+                              f"{', '.join(map(str, reported))}; add {', '.join(map(str, needed))} to topk")
 
 
 @dataclass
