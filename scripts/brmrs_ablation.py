@@ -10,7 +10,8 @@ the fused BPR stays on, plus one row without it = Algorithm 1 as printed); with 
 ``plugins=[brmrs]`` with the same switches, and "neither" is the vanilla backbone. The negative strategies
 (``brmrs_negatives``): cross (CHNS), uniform, hardest in the fused space, hardest in each branch's own
 space (self), and hardest in one modality for every branch. Each run has its own folder under ``--out``;
-finished runs are reused and an interrupted one resumes, so the command can simply be run again.
+finished runs are reused and an interrupted one resumes, so the command can simply be run again. Each table's
+rows go to ``results_table3.json`` / ``results_negatives.json``, both tables to ``brmrs_ablation.json``.
 """
 from __future__ import annotations
 
@@ -73,17 +74,18 @@ def main(argv=None) -> int:
     modalities = list(load_dataset(args.data).modalities)
     tables = []
     if args.kind in ("table3", "both"):
-        tables.append(("Table 3: CHNS x Syn-BPR", table3_variants(args.backbone)))
+        tables.append(("Table 3: CHNS x Syn-BPR", "results_table3.json", table3_variants(args.backbone)))
     if args.kind in ("negatives", "both"):
-        tables.append(("negative sampling (section 3.6)", negative_variants(args.backbone, modalities)))
+        tables.append(("negative sampling (section 3.6)", "results_negatives.json",
+                       negative_variants(args.backbone, modalities)))
     out = Path(args.out)
     subset_runs: Dict[str, Path] = {}
     summary: Dict[str, Any] = {}
-    for title, variants in tables:
+    for title, results_file, variants in tables:
         if args.variants:
             variants = pick(variants, args.variants, "variant")
         rows = comparison(args.data, [args.backbone], variants, out, overrides, parse_grid(args.grid),
-                          progress=args.progress)
+                          progress=args.progress, results_file=results_file)
         print(f"\n{title} ({args.backbone}, test metrics of the best-validation epoch; d = vs the first row)")
         print(format_table(rows))
         subset_runs.update(run_dirs(out, args.backbone, rows))

@@ -73,6 +73,10 @@ def test_ablation_script_runs_and_resumes(tmp_path):
     for label in ("Table 3", "CHNS+Syn", "neither", "no fused BPR", "negatives=uniform", "negatives=fused",
                   "negatives=self", "negatives=image", "lost_by_fusion"):
         assert label in out, label
+    import json
+    tables = {name: [r["variant"] for r in json.loads((tmp_path / "ab" / name).read_text())]
+              for name in ("results_table3.json", "results_negatives.json")}      # one file per table
+    assert "neither" in tables["results_table3.json"] and "negatives=uniform" in tables["results_negatives.json"]
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "reusing" in again.stderr and "epoch   0 |" not in again.stderr
     bad = subprocess.run(argv + ["--variants", "nonsense"], capture_output=True, text=True, timeout=300)

@@ -118,10 +118,12 @@ def grid_points(grid: Optional[Dict[str, Sequence[Any]]]) -> List[Dict[str, Any]
 def comparison(data, methods: Iterable[str], variants: Dict[str, Dict[str, Any]], out: Path,
                overrides: Optional[Dict[str, Any]] = None, grid: Optional[Dict[str, Sequence[Any]]] = None,
                metric: str = "recall@20", progress: bool = False,
-               backbone_settings: Optional[Dict[str, Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+               backbone_settings: Optional[Dict[str, Dict[str, Any]]] = None,
+               results_file: str = "results.json") -> List[Dict[str, Any]]:
     """Train every (method, variant); a variant with plug-ins is trained at each ``grid`` point and the
     point with the best VALIDATION ``metric`` is reported. Returns one row per (method, variant) with
-    ``valid``, ``test``, ``params`` (the selected point) and ``points`` (every point's valid/test)."""
+    ``valid``, ``test``, ``params`` (the selected point) and ``points`` (every point's valid/test), also written
+    to ``out / results_file`` as they come (a caller that compares several tables in one folder names each)."""
     out = Path(out)
     settings = BACKBONE_SETTINGS if backbone_settings is None else backbone_settings
     rows = []
@@ -139,7 +141,7 @@ def comparison(data, methods: Iterable[str], variants: Dict[str, Dict[str, Any]]
                          result["valid"][metric], result["test"][metric])
             best = max(points, key=lambda p: p["valid"][metric])
             rows.append({"method": method, "variant": name, **best, "points": points})
-            write_json(out / "results.json", rows)
+            write_json(out / results_file, rows)
     return rows
 
 
