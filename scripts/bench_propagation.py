@@ -39,6 +39,9 @@ def main():
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
+    for flag in ("layers", "dim", "repeats"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.data:
         from mmgraph.train.run import load_dataset
         ds = load_dataset(args.data)

@@ -167,7 +167,12 @@ def main() -> int:
         child(args)
         return 0
     if args.report:
-        rows = [json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]
+        if not Path(args.report).is_file():
+            p.error(f"--report {args.report}: no such file (the JSON lines a run of this script wrote with --out)")
+        try:
+            rows = [json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]
+        except ValueError as exc:
+            p.error(f"--report {args.report}: not JSON lines ({exc})")
         print(report(rows))
         return 0
     cache, out = Path(args.cache), Path(args.out)

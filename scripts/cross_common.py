@@ -24,6 +24,31 @@ def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:
     return p
 
 
+def rates(text: str):
+    """argparse type: comma-separated non-negative numbers (``0.2,0.4``)."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (e.g. 0.2,0.4), got {text!r}") from None
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0 (e.g. 0.2,0.4), got {text!r}")
+    return values
+
+
+def check_metric(metric: str, overrides: dict) -> str:
+    """``metric`` (``recall@10``) must be one the runs compute: a metric name at one of their ``topk``."""
+    from mmgraph.errors import ConfigError
+    from mmgraph.evaluation.metrics import DEFAULT_KS, METRICS
+
+    name, _, k = metric.lower().partition("@")
+    given = overrides.get("topk", DEFAULT_KS)
+    ks = [int(x) for x in (given if isinstance(given, (list, tuple)) else [given])]
+    if name not in METRICS or not k.isdigit() or int(k) not in ks:
+        raise ConfigError(f"--metric {metric}: expected NAME@K with NAME one of {', '.join(METRICS)} and K one of "
+                          f"the runs' topk {ks} (e.g. recall@10)")
+    return metric.lower()
+
+
 def setup(args) -> dict:
     """Logging, threads; returns the overrides shared by every run."""
     import torch

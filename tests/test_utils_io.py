@@ -32,6 +32,14 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     assert not plt.fignum_exists(fig.number)
 
 
+def test_an_unsupported_figure_format_is_a_one_line_error_naming_the_choices(tmp_path):
+    from mmgraph.errors import ConfigError
+    fig, _ = plt.subplots()
+    with pytest.raises(ConfigError, match=r"cannot write \.txt figures; use one of .*\.png.*curve\.png"):
+        save_figure(fig, tmp_path / "curve.txt")
+    assert not plt.fignum_exists(fig.number) and list(tmp_path.iterdir()) == []
+
+
 def test_atomic_write_writes_through_a_symlink_and_keeps_it(tmp_path):
     from mmgraph.utils.io import atomic_write
     target = tmp_path / "real" / "top.csv"

@@ -58,6 +58,9 @@ def plot_histories(run_dirs, keys, output) -> Path:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    out = plot_histories(args.run_dirs, [k.strip() for k in args.keys.split(",") if k.strip()], args.output)
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    if not keys:
+        raise ConfigError(f"--keys {args.keys!r} names no history column (e.g. --keys {','.join(DEFAULT_KEYS)})")
+    out = plot_histories(args.run_dirs, keys, args.output)
     print(f"wrote {out}")
     return 0

@@ -98,10 +98,17 @@ def save_figure(fig: Any, path: Union[str, os.PathLike], dpi: int = 110) -> Path
     is none) and close it; returns the path."""
     import matplotlib.pyplot as plt
     path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        plt.close(fig)
+        from mmgraph.errors import ConfigError
+        raise ConfigError(f"{path}: matplotlib cannot write .{fmt} figures; use one of "
+                          f"{', '.join('.' + k for k in sorted(supported))} (e.g. {path.with_suffix('.png')})")
     try:
         fig.tight_layout()
         with atomic_write(path, "wb") as fh:
-            fig.savefig(fh, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+            fig.savefig(fh, format=fmt, dpi=dpi)
     finally:
         plt.close(fig)
     return path
