@@ -197,7 +197,7 @@ def parse_variants(items: Sequence[str]) -> Dict[str, Dict[str, Any]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--data", nargs="+", required=True, help="dataset folders (or synthetic specs)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated methods, AnchorRec among them (default: %(default)s)")

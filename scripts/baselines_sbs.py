@@ -491,7 +491,7 @@ def write_reports(out: Path, doc: Optional[Path], notes: Optional[Path] = NOTES)
 def main(argv: Optional[List[str]] = None,
          runner: Callable[[List[str], Dict[str, str], Path], Tuple[int, str]] = run_command) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="atomic data folder (default: ../shared/data/tiktok)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated mmgraph methods "

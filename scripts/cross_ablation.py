@@ -10,7 +10,7 @@ from mmgraph.plugins.experiments import COMPONENT_VARIANTS, STRATEGY_VARIANTS, c
 
 
 def main(argv=None) -> int:
-    p = base_parser(__doc__.splitlines()[0], "runs/cross_ablation")
+    p = base_parser(" ".join(__doc__.split("\n\n")[0].split()), "runs/cross_ablation")
     p.add_argument("--backbone", default="freedom")
     p.add_argument("--kind", choices=["components", "strategies", "both"], default="components")
     p.add_argument("--variants", help="subset, comma-separated (default: all of --kind)")

@@ -10,7 +10,7 @@ from mmgraph.plugins.experiments import COMPONENT_VARIANTS, MAIN_VARIANTS, forma
 
 
 def main(argv=None) -> int:
-    p = base_parser(__doc__.splitlines()[0], "runs/cross_popularity")
+    p = base_parser(" ".join(__doc__.split("\n\n")[0].split()), "runs/cross_popularity")
     p.add_argument("--backbone", default="freedom")
     p.add_argument("--variants", default="vanilla,cna&cla,cross", help="from: vanilla, cna&cla, fettle, cross")
     p.add_argument("--k", type=int, default=10, help="cut-off shown in the table (10 and 20 are computed)")

@@ -13,7 +13,7 @@ from mmgraph.plugins.experiments import MAIN_VARIANTS, format_robustness, robust
 
 
 def main(argv=None) -> int:
-    p = base_parser(__doc__.splitlines()[0], "runs/cross_robustness")
+    p = base_parser(" ".join(__doc__.split("\n\n")[0].split()), "runs/cross_robustness")
     p.add_argument("--backbone", default="freedom")
     p.add_argument("--mode", choices=["missing", "noisy", "both"], default="both")
     p.add_argument("--missing-rates", type=rates, default="0.2,0.4,0.6,0.8",

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from mmgraph.benchmark.report import _p, read_results, short, summarise, summary_tables
 from mmgraph.benchmark.stats import mean_std, paired_ttest
 from mmgraph.errors import ConfigError, DataError
-from mmgraph.utils.io import load_yaml
+from mmgraph.utils.io import atomic_write, load_yaml
 
 
 def load_claims(path: Optional[Path]) -> List[Dict[str, Any]]:
@@ -184,8 +184,10 @@ def write_results_doc(bench_dir: Path, output: Path, claims_file: Optional[Path]
     if chart.exists():   # the bar chart next to the page (results.md -> results.png), linked under the tables
         import shutil
 
-        shutil.copyfile(chart, output.with_suffix(".png"))
+        if chart.resolve() != output.with_suffix(".png").resolve():   # the page may be written into the folder
+            shutil.copyfile(chart, output.with_suffix(".png"))
         text = text.replace("\n## Epochs and time", f"\n![mean ± std over seeds]({output.with_suffix('.png').name})"
                             "\n\n## Epochs and time", 1)
-    output.write_text(text)
+    with atomic_write(output, "w") as fh:
+        fh.write(text)
     return output
