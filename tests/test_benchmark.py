@@ -298,3 +298,13 @@ def test_groups_table_keeps_each_datasets_group_sizes(tmp_path):
     write_groups([record("a", 30), record("b", 100), record("b", 100)], tmp_path / "groups.csv")
     sizes = {(r["dataset"], r["group"]): int(r["n_items"]) for r in _csv(tmp_path / "groups.csv")}
     assert sizes == {("a", "head"): 30, ("a", "tail1"): 120, ("b", "head"): 100, ("b", "tail1"): 400}
+
+
+def test_a_rerun_with_more_epochs_counts_its_runs_as_resumed(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(bench(out, "mf", 2)) == 0
+    longer = bench(out, "mf", 2)
+    longer[longer.index("--epochs") + 1] = "3"
+    capsys.readouterr()
+    assert main(longer) == 0
+    assert "2 run(s) trained (2 of them resumed), 0 reused" in capsys.readouterr().out

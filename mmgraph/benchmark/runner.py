@@ -158,7 +158,7 @@ class BenchmarkResult:
     summaries: Dict[tuple, Dict[str, Any]] = field(default_factory=dict)
     rows: List[Dict[str, Any]] = field(default_factory=list)
     trained: int = 0     # runs trained by this call, resumed ones included
-    resumed: int = 0     # of which continued from an interrupted run
+    resumed: int = 0     # of which continued from last.pt (interrupted, or finished and given more epochs)
     reused: int = 0
 
 
@@ -269,7 +269,8 @@ def run_benchmark(specs: Sequence[MethodSpec], data: Sequence[str], seeds: Seque
 
             def callback(info, job=job, resumed=resumed):
                 if info["event"] == "start":
-                    if folder_state(job.folder / info["dir"]) == "interrupted":
+                    # an interrupted run, or a finished one extended to more epochs: either continues from last.pt
+                    if folder_state(job.folder / info["dir"]) in ("interrupted", "finished"):
                         resumed.add(info["dir"])
                     bar.set_postfix_str(f"{job.dataset_name} {job.spec.label} seed {info['seed']}"
                                         + (f" point {info['point'] + 1}/{job.points}" if job.points > 1 else ""))
