@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from mmgraph.benchmark.report import _p, read_results, short, summarise, summary_tables
+from mmgraph.benchmark.report import _p, long_name, read_results, short, summarise, summary_tables
 from mmgraph.benchmark.stats import mean_std, paired_ttest
 from mmgraph.errors import ConfigError, DataError
 from mmgraph.utils.io import atomic_write, load_yaml
@@ -82,13 +82,6 @@ def check_claim(rows: Sequence[Dict[str, Any]], claim: Dict[str, Any], dataset: 
     return {"verdict": verdict, "diff": test.mean_diff, "p": test.pvalue, "n": len(seeds), "why": ""}
 
 
-def _metric_name(metric: str) -> str:
-    """``recall@20`` -> ``Recall@20``, ``ndcg@10`` -> ``NDCG@10`` (the names the tables use)."""
-    name, _, k = metric.partition("@")
-    label = {"recall": "Recall", "ndcg": "NDCG", "precision": "Precision", "map": "MAP", "hit": "Hit"}.get(name, name)
-    return f"{label}@{k}" if k else label
-
-
 def render(bench_dir: Path, claims: Sequence[Dict[str, Any]] = (), alpha: float = 0.05,
            note: Optional[str] = None, doc_command: Optional[str] = None) -> str:
     """The markdown of ``docs/results.md`` for the benchmark in ``bench_dir``."""
@@ -110,7 +103,7 @@ def render(bench_dir: Path, claims: Sequence[Dict[str, Any]] = (), alpha: float 
     seeds = sorted({r["seed"] for r in rows})
     covered = {m.split("+")[0] for m in methods}
     missing = [m for m in available_methods() if m not in covered]
-    metric = _metric_name(str(meta.get("metric") or "recall@20"))
+    metric = long_name(str(meta.get("metric") or "recall@20"))
     how = (f"each method's grid, selected on mean validation {metric} over the seeds" if meta.get("grid")
            else "each method's default config (configs/methods/<method>.yaml; no search)")
     overrides = meta.get("overrides") or {}

@@ -24,13 +24,21 @@ log = logging.getLogger("mmgraph.benchmark")
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 SHORT = {"recall": "R", "ndcg": "N", "precision": "P", "map": "MAP", "hit": "H"}
+LONG = {"recall": "Recall", "ndcg": "NDCG", "precision": "Precision", "map": "MAP", "hit": "Hit"}
 RUN_COLUMNS = ("dataset", "method", "seed", "point", "params", "run_dir", "best_epoch", "epochs_run",
                "seconds_per_epoch")
 
 
 def short(metric: str) -> str:
+    """``recall@20`` -> ``R@20``."""
     name, _, k = metric.partition("@")
     return f"{SHORT.get(name, name)}@{k}"
+
+
+def long_name(metric: str) -> str:
+    """``recall@20`` -> ``Recall@20``, ``ndcg@10`` -> ``NDCG@10``."""
+    name, _, k = metric.partition("@")
+    return f"{LONG.get(name, name)}@{k}" if k else LONG.get(name, name)
 
 
 # ------------------------------------------------------------------------------------------ results.csv
