@@ -82,3 +82,11 @@ def test_atomic_write_error_names_the_users_file_not_the_temporary_one(tmp_path,
         with atomic_write(tmp_path / "x.csv") as fh:
             fh.write("x")
     assert str(info.value) == f"[Errno 13] Permission denied: '{tmp_path / 'x.csv'}'"
+
+
+def test_atomic_write_to_dev_stdout_streams_into_the_pipe():
+    import subprocess
+    import sys
+    code = "from mmgraph.utils.io import atomic_write\nwith atomic_write('/dev/stdout') as fh:\n    fh.write('a,b\\n')\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "a,b\n", done.stderr[-500:]

@@ -16,9 +16,8 @@ def atomic_write(path: Union[str, os.PathLike], mode: str = "w", encoding: str =
     A symbolic link is written through (its target is replaced atomically, the link stays); a FIFO, a device or
     a socket (``/dev/stdout``, a named pipe) is written directly, as a stream has nothing to replace."""
     path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
     text = {} if "b" in mode else {"encoding": encoding, "newline": ""}
+    # checked on the path as given: /dev/stdout is a link to a pipe whose resolved name is not a path
     if path.exists() and not path.is_file() and not path.is_dir():
         try:
             with open(path, mode, **text) as fh:
@@ -28,6 +27,8 @@ def atomic_write(path: Union[str, os.PathLike], mode: str = "w", encoding: str =
                 raise OSError(exc.errno, exc.strerror, str(path)) from None
             raise
         return
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
