@@ -33,7 +33,8 @@ default precision (with ``--interleave``, timed in alternation with it)::
 
     python scripts/bench_methods.py --data ../shared/data/tiktok --methods mmgcn@medium,vbpr@medium --interleave
 
-``--set`` takes ``key=value`` for every entry or ``method:key=value`` for one method.
+``--set`` takes ``key=value`` for every entry or ``method:key=value`` for one method; a plug-in's settings
+(``brmrs_theta=0.2``) reach only the entries that carry the plug-in, not the backbone timed beside them.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ import torch  # noqa: E402
 
 from mmgraph.errors import ConfigError  # noqa: E402
 from mmgraph.train.config import load_config, parse_overrides  # noqa: E402
+from mmgraph.train.schema import build_schema, plugin_keys  # noqa: E402
 from mmgraph.train.run import build_model, build_plugins, build_run_graph, load_dataset  # noqa: E402
 from mmgraph.train.trainer import Trainer  # noqa: E402
 from mmgraph.nn.linear import PRECISIONS, matmul_precision  # noqa: E402
@@ -81,6 +83,14 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _entry_overrides(method: str, plugins: List[str], overrides: Dict[str, object]) -> Dict[str, object]:
+    """``overrides`` less the settings of plug-ins the entry does not carry: ``--set brmrs_theta=0.2`` sets
+    ``freedom+brmrs`` and leaves the ``freedom`` timed beside it as it is (a key the entry itself knows stays)."""
+    own = build_schema(method, plugins)
+    foreign = {k for name, keys in plugin_keys().items() if name not in plugins for k in keys}
+    return {k: v for k, v in overrides.items() if k in own or k not in foreign}
+
+
 def _setup(entry: str, dataset, sets, keep: int) -> Dict[str, object]:
     """Build one entry's model, plug-ins and trainer; sample one epoch. Returns ``step(batch) -> (forward,
     backward, optimiser) seconds``, the epoch's first ``keep`` batches and its number of batches, the trainer
@@ -90,6 +100,7 @@ def _setup(entry: str, dataset, sets, keep: int) -> Dict[str, object]:
     entry, _, precision = entry.partition("@")
     method, *plugins = entry.split("+")
     overrides = {**sets.get("*", {}), **sets.get(method, {}), "log_geometry": False}
+    overrides = _entry_overrides(method, plugins, overrides)
     if precision:
         overrides["matmul_precision"] = precision
     if plugins:

@@ -117,3 +117,15 @@ def test_cuda_steps_are_timed_after_the_device_finishes(bench, capsys):
     assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "lightgcn",
                        "--steps", "2", "--set", "device=cuda"]) == 0
     assert "lightgcn" in _rows(capsys.readouterr().out)
+
+
+def test_plugin_settings_reach_only_the_entries_with_the_plugin(bench, capsys):
+    over = {"threads": 1, "brmrs_theta": 0.2, "reg_weight": 1e-3, "no_such_key": 1}
+    assert bench._entry_overrides("vbpr", [], over) == {"threads": 1, "reg_weight": 1e-3, "no_such_key": 1}
+    assert bench._entry_overrides("vbpr", ["brmrs"], over) == over
+    assert bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "vbpr+brmrs", "--steps", "1",
+                       "--interleave", "--set", "threads=1", "brmrs_negatives=self"]) == 0
+    assert "vbpr+brmrs" in capsys.readouterr().out
+    with pytest.raises(Exception, match="unknown setting 'no_such_key'"):
+        bench.main(["--data", "synthetic:users=120,items=90,seed=3", "--methods", "vbpr+brmrs", "--steps", "1",
+                    "--interleave", "--set", "threads=1", "no_such_key=1"])

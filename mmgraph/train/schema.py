@@ -508,6 +508,13 @@ def _all_keys(config_dir: Path, kind: str) -> Dict[str, set]:
     return out
 
 
+def plugin_keys(config_dir: Optional[Path] = None) -> Dict[str, set]:
+    """``{plug-in: the keys its configs/plugins/<name>.yaml declares}`` (default: the project's ``configs/``)."""
+    from mmgraph.train.config import CONFIG_DIR
+
+    return _all_keys(Path(config_dir) if config_dir else CONFIG_DIR, "plugins")
+
+
 def declared_methods(config_dir: Path) -> List[str]:
     folder = Path(config_dir) / "methods"
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
