@@ -39,6 +39,7 @@ default precision (with ``--interleave``, timed in alternation with it)::
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -247,12 +248,21 @@ def bench_pair(backbone: str, entry: str, dataset, sets, steps: int, floor: bool
             entry: {**_summary(tb, b), **(_floor(b) if floor else {})}}
 
 
+def keeping_denormal_mode(fn):
+    """``fn`` with the caller's flush-denormal mode back after it: each entry's setup sets its own (see
+    :func:`_setup`)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        flushing = flush_denormal_enabled()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            set_flush_denormal(flushing)
+    return run
+
+
 def main(argv=None) -> int:
-    flushing = flush_denormal_enabled()   # each entry's setup sets its own (see _setup); the caller's comes back
-    try:
-        return _main(argv)
-    finally:
-        set_flush_denormal(flushing)
+    return keeping_denormal_mode(_main)(argv)
 
 
 def _main(argv=None) -> int:

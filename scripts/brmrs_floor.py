@@ -49,7 +49,6 @@ from mmgraph.nn.sparse import gather_rows  # noqa: E402
 from mmgraph.plugins import PLUGINS  # noqa: E402
 from mmgraph.plugins.brmrs import BRMRS  # noqa: E402
 from mmgraph.train.run import load_dataset  # noqa: E402
-from mmgraph.utils.denormals import flush_denormal_enabled, set_flush_denormal  # noqa: E402
 
 STAGES = ("pools", "hard", "kernels")
 
@@ -133,11 +132,7 @@ def measure(backbone: str, dataset, sets, steps: int) -> List[Tuple[str, float, 
 
 
 def main(argv=None) -> int:
-    flushing = flush_denormal_enabled()   # each entry's setup sets its own; the caller's comes back
-    try:
-        return _main(argv)
-    finally:
-        set_flush_denormal(flushing)
+    return bench_methods.keeping_denormal_mode(_main)(argv)
 
 
 def _main(argv=None) -> int:

@@ -48,3 +48,15 @@ def mmrec_interleaved_bpr(out, batch, n_users: int):
     score = (rep[user_tensor] * rep[item_tensor]).sum(1).view(-1, 2)
     bpr = -torch.log(torch.sigmoid(score @ torch.tensor([[1.0], [-1.0]], dtype=score.dtype))).mean()
     return bpr, user_tensor, item_tensor
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (a script is not a package module: loaded from its file)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

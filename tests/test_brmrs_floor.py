@@ -1,8 +1,6 @@
 """scripts/brmrs_floor.py: the BR-MRS plug-in cut down to its kernels runs the plug-in's selection and backward."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,15 +12,12 @@ from mmgraph.train.config import load_config
 from mmgraph.train.run import build_model, build_plugins
 from mmgraph.train.trainer import Trainer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "brmrs_floor.py"
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def floor():
-    spec = importlib.util.spec_from_file_location("brmrs_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("brmrs_floor")
 
 
 @pytest.fixture(scope="module")
