@@ -262,9 +262,21 @@ def test_switches_and_strategies_train(small, over):
 def test_bad_settings_are_one_line_errors(small):
     with pytest.raises(ConfigError, match="brmrs_negatives"):
         train("brmrs", small, _cfg(epochs=1, brmrs_negatives="audio"), progress=False)
-    with pytest.raises(ConfigError, match="switched off"):
-        train("brmrs", small, _cfg(epochs=1, brmrs_chns=False, brmrs_syn=False, brmrs_fused_bpr=False,
-                                   reg_weight=0.0), progress=False)
+    for reg in (0.0, 1e-4):    # the L2 penalty alone is no objective either
+        with pytest.raises(ConfigError, match="switched off"):
+            train("brmrs", small, _cfg(epochs=1, brmrs_chns=False, brmrs_syn=False, brmrs_fused_bpr=False,
+                                       reg_weight=reg), progress=False)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "sum"])
+def test_one_modality_refuses_a_synergy_term_that_would_be_constant(small, fusion):
+    over = {"modalities": ["image"], "brmrs_negatives": "self", "fusion": fusion}
+    with pytest.raises(ConfigError, match="Syn-BPR is a constant"):
+        train("brmrs", small, _cfg(epochs=1, **over), progress=False)
+    # without the term, or with a learned fusion, one modality trains
+    for extra in ({"brmrs_syn": False}, {"fusion": "concat"}):
+        result, trainer = train("brmrs", small, _cfg(epochs=1, **{**over, **extra}), progress=False)
+        assert math.isfinite(trainer.history[-1]["train_loss"])
 
 
 @pytest.mark.parametrize("method, over", [

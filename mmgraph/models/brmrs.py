@@ -400,7 +400,14 @@ class BRMRS(Recommender):
 
     @classmethod
     def check_modalities(cls, config, modalities: Sequence[str]) -> None:
-        check_negatives(str({**cls.defaults, **config}["brmrs_negatives"]), modalities)
+        cfg = {**cls.defaults, **config}
+        check_negatives(str(cfg["brmrs_negatives"]), modalities)
+        if (len(modalities) < 2 and cfg["brmrs_syn"] and float(cfg["brmrs_lambda_s"]) > 0
+                and cfg["fusion"] in ("mean", "sum")):
+            # the fused score is then the modality's own (mean) or the same ranking (sum): D_f - max D_m is constant
+            raise ConfigError(f"brmrs_syn: with one modality ({', '.join(modalities)}) and fusion: {cfg['fusion']} "
+                              "the fused margin equals the modality's, so Syn-BPR is a constant with no gradient; "
+                              "set brmrs_syn=false, fusion=concat, or give the data two modalities")
 
     @classmethod
     def relations(cls, config, modalities: Sequence[str]) -> List[Relation]:
@@ -441,8 +448,9 @@ class BRMRS(Recommender):
         self.fused_bpr = bool(cfg["brmrs_fused_bpr"])
         self.reg_weight = float(cfg["reg_weight"])
         o = self.objective
-        if not (o.use_chns or o.use_syn or self.fused_bpr or self.reg_weight > 0):
-            raise ConfigError("brmrs: every loss term is switched off (brmrs_chns, brmrs_syn, brmrs_fused_bpr)")
+        if not (o.use_chns or o.use_syn or self.fused_bpr):   # the L2 penalty alone trains nothing useful
+            raise ConfigError("brmrs: every ranking loss is switched off (brmrs_chns, brmrs_syn, brmrs_fused_bpr); "
+                              "switch one on")
 
     # ------------------------------------------------------------------ representations
     def inputs(self) -> Tuple[Tensor, Tensor]:
