@@ -370,6 +370,33 @@ def test_fusion_switches_change_only_the_fused_channel(model, synth):
     assert i.shape[1] == 2 * d
 
 
+@pytest.mark.parametrize("variant", ["default", "released", "paper"])
+def test_without_fusion_the_similarity_source_is_the_trained_z_vectors(synth, variant):
+    # w/o F changes the fusion only: s still comes from the z^m that training moves (with the released Linear
+    # fusion inputs it came from their random initialisation, which nothing trains without the fusion)
+    torch.manual_seed(0)
+    m = build_model("cm3", synth, {"graph_cache": False, "variant": variant, "fusion": "none"}).eval()
+    with torch.no_grad():
+        x, src = m.item_inputs()
+        z = [F.normalize(m.mlp[k](torch.as_tensor(synth.features[k])), dim=-1) for k in m.modalities]
+    torch.testing.assert_close(src, torch.cat(z, 1))
+    torch.testing.assert_close(x, torch.cat(z, 1))
+
+
+def test_fused_channel_stays_unit_for_antipodal_fusion_inputs():
+    ds = make_synthetic(n_users=40, n_items=30, modalities={"image": 8, "text": 8}, seed=1)
+    ds.features["text"] = ds.features["image"].copy()
+    torch.manual_seed(0)
+    m = build_model("cm3", ds, {"graph_cache": False, "variant": "released", "eval_lambda": 0.3}).eval()
+    with torch.no_grad():   # text's fusion input = -(image's): every item's two inputs are antipodal
+        m.fusion_proj["text"].weight.copy_(-m.fusion_proj["image"].weight)
+        m.fusion_proj["text"].bias.copy_(-m.fusion_proj["image"].bias)
+        x, h = m.item_inputs()
+    norms = torch.linalg.vector_norm(x.view(ds.n_items, -1, m.embedding_size), dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    torch.testing.assert_close(torch.linalg.vector_norm(h, dim=1), torch.ones(ds.n_items))
+
+
 def test_fusion_input_projection_fuses_the_z_vectors(synth):
     assert VARIANTS["paper"]["fusion_input"] == "projection"  # paper eq. 2 on the eq. 1 outputs
     torch.manual_seed(0)

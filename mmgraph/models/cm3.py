@@ -4,8 +4,8 @@ Follows the paper (eq. 1-13) and the implementation notes ``specs/cm3.md``:
 
 * per modality ``z^m = W2 LeakyReLU(W1 x^m + b1)`` on the frozen features (``d_m -> 256 -> 64``);
 * spherical Bezier fusion ``h`` of the unit-normalised modality vectors (nested slerp, eq. 2-3) with
-  ``lam ~ Beta(alpha, alpha)`` per item on every training forward and ``lam = eval_lambda`` (0.5) at
-  evaluation; the fused vectors are the unit ``z^m`` themselves (``fusion_input: projection``, eq. 2 on
+  ``lam ~ Beta(alpha, alpha)`` per item on every training forward and at evaluation ``lam = eval_lambda``
+  (the default variant: ``last``, the last training draw, as released; ``paper``: 0.5); the fused vectors are the unit ``z^m`` themselves (``fusion_input: projection``, eq. 2 on
   the outputs of eq. 1) or separate ``Linear(d_m -> d)`` projections (``fusion_input: linear``, released);
 * item input ``[norm(z^0), ..., norm(z^{M-1}), norm(h)]`` (``|M|+1`` channels of width ``d``), a free
   user embedding of the same shape (each channel L2-normalised at the input, as released);
@@ -259,8 +259,8 @@ class CM3(Recommender):
     def item_inputs(self) -> Tuple[Tensor, Tensor]:
         """Eq. 1-4: the item input ``[norm(z^0), ..., norm(z^{M-1}), norm(h)]`` ``[I, C d]`` and the
         per-item vectors the calibration similarity ``s`` is computed from: the fused features ``h``
-        (without fusion: the concatenated unit modality vectors, whose cosine is the mean of the
-        per-modality cosines). Draws ``lam`` in training mode."""
+        (without fusion: the concatenated unit ``z^m``, whose cosine is the mean of the per-modality cosines,
+        whatever ``fusion_input``). Draws ``lam`` in training mode."""
         z = {m: self.mlp[m](self.features(m)) for m in self.modalities}
         channels = [row_normalize(z[m]) for m in self.modalities]
         # unit fusion inputs: the z^m channels themselves (projection, paper eq. 2 on the eq. 1 outputs)
@@ -269,11 +269,18 @@ class CM3(Recommender):
                 for m in self.modalities]
                if len(self.fusion_proj) else list(channels))
         if self.fusion == "none":
-            sim_src = torch.cat(src, 1)
+            # w/o F: the unit z^m, trained through their channels (the released Linear projections would only
+            # be trained through the fusion, and are left at their random initialisation without it)
+            sim_src = torch.cat(channels, 1)
         else:
             sim_src = self.fuser(src, self._lam())
-            # slerp of unit vectors is already unit (Proposition 1; tested), and the Jacobian of a
-            # unit-valued map has no radial part, so normalising again would change nothing
+            if self.fusion == "slerp":
+                # slerp of unit vectors is already unit (Proposition 1; tested), and the Jacobian of a
+                # unit-valued map has no radial part, so normalising again would change nothing -- except for
+                # (near-)antipodal inputs, where the clamped angle leaves the sphere: those rows only
+                off = (torch.linalg.vector_norm(sim_src.detach(), dim=1) - 1).abs() > 1e-3
+                if bool(off.any()):
+                    sim_src = torch.where(off.unsqueeze(1), row_normalize(sim_src), sim_src)
             channels.append(sim_src if self.fusion == "slerp" else row_normalize(sim_src))
         return torch.cat(channels, 1), sim_src
 
