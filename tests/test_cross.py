@@ -384,6 +384,35 @@ def test_fettle_mode_and_switches(synth):
         _build(synth.with_features({}), "mf")
 
 
+def test_temperatures_learn_by_default_and_stay_fixed_when_asked(synth):
+    def step(**kw):
+        model, plugin, cfg = _build(synth, cross_alpha=1.0, cross_beta=1.0, **kw)
+        opt = torch.optim.Adam(list(model.parameters()) + list(plugin.parameters()), lr=1e-2)
+        batch = _batch(synth)
+        for _ in range(3):
+            opt.zero_grad()
+            out = model.loss(batch)
+            (out.loss + sum(plugin.loss(batch, out).values())).backward()
+            opt.step()
+        return plugin.lambda_f().item(), plugin.lambda_c().item()
+    f, c = step()
+    assert f != pytest.approx(0.1) and c != pytest.approx(0.3)     # the spec: learnable
+    assert step(cross_learn_temperatures=False, cross_lambda_f=0.05, cross_lambda_c=0.1) == \
+        pytest.approx((0.05, 0.1))                                    # the paper: fixed hyper-parameters
+
+
+def test_the_user_item_codebook_can_have_its_own_size(synth):
+    _, same, _ = _build(synth)
+    assert same.codebook_itv.shape[0] == same.codebook_ui.shape[0] == 32
+    model, plugin, _ = _build(synth, cross_prototypes_ui=48)
+    assert plugin.codebook_itv.shape[0] == 32 and plugin.codebook_ui.shape[0] == 48
+    torch.testing.assert_close(plugin.codebook_itv, same.codebook_itv)   # the same draw for the ITV codebook
+    batch = _batch(synth)
+    assert torch.isfinite(plugin.loss(batch, model.loss(batch))["cla"])
+    with pytest.raises(ConfigError, match="cross_prototypes_ui"):
+        _build(synth, cross_prototypes_ui=0)
+
+
 def test_plugin_config_merge():
     cfg = load_config("lightgcn", overrides={"plugins": ["cross"], "cross_k": 10})
     assert cfg["cross_k"] == 10 and cfg["cross_lambda_n"] == 0.2 and cfg["cross_strategy"] == "dynamic"

@@ -19,9 +19,17 @@ items ``i`` (and distinct users for the user-item codebook), with all embeddings
 
 ``L = alpha (L_ILDA + L_DT) + beta L_CLA + gamma L_CNA`` (``gamma`` defaults to ``alpha``).
 
-Normalisation of ILDA / DT (eq. 4 and 6): ``sum over directions d and items i in D_d`` divided by
-``|M|(|M|-1) * n_items`` (n_items = the batch's distinct items), i.e. the mean over directions of a mean
-over the batch's items in which items outside ``D_d`` contribute 0.
+Normalisation of ILDA / DT: ``sum over directions d and items i in D_d`` divided by ``|M|(|M|-1) * n_items``
+(n_items = the batch's distinct items), i.e. the mean over directions of a mean over the batch's items in
+which items outside ``D_d`` contribute 0. That is eq. 6's normalisation of DT; for ILDA it is one reading of
+eq. 4's ``avg_{m->n}`` (over all ``|M|(|M|-1)`` directions, inactive ones 0). Eq. 4 can also be read as the
+mean over each item's ACTIVE directions: the two agree for ``bidirectional``, and here an item weighs by its
+number of active directions, so at the same ``alpha`` the one-way strategy (FETTLE: one direction of each
+pair) gives ILDA about half the weight ``bidirectional`` does, and ``dynamic`` between the two.
+
+The temperatures ``lambda_f`` and ``lambda_c`` are learnable (the spec) unless ``cross_learn_temperatures:
+false`` (the paper searches them as fixed hyper-parameters): learnable, they fall fast (TikTok-sized runs:
+``lambda_f`` 0.1 -> ~0.007 in ~300 steps, ``lambda_c`` 0.3 -> ~0.08), so their settings are starting values.
 """
 from __future__ import annotations
 
@@ -204,7 +212,9 @@ class CROSS(Plugin):
         "cross_lambda_n": 0.2,        # CNA temperature
         "cross_lambda_c": 0.3,        # CLA temperature (learnable, clamped to [0.01, 1])
         "cross_k": 5,                 # CNA co-occurrence neighbours
-        "cross_prototypes": 1024,     # prototypes per codebook (paper: 10240 / 20480 on larger data)
+        "cross_learn_temperatures": True,  # false: lambda_f and lambda_c stay at their settings (the paper)
+        "cross_prototypes": 1024,     # prototypes of C^ITV (and of C^UI unless cross_prototypes_ui)
+        "cross_prototypes_ui": None,  # prototypes of C^UI; null = cross_prototypes (paper: 10240 / 20480)
         "cross_sinkhorn_eps": 0.05,
         "cross_sinkhorn_iters": 3,
         "cross_cna_negatives": "items",  # items (eq. 9: sim(i^m, j^m)) | targets (in-batch InfoNCE)
@@ -264,13 +274,16 @@ class CROSS(Plugin):
             self.proj = nn.ModuleDict({m: nn.Linear(dim, d) for m, dim in self.feats.dims.items()})
             self.maps = nn.ModuleDict({f"{a}_to_{b}": nn.Linear(d, d, bias=False)
                                        for a in self.modalities for b in self.modalities if a != b})
-            self.lambda_f = _Temperature(cfg["cross_lambda_f"], 1e-3, 0.5)
+            learn = bool(cfg["cross_learn_temperatures"])
+            self.lambda_f = _Temperature(cfg["cross_lambda_f"], 1e-3, 0.5, learnable=learn)
             p = int(cfg["cross_prototypes"])
-            if p < 1:
-                raise ConfigError(f"cross_prototypes must be >= 1, got {p}")
+            p_ui = p if cfg["cross_prototypes_ui"] is None else int(cfg["cross_prototypes_ui"])
+            for key, value in (("cross_prototypes", p), ("cross_prototypes_ui", p_ui)):
+                if value < 1:
+                    raise ConfigError(f"{key} must be >= 1, got {value}")
             self.codebook_itv = nn.Parameter(F.normalize(torch.randn(p, d), dim=-1))
-            self.codebook_ui = nn.Parameter(F.normalize(torch.randn(p, d), dim=-1))
-            self.lambda_c = _Temperature(cfg["cross_lambda_c"], 1e-2, 1.0)
+            self.codebook_ui = nn.Parameter(F.normalize(torch.randn(p_ui, d), dim=-1))
+            self.lambda_c = _Temperature(cfg["cross_lambda_c"], 1e-2, 1.0, learnable=learn)
         k = int(cfg["cross_k"])
         if k < 1:
             raise ConfigError(f"cross_k must be >= 1, got {k}")
