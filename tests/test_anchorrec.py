@@ -395,3 +395,14 @@ def test_the_optimised_loss_equals_the_plain_reference(small, overrides):
             assert (x is None or not x.any()) and (y is None or not y.any())
         else:
             torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)
+
+
+def test_mix_alpha_weighs_text_against_the_rest_and_warns_where_it_cannot(caplog):
+    assert mix_weights({"mix_alpha": 0.6}, ["image", "text", "audio"]) == \
+        pytest.approx({"image": 0.2, "text": 0.6, "audio": 0.2})
+    with caplog.at_level(logging.WARNING, logger="mmgraph.models.anchorrec"):
+        assert mix_weights({"mix_alpha": 0.75}, ["image", "audio"]) == {"image": 0.5, "audio": 0.5}
+        assert not caplog.records                                  # the default: nothing to say
+        assert mix_weights({"mix_alpha": 0.1}, ["image", "audio"]) == {"image": 0.5, "audio": 0.5}
+        assert mix_weights({"mix_alpha": 0.1}, ["text"]) == {"text": 1.0}
+    assert [r.getMessage().split(":")[1].strip() for r in caplog.records] == ["mix_alpha=0.1 has no effect"] * 2

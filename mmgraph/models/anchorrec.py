@@ -219,10 +219,13 @@ def mix_weights(config: Mapping, content: Sequence[str]) -> Dict[str, float]:
         if not any(w > 0 for w in out.values()):
             raise ConfigError(f"anchorrec mix_weights {dict(explicit)} gives p_mix no positive weight")
         return out
+    alpha = float(config.get("mix_alpha", 0.75))
     if TEXT in content and len(content) > 1:
-        alpha = float(config.get("mix_alpha", 0.75))
         rest = (1.0 - alpha) / (len(content) - 1)
         return {m: alpha if m == TEXT else rest for m in content}
+    if alpha != 0.75:   # a setting that cannot act: say so rather than ignore it
+        log.warning("anchorrec: mix_alpha=%g has no effect: p_mix weighs text against the other content "
+                    "modalities, and these are %s; set mix_weights to weigh them", alpha, list(content))
     return {m: 1.0 / len(content) for m in content}
 
 
