@@ -33,11 +33,12 @@ class BM3(GraphRecommender):
     def __init__(self, data, config=None):
         super().__init__(data, config)
         d = self.embedding_size
-        nn.init.xavier_normal_(self.user_emb.weight)
-        nn.init.xavier_normal_(self.item_emb.weight)
+        # as MMRec's BM3: Xavier-uniform ID tables; Xavier-normal Linear weights with PyTorch's default biases
+        nn.init.xavier_uniform_(self.user_emb.weight)
+        nn.init.xavier_uniform_(self.item_emb.weight)
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
-        self.modal = ModalityEncoder(item_features(data), d, trainable=True, init="xavier_normal")
+        self.modal = ModalityEncoder(item_features(data), d, trainable=True, init="xavier_normal_weight")
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         u, i = self.propagate()

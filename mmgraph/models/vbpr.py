@@ -33,6 +33,9 @@ class VBPR(Recommender):
         feats = item_features(data)
         self.features = FeatureTables({m: feats[m] for m in sorted(feats)})
         self.item_linear = nn.Linear(sum(self.features.dims.values()), d)
+        # MMRec's VBPR applies xavier_normal_initialization to its Linear: Xavier-normal weight, zero bias
+        nn.init.xavier_normal_(self.item_linear.weight)
+        nn.init.zeros_(self.item_linear.bias)
 
     def item_representation(self, items: Optional[Tensor] = None) -> Tensor:
         """``[gamma_i ; W concat(x_m) + b]`` of ``items`` (default all): ``[n, 2d]``. ``W concat(x_m)`` is taken as

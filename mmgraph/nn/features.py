@@ -55,6 +55,10 @@ class FeatureTables(nn.Module):
         return torch.cat([self.raw(m, items) for m in self.modalities], -1)
 
 
+#: ModalityEncoder's projection initialisations
+INITS = ("default", "xavier_normal_weight", "xavier_normal")
+
+
 class ModalityEncoder(FeatureTables):
     """Feature tables with a ``Linear(d_m -> out_dim)`` each.
 
@@ -62,7 +66,9 @@ class ModalityEncoder(FeatureTables):
         features: ``{modality: float32 array or tensor [I, d_m]}``.
         out_dim: projection width.
         trainable: fine-tune the raw feature tables (FREEDOM, BM3) or keep them frozen (VBPR, CM3).
-        init: ``"xavier_normal"`` (MMRec's FREEDOM/BM3) or ``"default"`` (PyTorch's Linear init).
+        init: ``"default"`` (PyTorch's Linear init: MMRec's FREEDOM), ``"xavier_normal_weight"`` (Xavier-normal
+            weights, PyTorch's default biases: MMRec's BM3) or ``"xavier_normal"`` (Xavier-normal weights, zero
+            biases: MMRec's ``xavier_normal_initialization``).
 
     ``forward(items=None)`` returns ``{modality: [len(items) or I, out_dim]}``. Projecting only the
     rows a batch uses is exactly equivalent to projecting the whole table and indexing (the other rows
@@ -78,13 +84,18 @@ class ModalityEncoder(FeatureTables):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {', '.join(INITS)}, got {self.init!r}")
         for lin in self.proj.values():
-            if self.init == "xavier_normal":
+            if self.init == "default":
+                lin.reset_parameters()
+            elif self.init == "xavier_normal_weight":
+                lin.reset_parameters()
+                nn.init.xavier_normal_(lin.weight)
+            else:
                 nn.init.xavier_normal_(lin.weight)
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
-            else:
-                lin.reset_parameters()
 
     def project(self, name: str, items: Optional[Tensor] = None) -> Tensor:
         """Modality ``name``'s projected rows ``items`` (``[n]``, repeats allowed; default all): ``[n, out_dim]``.
