@@ -162,6 +162,20 @@ def test_overwrite_removes_the_temp_files_of_a_killed_writer(data, finished):
     assert (finished / "notes.txt").read_text() == "mine"       # files a run does not write are kept
 
 
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--resume"]])
+def test_a_dataset_folder_is_never_taken_for_a_run_folder(data, tmp_path, capsys, extra):
+    folder = tmp_path / "copy"
+    save_atomic(make_synthetic(n_users=40, n_items=30, seed=1), folder, name="mine")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert _train(data, folder, *extra) == 2
+    err = _err(capsys)
+    assert "dataset folder" in err and "mine.inter" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before      # its meta.json untouched
+    for command in (["evaluate", str(folder)], ["export", str(folder), "--k", "2", "--output", str(tmp_path / "x.csv")]):
+        assert main(command) == 2
+        assert "not a finished run directory but a dataset folder" in _err(capsys)
+
+
 def test_interrupted_run_needs_resume_or_overwrite(data, finished, capsys):
     (finished / "final_metrics.json").unlink()
     assert _train(data, finished) == 2

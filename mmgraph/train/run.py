@@ -33,9 +33,9 @@ from mmgraph.models.registry import get_model_class
 from mmgraph.train import distributed
 from mmgraph.train.config import load_config, validate_config
 from mmgraph.train.reproducibility import DEFAULT_SEED, library_versions, resolve_device, seed_everything
-from mmgraph.train.rundir import (RunLock, check_fresh_folder, config_hash, dataset_hash, discard_unstarted_grid,
-                                  file_hash, folder_state, load_checkpoint, read_fingerprint, read_meta,
-                                  read_run_config)
+from mmgraph.train.rundir import (RunLock, check_fresh_folder, config_hash, dataset_file, dataset_hash,
+                                  discard_unstarted_grid, file_hash, folder_state, load_checkpoint, read_fingerprint,
+                                  read_meta, read_run_config)
 from mmgraph.train.trainer import Trainer
 from mmgraph.utils.io import atomic_write, write_json
 
@@ -772,7 +772,9 @@ def load_run(run_dir: Union[str, Path], data: Optional[Union[str, Path, RecDatas
         raise ConfigError(f"{run}: not a finished run directory (no such folder)")
     for name in ("config.yaml", "meta.json", checkpoint):
         if not (run / name).exists():
-            raise ConfigError(f"{run}: not a finished run directory ({name} is missing)")
+            data = dataset_file(run)
+            raise ConfigError(f"{run}: not a finished run directory "
+                              + (f"but a dataset folder: it holds {data}" if data else f"({name} is missing)"))
     meta = read_meta(run)
     method = str(meta.get("method") or "")
     if not method:

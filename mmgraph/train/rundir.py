@@ -231,12 +231,24 @@ def read_meta(folder: Path) -> Dict[str, Any]:
     return meta
 
 
+def dataset_file(folder) -> Optional[str]:
+    """The name of the interaction file when ``folder`` is a dataset folder (a ``*.inter`` file and no run
+    ``config.yaml``), else None."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / "config.yaml").exists():
+        return None
+    inter = sorted(p.name for p in folder.glob("*.inter"))
+    return inter[0] if inter else None
+
+
 def read_run_config(folder: Path) -> Dict[str, Any]:
     path = Path(folder) / "config.yaml"
     try:
         config = load_yaml(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{folder}: not a run folder (config.yaml is missing)") from None
+        data = dataset_file(folder)
+        what = f"but a dataset folder: it holds {data}" if data else "(config.yaml is missing)"
+        raise ConfigError(f"{folder}: not a run folder {what}") from None
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise DataError(f"{path}: unreadable ({' '.join(str(exc).split())})") from None
     if not isinstance(config, dict):
@@ -276,6 +288,10 @@ def check_fresh_folder(folder, overwrite: bool, grid: bool = False) -> None:
     """Refuse to start a run in a folder that holds one (finished or not) unless ``overwrite``; with
     ``overwrite``, remove exactly the files a run (or a grid) writes."""
     folder = Path(folder)
+    data = dataset_file(folder)
+    if data:   # its meta.json is the dataset's: never taken for a run's, never removed by --overwrite
+        raise ConfigError(f"{folder} is a dataset folder (it holds {data}); --out names the folder for the run's "
+                          "own files: choose another")
     state = folder_state(folder)
     if state in ("missing", "empty"):
         return
@@ -307,7 +323,7 @@ def preflight(folder, overwrite: bool = False) -> None:
     if not folder.exists():
         return
     fail_if_busy(folder)
-    if not overwrite:
+    if not overwrite or dataset_file(folder):
         check_fresh_folder(folder, overwrite=False)
 
 
