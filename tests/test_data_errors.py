@@ -309,3 +309,16 @@ def test_arrays_not_named_as_features_are_reported_not_silently_skipped(tmp_path
     assert ds.modalities == []
     warned = [r for r in caplog.records if r.levelname == "WARNING" and "not read as item features" in r.message]
     assert warned and "image.npz, text.npy" in warned[0].message and "<modality>_feat.npy" in warned[0].message
+
+
+def test_feature_files_in_another_format_are_warned_about(tmp_path, caplog):
+    # a modality the user meant to give (image_feat.pt) is left out: a warning even when other features load
+    folder = save_atomic(make_synthetic(n_users=30, n_items=20, modalities={"text": 4}, seed=0), tmp_path / "d",
+                         name="d")
+    (folder / "image_feat.pt").write_bytes(b"torch")
+    (folder / "audio_feat.csv").write_text("1,2\n")
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        ds = load_atomic(folder)
+    assert ds.modalities == ["text"]
+    warned = [r.message for r in caplog.records if "must be .npy files" in r.message]
+    assert len(warned) == 1 and "audio_feat.csv, image_feat.pt not read" in warned[0]

@@ -237,6 +237,13 @@ def load_atomic(path: Union[str, os.PathLike], modalities: Optional[Sequence[str
         (log.info if available else log.warning)(
             "%s: %s not read as item features (feature files are <modality>%s, one [n_items, dim] .npy each)",
             path, ", ".join(others), FEATURE_SUFFIX)
+    # image_feat.pt / .csv / .txt: named as a modality's features but in another format -- a modality the user
+    # meant to give would be missing from the run
+    misformatted = sorted(p.name for p in path.iterdir() if p.is_file() and p.stem.endswith("_feat")
+                          and p.suffix not in (".npy", ".npz"))
+    if misformatted:
+        log.warning("%s: %s not read: item features must be .npy files saved with np.save (<modality>%s); "
+                    "these modalities are left out", path, ", ".join(misformatted), FEATURE_SUFFIX)
     wanted = list(available) if modalities is None else list(modalities)
     features: Dict[str, np.ndarray] = {}
     for mod in wanted:
