@@ -249,6 +249,15 @@ def test_prepare_cold_and_loo_splits(raw_files, tmp_path):
     last = df.sort_values("ts").groupby("user_id").tail(1)
     got = {(loo.user_ids[u], loo.item_ids[i]) for u, i in loo.test}
     assert got == set(zip(last.user_id, last.item_id))
+    # the .inter keeps each interaction's rating and timestamp (the earliest row of a duplicated pair)
+    inter = pd.read_csv(tmp_path / "loo" / "loo.inter", sep="\t")
+    written = {(str(loo.user_ids[u]), str(loo.item_ids[i])): (r, t)
+               for u, i, r, t in inter[["userID", "itemID", "rating", "timestamp"]].itertuples(index=False)}
+    first = raw_files["frame"][raw_files["frame"].rating == 1].sort_values("ts", kind="stable")
+    first = first.drop_duplicates(["user_id", "item_id"])
+    expected = {(str(u), str(i)): (float(r), float(t)) for u, i, r, t in first[["user_id", "item_id", "rating", "ts"]]
+                .itertuples(index=False)}
+    assert written == {k: expected[k] for k in written} and len(written) == loo.n_interactions
 
 
 def test_read_feature_file_list_column_parquet(tmp_path):

@@ -269,8 +269,12 @@ def load_atomic(path: Union[str, os.PathLike], modalities: Optional[Sequence[str
                       name=name or path.name, source=str(inter))
 
 
-def save_atomic(dataset: RecDataset, folder: Union[str, os.PathLike], name: Optional[str] = None) -> Path:
-    """Write ``dataset`` as an MMRec atomic folder (atomic per file). Returns the folder."""
+def save_atomic(dataset: RecDataset, folder: Union[str, os.PathLike], name: Optional[str] = None,
+                ratings: Optional[np.ndarray] = None, timestamps: Optional[np.ndarray] = None) -> Path:
+    """Write ``dataset`` as an MMRec atomic folder (atomic per file). Returns the folder.
+
+    The ``.inter`` has MMRec's columns ``userID itemID rating timestamp x_label``; ``ratings`` / ``timestamps``
+    (``[n_interactions]``, in the order train, valid, test rows) fill theirs, else they hold 1 and 0."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = name or dataset.name or folder.name
@@ -279,8 +283,12 @@ def save_atomic(dataset: RecDataset, folder: Union[str, os.PathLike], name: Opti
         pairs = dataset.split(split)
         rows.append(np.column_stack([pairs, np.full(len(pairs), k, dtype=np.int64)]))
     allrows = np.concatenate(rows)
-    df = pd.DataFrame({"userID": allrows[:, 0], "itemID": allrows[:, 1], "rating": 1.0,
-                       "timestamp": 0, "x_label": allrows[:, 2]})
+    for label, values in (("ratings", ratings), ("timestamps", timestamps)):
+        if values is not None and len(values) != len(allrows):
+            raise ValueError(f"save_atomic: {label} has {len(values)} values for {len(allrows)} interactions")
+    df = pd.DataFrame({"userID": allrows[:, 0], "itemID": allrows[:, 1],
+                       "rating": 1.0 if ratings is None else np.asarray(ratings),
+                       "timestamp": 0 if timestamps is None else np.asarray(timestamps), "x_label": allrows[:, 2]})
     with atomic_write(folder / f"{name}.inter", "w") as fh:
         df.to_csv(fh, sep="\t", index=False)
     for mod, feat in dataset.features.items():

@@ -325,7 +325,7 @@ def prepare_dataset(ratings: PathLike, out: Optional[PathLike] = None, *, user_c
                    "splits": {s: len(dataset.split(s)) for s in SPLITS},
                    "modalities": {m: int(f.shape[1]) for m, f in feats.items()}})
     if out_path is not None:
-        save_atomic(dataset, out_path, name=name)
+        save_atomic(dataset, out_path, name=name, **_pair_values(pairs, raw, [train, valid, test], n_items))
         dataset.source = str(out_path / f"{name}.inter")
     report["seconds"] = round(time.perf_counter() - started, 2)
     if out_path is not None:
@@ -334,6 +334,20 @@ def prepare_dataset(ratings: PathLike, out: Optional[PathLike] = None, *, user_c
              name, n_users, n_items, dataset.n_interactions, len(train), len(valid), len(test),
              report["seconds"])
     return dataset
+
+
+def _pair_values(pairs: np.ndarray, raw: RawInteractions, splits: Sequence[np.ndarray],
+                 n_items: int) -> Dict[str, np.ndarray]:
+    """The ratings and timestamps read (those given) of the split rows, in their order: ``pairs [N, 2]`` are the
+    distinct (user, item) rows aligned with ``raw``'s."""
+    given = {k: v for k, v in (("ratings", raw.ratings), ("timestamps", raw.timestamps)) if v is not None}
+    if not given:
+        return {}
+    keys = pairs[:, 0].astype(np.int64) * n_items + pairs[:, 1]
+    order = np.argsort(keys)
+    rows = np.concatenate(splits)
+    at = order[np.searchsorted(keys[order], rows[:, 0].astype(np.int64) * n_items + rows[:, 1])]
+    return {k: np.asarray(v)[at] for k, v in given.items()}
 
 
 def _warn_one_based_rows(table, raw_item_ids: np.ndarray, name: str) -> None:
