@@ -639,3 +639,13 @@ def test_a_set_key_given_twice_with_two_values_is_an_error(data, tmp_path, capsy
     assert "--set gives embedding_size twice (embedding_size=8, then embedding_size=16)" in _err(capsys)
     assert not run.exists()
     assert _train(data, run, "--set", "embedding_size=8", "embedding_size=8") == 0   # the same value: no doubt
+
+
+def test_cut_offs_not_below_the_catalogue_are_warned_about(data, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        assert _train(data, tmp_path / "a", "--set", "topk=[5,60]") == 0
+    assert "topk [60]: not below the 60 items" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmgraph"):
+        assert _train(data, tmp_path / "b", "--set", "topk=[5,20]") == 0
+    assert "topk" not in caplog.text

@@ -335,6 +335,10 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
     from mmgraph.plugins import get_plugin_class
     for name in plugin_names(config):
         get_plugin_class(name).check_settings(config)
+    too_long = [int(k) for k in config.get("topk") or [] if int(k) >= dataset.n_items]
+    if too_long:   # (the defaults' 50 on a toy catalogue included: a warning, not an error)
+        log.warning("topk %s: not below the %d items of %s, so every item is in the top-K and recall@K is 1 by "
+                    "construction; set topk to smaller cut-offs", too_long, dataset.n_items, dataset.name)
     if graph is None:   # (a given graph may carry the features: build_model checks it)
         check_method_data(method, dataset, config.get("modalities"))
         get_model_class(method).check_modalities(config, dataset.modalities)
