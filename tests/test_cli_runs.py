@@ -649,3 +649,14 @@ def test_cut_offs_not_below_the_catalogue_are_warned_about(data, tmp_path, caplo
     with caplog.at_level("WARNING", logger="mmgraph"):
         assert _train(data, tmp_path / "b", "--set", "topk=[5,20]") == 0
     assert "topk" not in caplog.text
+
+
+def test_resuming_an_early_stopped_run_with_more_epochs_says_why_nothing_is_added(data, tmp_path, caplog):
+    run = tmp_path / "es"
+    assert _train(data, run, "--set", "patience=0", "learning_rate=0.0", epochs=50) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) < 50                                          # stopped early
+    with caplog.at_level("INFO", logger="mmgraph"):
+        assert main(["train", "--resume", "--out", str(run), "--epochs", "80", *FAST]) == 0
+    assert json.loads((run / "history.json").read_text()) == history
+    assert "stopped early" in caplog.text and "--epochs extends only a run that reached its epoch limit" in caplog.text

@@ -230,6 +230,10 @@ class Trainer:
         start_epoch = self.epoch
         train_seconds = sum(r.get("epoch_seconds", 0.0) for r in self.history)
         if self.stopped():  # a resumed run that had already stopped early trains no further epoch
+            if start_epoch < self.max_epochs:
+                log.info("the run stopped early at epoch %d (%d validations without a gain in %s, patience %d), so "
+                         "no epoch is added: --epochs extends only a run that reached its epoch limit",
+                         start_epoch - 1, self.bad_epochs, self.valid_metric, self.patience)
             start_epoch = self.max_epochs
         for epoch in range(start_epoch, self.max_epochs):
             self.epoch = epoch
