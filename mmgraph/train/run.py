@@ -372,8 +372,10 @@ def _train(method, data, config, out: Optional[Path], resume: bool, progress, da
         write_json(out / "meta.json", meta)
         handler = _add_file_log(out / "train.log", append=resume)
     try:
-        log.info("%s on %r (%s); %d parameters", method, dataset, device,
-                 sum(p.numel() for p in model.parameters()))
+        n_model = sum(p.numel() for p in model.parameters())
+        n_plugins = sum(p.numel() for plugin in plugins for p in plugin.parameters())
+        log.info("%s on %r (%s); %d parameters%s", method, dataset, device, n_model + n_plugins,
+                 f" ({n_model} the model's, {n_plugins} its plug-ins')" if n_plugins else "")
         _warn_cold_users(dataset)
         _warn_held_out_in_train(dataset)
         trainer = Trainer(model, dataset, config, out, plugins, progress, fingerprint=fingerprint, dist_ctx=ctx)
