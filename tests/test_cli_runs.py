@@ -243,7 +243,7 @@ def test_a_run_on_a_relative_data_path_resumes_and_evaluates_from_anywhere(data,
     (["--method", "mf"], "--method mf conflicts"),
     (["--data", "synthetic:users=50,items=40"], "--data synthetic:users=50,items=40 conflicts"),
     (["--set", "n_layers=2"], "n_layers=2 (--set) conflicts"),
-    (["--seed", "8"], "seed=8 (--set) conflicts"),
+    (["--seed", "8"], "seed=8 (--seed or --set) conflicts"),
     (["--set", "nosuch=1"], "unknown setting 'nosuch'"),
 ])
 def test_resume_with_a_conflicting_flag_is_an_error(data, tmp_path, capsys, flags, needle):

@@ -40,6 +40,8 @@ from mmgraph.train.trainer import Trainer
 from mmgraph.utils.io import atomic_write, write_json
 
 log = logging.getLogger("mmgraph.train")
+#: settings the train command also takes as flags of their own (--seed N = --set seed=N)
+SHORTCUT_FLAGS = ("seed", "epochs", "device")
 
 SYNTHETIC_PREFIX = "synthetic"
 #: ``--data synthetic:NAME=VALUE,...``: NAME -> (make_synthetic argument, type, lower bound, strict)
@@ -511,7 +513,8 @@ def resume_run(out_dir: Union[str, Path], method: Optional[str] = None, data: Op
             if "runtime" in setting.flags:
                 config[key] = value
             elif config.get(key) != value:
-                raise ConfigError(f"{key}={value!r} ({origin}) conflicts with the run in {out} ({key}="
+                given = f"--{key} or --set" if origin == "--set" and key in SHORTCUT_FLAGS else origin
+                raise ConfigError(f"{key}={value!r} ({given}) conflicts with the run in {out} ({key}="
                                   f"{config.get(key)!r}); --resume takes the settings from the folder (only "
                                   "runtime settings such as epochs, device and threads may change)")
     spec = recorded or data
