@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -32,8 +33,10 @@ def test_dataset_stats_counts():
     assert s["users_per_split"] == {"train": 3, "valid": 2, "test": 3}
     assert s["duplicate_pairs"] == 1  # (0, 1) in train and test
     assert s["train_interactions_per_user"] == {"mean": round(5 / 3, 3), "min": 1, "max": 2}
+    assert s["zero_feature_rows"] == {"image": 5, "text": 0}
     text = format_stats(s)
-    assert "items with no train interaction  2" in text and "image 7-d, text 3-d" in text
+    assert re.search(r"items with no train interaction +2\n", text) and "image 7-d, text 3-d" in text
+    assert re.search(r"items with an all-zero feature row +image 5$", text) and "text 0" not in text
     json.dumps(s)
 
 

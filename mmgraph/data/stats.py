@@ -18,7 +18,8 @@ def dataset_stats(ds: RecDataset) -> Dict[str, Any]:
     (distinct ids with at least one row in each split), ``train_interactions_per_user`` /
     ``train_interactions_per_item`` (mean, min, max over users / items with any training row), and
     ``duplicate_pairs`` (rows repeating a (user, item) pair across all splits), ``held_out_in_train``
-    (``{valid, test}``: rows that repeat a training pair; they can never be hits).
+    (``{valid, test}``: rows that repeat a training pair; they can never be hits), ``zero_feature_rows``
+    (``{modality: items whose feature row is all zeros}``: such items have no content signal).
     """
     user_train = ds.user_degree("train")
     item_train = ds.item_popularity("train")
@@ -42,6 +43,7 @@ def dataset_stats(ds: RecDataset) -> Dict[str, Any]:
         "train_interactions_per_item": _summary(item_train[item_train > 0]),
         "duplicate_pairs": int(len(all_pairs) - n_distinct),
         "held_out_in_train": {s: int(ds.in_train(s).sum()) for s in ("valid", "test")},
+        "zero_feature_rows": {m: int((~np.asarray(f).any(axis=1)).sum()) for m, f in ds.features.items()},
     }
 
 
@@ -76,5 +78,8 @@ def format_stats(stats: Dict[str, Any]) -> str:
     if any(held.values()):
         rows.append(("valid / test rows also in train", f"{held['valid']:,} / {held['test']:,} (never hits: "
                                                          "training items are masked)"))
+    zero = {m: n for m, n in (stats.get("zero_feature_rows") or {}).items() if n}
+    if zero:
+        rows.append(("items with an all-zero feature row", ", ".join(f"{m} {n:,}" for m, n in zero.items())))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
