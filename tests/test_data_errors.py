@@ -239,6 +239,14 @@ def case_negative_kcore(tmp):
             str(tmp / "out")], ["--kcore must be >= 0", "got -1"])
 
 
+def case_atomic_without_header(tmp):
+    folder = tmp / "hl"
+    folder.mkdir()
+    (folder / "hl.inter").write_text("0\t1\t0\n0\t2\t0\n1\t1\t1\n1\t2\t2\n")
+    return (lambda: load_atomic(folder), ["data", "stats", str(folder)],
+            ["hl.inter", "header is ['0', '1', '0']", "the file has no header line"])
+
+
 def case_too_few_synthetic_items(tmp):
     return (lambda: make_synthetic(n_users=5, n_items=3), ["train", "--method", "mf", "--data",
             "synthetic:users=5,items=3"], ["items=3 is too few", "items >= 10"])

@@ -100,7 +100,11 @@ def _read_inter(path: Path) -> pd.DataFrame:
     if missing:
         hint = ("; x_label is the split (0 train, 1 valid, 2 test): `mmgraph data prepare --ratings FILE` splits "
                 "raw interactions" if "x_label" in missing else "")
-        raise DataError(f"{path}: missing column(s) {missing}; header is {list(df.columns)}, expected "
+        with open(path, encoding="utf-8", errors="replace") as fh:   # as written: pandas renames repeated names
+            header = fh.readline().rstrip("\r\n").split("\t")
+        if all(_is_number(h) for h in header):
+            hint = " (the first line holds numbers: the file has no header line; add one)" + hint
+        raise DataError(f"{path}: missing column(s) {missing}; header is {header}, expected "
                         f"{list(REQUIRED_COLUMNS)}{hint}")
     out = {}
     for col in REQUIRED_COLUMNS:
@@ -267,6 +271,14 @@ def load_atomic(path: Union[str, os.PathLike], modalities: Optional[Sequence[str
                       user_ids=_read_map(path / "user_map.tsv", n_users),
                       item_ids=_read_map(path / "item_map.tsv", n_items),
                       name=name or path.name, source=str(inter))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def save_atomic(dataset: RecDataset, folder: Union[str, os.PathLike], name: Optional[str] = None,
