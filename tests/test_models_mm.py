@@ -194,24 +194,25 @@ def test_vbpr_initialises_as_mmrec(synth):
     # MMRec: xavier_uniform_ user / item tables, then xavier_normal_initialization on the Linear (zero bias)
     torch.manual_seed(0)
     model = build_model("vbpr", synth, {"graph_cache": False})
-    w = model.item_linear.weight
+    w = model.item_linear.weight.detach()
     assert torch.equal(model.item_linear.bias, torch.zeros_like(model.item_linear.bias))
     fan_out, fan_in = w.shape
     assert float(w.std()) == pytest.approx((2.0 / (fan_in + fan_out)) ** 0.5, rel=0.15)
     bound = (6.0 / (model.n_users + model.user_emb.shape[1])) ** 0.5
-    assert float(model.user_emb.abs().max()) <= bound
+    assert float(model.user_emb.detach().abs().max()) <= bound
 
 
 def test_bm3_initialises_as_mmrec(synth):
     # MMRec's BM3: xavier_uniform_ ID tables; xavier_normal_ on the predictor's and projections' weights only
     torch.manual_seed(0)
     model = build_model("bm3", synth, {"graph_cache": False})
-    for table in (model.user_emb.weight, model.item_emb.weight):
+    for table in (model.user_emb.weight.detach(), model.item_emb.weight.detach()):
         assert float(table.abs().max()) <= (6.0 / sum(table.shape)) ** 0.5
     for lin in model.modal.proj.values():
-        fan_in = lin.weight.shape[1]
-        assert lin.bias.abs().max() > 0 and float(lin.bias.abs().max()) <= fan_in ** -0.5   # PyTorch's default
-        assert float(lin.weight.std()) == pytest.approx((2.0 / (fan_in + lin.weight.shape[0])) ** 0.5, rel=0.2)
+        weight, bias = lin.weight.detach(), lin.bias.detach()
+        fan_in = weight.shape[1]
+        assert bias.abs().max() > 0 and float(bias.abs().max()) <= fan_in ** -0.5   # PyTorch's default
+        assert float(weight.std()) == pytest.approx((2.0 / (fan_in + weight.shape[0])) ** 0.5, rel=0.2)
 
 
 def test_modality_encoder_inits():
@@ -222,6 +223,6 @@ def test_modality_encoder_inits():
     weight_only = ModalityEncoder(feats, 16, init="xavier_normal_weight").proj["image"]
     default = ModalityEncoder(feats, 16).proj["image"]
     assert not zero.bias.any() and weight_only.bias.any() and default.bias.any()
-    assert float(default.weight.abs().max()) <= 40 ** -0.5 < float(weight_only.weight.abs().max())
+    assert float(default.weight.detach().abs().max()) <= 40 ** -0.5 < float(weight_only.weight.detach().abs().max())
     with pytest.raises(ValueError, match="init: expected one of"):
         ModalityEncoder(feats, 16, init="kaiming")
