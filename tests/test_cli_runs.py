@@ -171,7 +171,8 @@ def test_a_dataset_folder_is_never_taken_for_a_run_folder(data, tmp_path, capsys
     err = _err(capsys)
     assert "dataset folder" in err and "mine.inter" in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before      # its meta.json untouched
-    for command in (["evaluate", str(folder)], ["export", str(folder), "--k", "2", "--output", str(tmp_path / "x.csv")]):
+    export = ["export", str(folder), "--k", "2", "--output", str(tmp_path / "x.csv")]
+    for command in (["evaluate", str(folder)], export):
         assert main(command) == 2
         assert "not a finished run directory but a dataset folder" in _err(capsys)
 

@@ -80,11 +80,13 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
     from mmgraph.train.config import parse_overrides
 
     overrides = parse_overrides(args.set)
-    for flag, key in (("seed", "seed"), ("epochs", "epochs"), ("device", "device")):
-        value = getattr(args, flag)
+    from mmgraph.train.run import SHORTCUT_FLAGS
+
+    for key in SHORTCUT_FLAGS:
+        value = getattr(args, key)
         if value is not None:
             if key in overrides and overrides[key] != value:
-                raise ConfigError(f"--{flag} {value} and --set {key}={overrides[key]} disagree; give one")
+                raise ConfigError(f"--{key} {value} and --set {key}={overrides[key]} disagree; give one")
             overrides[key] = value
     return overrides
 

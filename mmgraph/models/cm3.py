@@ -5,8 +5,9 @@ Follows the paper (eq. 1-13) and the implementation notes ``specs/cm3.md``:
 * per modality ``z^m = W2 LeakyReLU(W1 x^m + b1)`` on the frozen features (``d_m -> 256 -> 64``);
 * spherical Bezier fusion ``h`` of the unit-normalised modality vectors (nested slerp, eq. 2-3) with
   ``lam ~ Beta(alpha, alpha)`` per item on every training forward and at evaluation ``lam = eval_lambda``
-  (the default variant: ``last``, the last training draw, as released; ``paper``: 0.5); the fused vectors are the unit ``z^m`` themselves (``fusion_input: projection``, eq. 2 on
-  the outputs of eq. 1) or separate ``Linear(d_m -> d)`` projections (``fusion_input: linear``, released);
+  (the default variant: ``last``, the last training draw, as released; ``paper``: 0.5); the fused vectors are
+  the unit ``z^m`` themselves (``fusion_input: projection``, eq. 2 on the outputs of eq. 1) or separate
+  ``Linear(d_m -> d)`` projections (``fusion_input: linear``, released);
 * item input ``[norm(z^0), ..., norm(z^{M-1}), norm(h)]`` (``|M|+1`` channels of width ``d``), a free
   user embedding of the same shape (each channel L2-normalised at the input, as released);
 * LightGCN on the training user-item graph, SUM over layers ``0..n_ui_layers``;
